@@ -1,0 +1,23 @@
+//! Compiles the protos with the pure-Rust `protox` compiler, so no `protoc` is needed,
+//! and keeps the encoded descriptor set for gRPC server reflection.
+use prost::Message;
+use std::{env, fs, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/flash/loyalty/v1/programs.proto",
+        "proto/flash/loyalty/v1/ledger.proto",
+    ];
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(files, ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("flash_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

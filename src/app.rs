@@ -1,0 +1,94 @@
+//! Wiring: settings → pool, Redis, services → the gRPC server.
+use crate::cap::DailyCap;
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::grpc::{self, proto};
+use crate::service::{Ledger, Programs};
+use crate::store;
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// A built server, bound to its address and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    pool: Pool,
+    ledger: Ledger,
+    programs: Programs,
+}
+
+impl Application {
+    /// Connects to PostgreSQL and Redis (lazily: either may still be down) and binds the
+    /// listen address (port 0 picks a free one).
+    pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let pool = store::connect_pool(
+            &settings.database_url,
+            settings.db_pool_size,
+            settings.session_limits(),
+        )?;
+        let cap = DailyCap::connect(
+            &settings.redis_url,
+            &settings.redis_prefix,
+            settings.redis_timeout(),
+        )
+        .context("FLASH_REDIS_URL")?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        Ok(Self {
+            listener,
+            ledger: Ledger::new(pool.clone(), cap, clock.clone()),
+            programs: Programs::new(pool.clone(), clock),
+            pool,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn programs(&self) -> &Programs {
+        &self.programs
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight calls finish.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<proto::ledger_server::LedgerServer<grpc::LedgerApi>>()
+            .await;
+        health
+            .set_serving::<proto::programs_server::ProgramsServer<grpc::ProgramsApi>>()
+            .await;
+        tracing::info!(address = %self.local_addr(), "serving gRPC");
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(proto::programs_server::ProgramsServer::new(
+                grpc::ProgramsApi::new(self.programs),
+            ))
+            .add_service(proto::ledger_server::LedgerServer::new(
+                grpc::LedgerApi::new(self.ledger),
+            ))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .await
+            .context("gRPC server failed")
+    }
+}

@@ -1,0 +1,155 @@
+//! The daily purchase-points cap, counted in Redis. Every failure is a refusal: a cap
+//! that cannot be checked never lets an award through.
+use crate::domain::{MemberId, ProgramId};
+use chrono::NaiveDate;
+use fred::prelude::*;
+use std::time::Duration;
+
+/// Counters outlive their day by a day, so late releases still find them.
+const COUNTER_TTL_SECONDS: i64 = 2 * 24 * 60 * 60;
+
+/// Reserves min(want, cap − total) in one atomic call, refreshing the key's expiry.
+/// A missing counter is unknown, not zero: without a seed it answers -1, and the caller
+/// rebuilds the total from PostgreSQL and calls again with it. The generation marks which
+/// incarnation of the counter a reservation came from, so a release after a flush cannot
+/// lower a rebuilt counter (which would let a member earn past the cap).
+const RESERVE: &str = r"
+local key = KEYS[1]
+local want, cap, ttl, seed, generation = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+if redis.call('EXISTS', key) == 0 then
+  if seed == '' then return {-1, ''} end
+  redis.call('HSET', key, 'total', seed, 'generation', generation)
+end
+local total = tonumber(redis.call('HGET', key, 'total'))
+local grant = cap - total
+if grant > want then grant = want end
+if grant < 0 then grant = 0 end
+if grant > 0 then redis.call('HINCRBY', key, 'total', grant) end
+redis.call('EXPIRE', key, ttl)
+return {grant, redis.call('HGET', key, 'generation')}
+";
+
+/// Gives back a reservation whose award was not written, only to the same generation.
+const RELEASE: &str = r"
+if redis.call('HGET', KEYS[1], 'generation') == ARGV[2] then
+  redis.call('HINCRBY', KEYS[1], 'total', -tonumber(ARGV[1]))
+end
+return 0
+";
+
+/// Redis could not answer in time: the award must be withheld.
+#[derive(Debug, thiserror::Error)]
+#[error("daily cap check failed: {0}")]
+pub struct CapUnavailable(String);
+
+/// Points granted against a member's daily cap, held until the award commits.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    key: String,
+    generation: String,
+    pub granted_points: i64,
+}
+
+/// The answer of one reservation attempt.
+#[derive(Debug)]
+pub enum Reserve {
+    Granted(Reservation),
+    /// The counter does not exist: rebuild it from the ledger and call again.
+    CounterUnknown,
+}
+
+/// The Redis client for daily caps.
+#[derive(Clone)]
+pub struct DailyCap {
+    client: Client,
+    /// Namespaces keys, so tests and environments can share one Redis.
+    key_prefix: String,
+    /// Upper bound on one Redis call; beyond it the award is refused.
+    timeout: Duration,
+}
+
+impl DailyCap {
+    /// Builds the client and starts connecting in the background: a server whose Redis
+    /// is down still starts, and refuses capped awards until Redis is back.
+    pub fn connect(url: &str, key_prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let config = Config::from_url(url)?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|connection| {
+                connection.connection_timeout = timeout.max(Duration::from_millis(500));
+                connection.internal_command_timeout = timeout;
+                // A reservation must never be sent twice by the client itself.
+                connection.max_command_attempts = 1;
+            })
+            .with_performance_config(|performance| {
+                performance.default_command_timeout = timeout;
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 200))
+            .build()?;
+        client.connect();
+        Ok(Self {
+            client,
+            key_prefix: key_prefix.to_owned(),
+            timeout,
+        })
+    }
+
+    /// Reserves up to `want_points` of the member's cap for `day`. `seed_total` is the
+    /// day's total from PostgreSQL, given only after a [`Reserve::CounterUnknown`].
+    pub async fn reserve(
+        &self,
+        program: &ProgramId,
+        member: MemberId,
+        day: NaiveDate,
+        want_points: i64,
+        cap_points: i64,
+        seed_total: Option<i64>,
+    ) -> Result<Reserve, CapUnavailable> {
+        let key = format!("{}cap:{program}:{member}:{day}", self.key_prefix);
+        let generation = uuid::Uuid::new_v4().to_string();
+        let seed = seed_total
+            .map(|total| total.to_string())
+            .unwrap_or_default();
+        let args = vec![
+            want_points.to_string(),
+            cap_points.to_string(),
+            COUNTER_TTL_SECONDS.to_string(),
+            seed,
+            generation,
+        ];
+        let call = self
+            .client
+            .eval::<(i64, String), _, _, _>(RESERVE, key.clone(), args);
+        let (granted_points, generation) = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| CapUnavailable("redis timed out".into()))?
+            .map_err(|error| CapUnavailable(error.to_string()))?;
+        if granted_points < 0 {
+            return Ok(Reserve::CounterUnknown);
+        }
+        Ok(Reserve::Granted(Reservation {
+            key,
+            generation,
+            granted_points,
+        }))
+    }
+
+    /// Returns a reservation whose award was certainly not written. A failed release
+    /// leaves the counter high: the member may earn less that day, never more.
+    pub async fn release(&self, reservation: &Reservation) {
+        if reservation.granted_points == 0 {
+            return;
+        }
+        let args = vec![
+            reservation.granted_points.to_string(),
+            reservation.generation.clone(),
+        ];
+        let call = self
+            .client
+            .eval::<i64, _, _, _>(RELEASE, reservation.key.clone(), args);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, key = %reservation.key, "cap release failed"),
+            Err(_) => tracing::warn!(key = %reservation.key, "cap release timed out"),
+        }
+    }
+}

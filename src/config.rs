@@ -1,0 +1,126 @@
+//! Settings from flags and `FLASH_*` environment variables. Secrets are never logged.
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Flash Loyalty: a points ledger behind a gRPC API.
+#[derive(Debug, Parser)]
+#[command(name = "flash", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply migrations, then serve gRPC until SIGINT or SIGTERM.
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Create the `demo` program used by the README's examples (idempotent).
+    Demo,
+}
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "FLASH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/flash",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: String,
+    /// Redis URL of the daily-cap counters.
+    #[arg(
+        long,
+        env = "FLASH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true,
+        global = true
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key, so environments can share a Redis.
+    #[arg(
+        long,
+        env = "FLASH_REDIS_PREFIX",
+        default_value = "flash:",
+        global = true
+    )]
+    pub redis_prefix: String,
+    /// Address the gRPC server listens on.
+    #[arg(
+        long,
+        env = "FLASH_LISTEN",
+        default_value = "127.0.0.1:50051",
+        global = true
+    )]
+    pub listen: SocketAddr,
+    /// Largest number of PostgreSQL connections.
+    #[arg(long, env = "FLASH_DB_POOL_SIZE", default_value_t = 16, global = true)]
+    pub db_pool_size: usize,
+    /// Upper bound of one Redis call; past it a capped award is refused (UNAVAILABLE).
+    #[arg(
+        long,
+        env = "FLASH_REDIS_TIMEOUT_MS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub redis_timeout_ms: u64,
+    /// PostgreSQL `lock_timeout`: how long a call waits for a member's lock.
+    #[arg(
+        long,
+        env = "FLASH_LOCK_TIMEOUT_MS",
+        default_value_t = 3000,
+        global = true
+    )]
+    pub lock_timeout_ms: u64,
+    /// PostgreSQL `statement_timeout`.
+    #[arg(
+        long,
+        env = "FLASH_STATEMENT_TIMEOUT_MS",
+        default_value_t = 10000,
+        global = true
+    )]
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL `idle_in_transaction_session_timeout`.
+    #[arg(
+        long,
+        env = "FLASH_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 15000,
+        global = true
+    )]
+    pub idle_in_transaction_timeout_ms: u64,
+    /// Log filter, in `tracing` EnvFilter syntax.
+    #[arg(long, env = "FLASH_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "FLASH_LOG_JSON", default_value_t = false, global = true)]
+    pub log_json: bool,
+    /// OTLP/gRPC endpoint for traces; unset means no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Settings {
+    /// Settings with every default, for tests and tools that override a few fields.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["flash", "serve"]).settings
+    }
+
+    pub fn session_limits(&self) -> crate::store::SessionLimits {
+        crate::store::SessionLimits {
+            lock_timeout: Duration::from_millis(self.lock_timeout_ms),
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms),
+            idle_in_transaction_timeout: Duration::from_millis(self.idle_in_transaction_timeout_ms),
+        }
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+}

@@ -1,0 +1,149 @@
+//! Identifiers that arrive as strings and are parsed once at the edge.
+use super::InvalidField;
+use std::fmt;
+use uuid::Uuid;
+
+/// A program (tenant) slug: `[a-z0-9-]{1,64}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProgramId(String);
+
+impl ProgramId {
+    pub fn parse(raw: &str) -> Result<Self, InvalidField> {
+        let valid_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if raw.is_empty() || raw.len() > 64 || !valid_chars {
+            return Err(InvalidField::new(
+                "program_id",
+                "must be 1 to 64 characters of a-z, 0-9 and '-'",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProgramId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A member's id: a UUID chosen by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MemberId(Uuid);
+
+impl MemberId {
+    pub fn parse(raw: &str) -> Result<Self, InvalidField> {
+        Uuid::try_parse(raw)
+            .map(Self)
+            .map_err(|_| InvalidField::new("member_id", "must be a UUID"))
+    }
+
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A ledger entry's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EntryId(Uuid);
+
+impl EntryId {
+    /// A new, time-ordered id.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn parse(field: &str, raw: &str) -> Result<Self, InvalidField> {
+        Uuid::try_parse(raw)
+            .map(Self)
+            .map_err(|_| InvalidField::new(field, "must be an entry id (a UUID)"))
+    }
+
+    pub fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The caller's key that makes a mutation safe to retry: 1 to 128 printable characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidField> {
+        let chars = raw.chars().count();
+        if chars == 0 || chars > Self::MAX_CHARS {
+            return Err(InvalidField::new(
+                "idempotency_key",
+                format!("must be 1 to {} characters", Self::MAX_CHARS),
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(InvalidField::new(
+                "idempotency_key",
+                "must not contain control characters",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_ids_are_slugs() {
+        assert!(ProgramId::parse("acme-2").is_ok());
+        assert!(ProgramId::parse(&"a".repeat(64)).is_ok());
+        for bad in ["", "Acme", "a_b", "a b", "é", &"a".repeat(65)] {
+            assert!(ProgramId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded() {
+        assert!(IdempotencyKey::parse("k").is_ok());
+        assert!(IdempotencyKey::parse(&"é".repeat(128)).is_ok());
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
+        assert!(IdempotencyKey::parse("a\nb").is_err());
+    }
+
+    #[test]
+    fn member_ids_are_uuids() {
+        assert!(MemberId::parse("6f1c0f7e-3c1a-4d55-9a37-0b3b7c2d4e10").is_ok());
+        assert!(MemberId::parse("not-a-uuid").is_err());
+        assert!(MemberId::parse("").is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! Domain types and rules: parse-don't-validate newtypes and pure arithmetic. No IO.
+mod ids;
+mod lock;
+mod money;
+mod rules;
+
+pub use ids::{EntryId, IdempotencyKey, MemberId, ProgramId};
+pub use lock::member_lock_key;
+pub use money::{purchase_points, Currency};
+pub use rules::{local_day, ProgramRules, RulesDocument, Tier, MAX_RULE_POINTS};
+
+/// A request field that failed validation; becomes INVALID_ARGUMENT naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    /// The request field, as named in the proto contract.
+    pub field: String,
+    /// What is wrong and what would be accepted.
+    pub message: String,
+}
+
+impl InvalidField {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Points arithmetic left the i64 range: an error, never a wrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("points arithmetic overflow")]
+pub struct PointsOverflow;
+
+/// Where a purchase was reported from. Every source earns through the same award path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurchaseSource {
+    Receipt,
+    Shopify,
+    Marketplace,
+}
+
+impl PurchaseSource {
+    /// The name stored in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Receipt => "receipt",
+            Self::Shopify => "shopify",
+            Self::Marketplace => "marketplace",
+        }
+    }
+}
+
+/// A reference the caller gives (order id, receipt id): 1 to 256 printable characters.
+pub fn parse_reference(field: &str, raw: &str) -> Result<String, InvalidField> {
+    let chars = raw.chars().count();
+    if chars == 0 || chars > 256 || raw.chars().any(char::is_control) {
+        return Err(InvalidField::new(
+            field,
+            "must be 1 to 256 characters without control characters",
+        ));
+    }
+    Ok(raw.to_owned())
+}

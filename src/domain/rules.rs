@@ -1,0 +1,267 @@
+//! A program's earning rules: the stored document and its validated form.
+use super::{Currency, InvalidField};
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+/// Upper bound for thresholds and caps, so every sum of them stays far from i64::MAX.
+pub const MAX_RULE_POINTS: i64 = 1_000_000_000_000;
+/// At most 100 points per major unit.
+const MAX_BASE_RATE_BP: i64 = 1_000_000;
+/// At most a 10x multiplier.
+const MAX_MULTIPLIER_BP: i64 = 100_000;
+const MAX_VALIDITY_DAYS: i32 = 3660;
+const MAX_TIERS: usize = 10;
+
+/// One rank of the tier ladder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier {
+    pub code: String,
+    pub name: String,
+    pub qualify_points: i64,
+    pub maintain_points: i64,
+    pub multiplier_bp: i64,
+}
+
+/// The rules as the caller sent them and as they are stored (JSON in `program_rules`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesDocument {
+    pub currency: String,
+    pub timezone: String,
+    pub base_rate_bp: i64,
+    pub min_amount_minor: i64,
+    pub daily_cap_points: Option<i64>,
+    pub points_validity_days: i32,
+    pub tiers: Vec<Tier>,
+}
+
+/// Validated rules: only this type is used to compute points.
+#[derive(Debug, Clone)]
+pub struct ProgramRules {
+    pub document: RulesDocument,
+    pub currency: Currency,
+    pub timezone: Tz,
+}
+
+impl ProgramRules {
+    /// Validates a document; an empty tier list becomes the default ladder.
+    pub fn parse(mut document: RulesDocument) -> Result<Self, InvalidField> {
+        let currency = Currency::parse("rules.currency", &document.currency)?;
+        let timezone: Tz = document.timezone.parse().map_err(|_| {
+            InvalidField::new(
+                "rules.timezone",
+                format!("{:?} is not an IANA time zone", document.timezone),
+            )
+        })?;
+        check_range(
+            "rules.base_rate_bp",
+            document.base_rate_bp,
+            0,
+            MAX_BASE_RATE_BP,
+        )?;
+        check_range(
+            "rules.min_amount_minor",
+            document.min_amount_minor,
+            0,
+            MAX_RULE_POINTS,
+        )?;
+        if let Some(cap) = document.daily_cap_points {
+            check_range("rules.daily_cap_points", cap, 1, MAX_RULE_POINTS)?;
+        }
+        check_range(
+            "rules.points_validity_days",
+            i64::from(document.points_validity_days),
+            1,
+            i64::from(MAX_VALIDITY_DAYS),
+        )?;
+        if document.tiers.is_empty() {
+            document.tiers = default_tiers();
+        }
+        check_tiers(&document.tiers)?;
+        Ok(Self {
+            document,
+            currency,
+            timezone,
+        })
+    }
+
+    /// The tier at `rank`, or the top tier when the ladder has since been shortened.
+    pub fn tier(&self, rank: usize) -> &Tier {
+        let tiers = &self.document.tiers;
+        tiers.get(rank).unwrap_or(&tiers[tiers.len() - 1])
+    }
+}
+
+/// The program-local calendar day of an instant: the day a daily cap counts against.
+pub fn local_day(instant: DateTime<Utc>, timezone: Tz) -> NaiveDate {
+    instant.with_timezone(&timezone).date_naive()
+}
+
+fn check_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), InvalidField> {
+    if value < min || value > max {
+        return Err(InvalidField::new(
+            field,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_tiers(tiers: &[Tier]) -> Result<(), InvalidField> {
+    if tiers.len() > MAX_TIERS {
+        return Err(InvalidField::new(
+            "rules.tiers",
+            format!("at most {MAX_TIERS} tiers"),
+        ));
+    }
+    for (rank, tier) in tiers.iter().enumerate() {
+        let field = |name: &str| format!("rules.tiers[{rank}].{name}");
+        let code_ok = !tier.code.is_empty()
+            && tier.code.len() <= 32
+            && tier
+                .code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !code_ok {
+            return Err(InvalidField::new(
+                field("code"),
+                "must be 1 to 32 characters of a-z, 0-9, '-' and '_'",
+            ));
+        }
+        if tiers[..rank]
+            .iter()
+            .any(|earlier| earlier.code == tier.code)
+        {
+            return Err(InvalidField::new(
+                field("code"),
+                "tier codes must be unique",
+            ));
+        }
+        let name_chars = tier.name.chars().count();
+        if name_chars == 0 || name_chars > 64 {
+            return Err(InvalidField::new(
+                field("name"),
+                "must be 1 to 64 characters",
+            ));
+        }
+        check_range(
+            &field("multiplier_bp"),
+            tier.multiplier_bp,
+            0,
+            MAX_MULTIPLIER_BP,
+        )?;
+        check_range(
+            &field("qualify_points"),
+            tier.qualify_points,
+            0,
+            MAX_RULE_POINTS,
+        )?;
+        check_range(
+            &field("maintain_points"),
+            tier.maintain_points,
+            0,
+            tier.qualify_points,
+        )?;
+        if rank == 0 && tier.qualify_points != 0 {
+            return Err(InvalidField::new(
+                field("qualify_points"),
+                "the first tier must qualify at 0",
+            ));
+        }
+        if rank > 0 && tier.qualify_points <= tiers[rank - 1].qualify_points {
+            return Err(InvalidField::new(
+                field("qualify_points"),
+                "thresholds must be strictly increasing",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn default_tiers() -> Vec<Tier> {
+    let tier = |code: &str, name: &str, qualify, maintain, multiplier_bp| Tier {
+        code: code.into(),
+        name: name.into(),
+        qualify_points: qualify,
+        maintain_points: maintain,
+        multiplier_bp,
+    };
+    vec![
+        tier("member", "Member", 0, 0, 10_000),
+        tier("silver", "Silver", 1_000, 800, 12_500),
+        tier("gold", "Gold", 5_000, 4_000, 15_000),
+        tier("vip", "VIP", 20_000, 16_000, 20_000),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document() -> RulesDocument {
+        RulesDocument {
+            currency: "USD".into(),
+            timezone: "Europe/Paris".into(),
+            base_rate_bp: 10_000,
+            min_amount_minor: 100,
+            daily_cap_points: Some(500),
+            points_validity_days: 365,
+            tiers: vec![],
+        }
+    }
+
+    #[test]
+    fn empty_tiers_become_the_default_ladder() {
+        let rules = ProgramRules::parse(document()).unwrap();
+        let codes: Vec<_> = rules
+            .document
+            .tiers
+            .iter()
+            .map(|t| t.code.as_str())
+            .collect();
+        assert_eq!(codes, ["member", "silver", "gold", "vip"]);
+    }
+
+    #[test]
+    fn invalid_rules_name_their_field() {
+        let mut bad = document();
+        bad.timezone = "Mars/Olympus".into();
+        assert_eq!(
+            ProgramRules::parse(bad).unwrap_err().field,
+            "rules.timezone"
+        );
+
+        let mut bad = document();
+        bad.tiers = default_tiers();
+        bad.tiers[2].qualify_points = 900;
+        bad.tiers[2].maintain_points = 900;
+        assert_eq!(
+            ProgramRules::parse(bad).unwrap_err().field,
+            "rules.tiers[2].qualify_points"
+        );
+
+        let mut bad = document();
+        bad.tiers = default_tiers();
+        bad.tiers[1].maintain_points = 2_000;
+        assert_eq!(
+            ProgramRules::parse(bad).unwrap_err().field,
+            "rules.tiers[1].maintain_points"
+        );
+
+        let mut bad = document();
+        bad.daily_cap_points = Some(0);
+        assert_eq!(
+            ProgramRules::parse(bad).unwrap_err().field,
+            "rules.daily_cap_points"
+        );
+    }
+
+    #[test]
+    fn local_day_uses_the_program_time_zone() {
+        let instant = DateTime::parse_from_rfc3339("2026-03-01T23:30:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let paris = local_day(instant, "Europe/Paris".parse().unwrap());
+        assert_eq!(paris, NaiveDate::from_ymd_opt(2026, 3, 2).unwrap());
+    }
+}

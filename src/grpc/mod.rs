@@ -1,0 +1,77 @@
+//! The gRPC transport: converts proto ↔ domain, calls the service, maps errors. No SQL.
+mod ledger;
+mod programs;
+
+pub use ledger::LedgerApi;
+pub use programs::ProgramsApi;
+
+use crate::domain::InvalidField;
+use crate::service::Error;
+use chrono::{DateTime, Utc};
+use tonic::{Code, Status};
+
+/// The generated code of `flash.loyalty.v1`.
+pub mod proto {
+    tonic::include_proto!("flash.loyalty.v1");
+
+    /// The encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/flash_descriptor.bin"));
+}
+
+/// The one mapping from service errors to gRPC codes. Unexpected errors are logged with
+/// their cause chain and answered with an opaque message.
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let code = code_of(&error);
+        if let Error::Unexpected(cause) = &error {
+            tracing::error!(error = format!("{cause:#}"), "unexpected error");
+            return Status::internal("internal error");
+        }
+        Status::new(code, error.to_string())
+    }
+}
+
+/// The gRPC code an error maps to.
+pub fn code_of(error: &Error) -> Code {
+    match error {
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::NotFound(_) => Code::NotFound,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Unexpected(_) => Code::Internal,
+    }
+}
+
+/// A required timestamp field.
+fn required_time(
+    field: &str,
+    value: Option<prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, InvalidField> {
+    optional_time(field, value)?.ok_or_else(|| InvalidField::new(field, "is required"))
+}
+
+/// An optional timestamp field, checked to be a real instant.
+fn optional_time(
+    field: &str,
+    value: Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, InvalidField> {
+    let Some(timestamp) = value else {
+        return Ok(None);
+    };
+    let nanos = u32::try_from(timestamp.nanos)
+        .ok()
+        .filter(|nanos| *nanos < 1_000_000_000);
+    nanos
+        .and_then(|nanos| DateTime::from_timestamp(timestamp.seconds, nanos))
+        .map(Some)
+        .ok_or_else(|| InvalidField::new(field, "is not a valid timestamp"))
+}
+
+fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: instant.timestamp(),
+        nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}

@@ -1,0 +1,127 @@
+//! `flash.loyalty.v1.Programs`.
+use super::proto::{self, programs_server::Programs as ProgramsRpc};
+use super::timestamp;
+use crate::domain::{InvalidField, ProgramId, RulesDocument, Tier};
+use crate::service::{ProgramView, Programs};
+use tonic::{Request, Response, Status};
+
+/// The gRPC adapter of the program use cases.
+pub struct ProgramsApi {
+    programs: Programs,
+}
+
+impl ProgramsApi {
+    pub fn new(programs: Programs) -> Self {
+        Self { programs }
+    }
+}
+
+#[tonic::async_trait]
+impl ProgramsRpc for ProgramsApi {
+    async fn create_program(
+        &self,
+        request: Request<proto::CreateProgramRequest>,
+    ) -> Result<Response<proto::CreateProgramResponse>, Status> {
+        let request = request.into_inner();
+        let program = ProgramId::parse(&request.program_id).map_err(crate::service::Error::from)?;
+        let rules = rules_document(request.rules)?;
+        let (stored, replayed) = self.programs.create(program, request.name, rules).await?;
+        Ok(Response::new(proto::CreateProgramResponse {
+            program: Some(program_message(stored)),
+            replayed,
+        }))
+    }
+
+    async fn get_program(
+        &self,
+        request: Request<proto::GetProgramRequest>,
+    ) -> Result<Response<proto::GetProgramResponse>, Status> {
+        let request = request.into_inner();
+        let program = ProgramId::parse(&request.program_id).map_err(crate::service::Error::from)?;
+        let stored = self.programs.get(&program).await?;
+        Ok(Response::new(proto::GetProgramResponse {
+            program: Some(program_message(stored)),
+        }))
+    }
+
+    async fn update_program(
+        &self,
+        request: Request<proto::UpdateProgramRequest>,
+    ) -> Result<Response<proto::UpdateProgramResponse>, Status> {
+        let request = request.into_inner();
+        let program = ProgramId::parse(&request.program_id).map_err(crate::service::Error::from)?;
+        let rules = rules_document(request.rules)?;
+        let expected = match request.expected_rules_version {
+            0 => None,
+            version if version > 0 => Some(version),
+            _ => {
+                return Err(InvalidField::new(
+                    "expected_rules_version",
+                    "must not be negative",
+                ))
+                .map_err(crate::service::Error::from)?
+            }
+        };
+        let name = Some(request.name).filter(|name| !name.is_empty());
+        let (stored, unchanged) = self.programs.update(program, name, rules, expected).await?;
+        Ok(Response::new(proto::UpdateProgramResponse {
+            program: Some(program_message(stored)),
+            unchanged,
+        }))
+    }
+}
+
+fn rules_document(
+    rules: Option<proto::ProgramRules>,
+) -> Result<RulesDocument, crate::service::Error> {
+    let rules = rules.ok_or_else(|| InvalidField::new("rules", "is required"))?;
+    Ok(RulesDocument {
+        currency: rules.currency,
+        timezone: rules.timezone,
+        base_rate_bp: rules.base_rate_bp,
+        min_amount_minor: rules.min_amount_minor,
+        daily_cap_points: rules.daily_cap_points,
+        points_validity_days: rules.points_validity_days,
+        tiers: rules
+            .tiers
+            .into_iter()
+            .map(|tier| Tier {
+                code: tier.code,
+                name: tier.name,
+                qualify_points: tier.qualify_points,
+                maintain_points: tier.maintain_points,
+                multiplier_bp: tier.multiplier_bp,
+            })
+            .collect(),
+    })
+}
+
+fn program_message(program: ProgramView) -> proto::Program {
+    let rules = program.rules;
+    proto::Program {
+        program_id: program.program_id,
+        name: program.name,
+        rules: Some(proto::ProgramRules {
+            currency: rules.currency,
+            timezone: rules.timezone,
+            base_rate_bp: rules.base_rate_bp,
+            min_amount_minor: rules.min_amount_minor,
+            daily_cap_points: rules.daily_cap_points,
+            points_validity_days: rules.points_validity_days,
+            tiers: rules
+                .tiers
+                .into_iter()
+                .map(|tier| proto::Tier {
+                    code: tier.code,
+                    name: tier.name,
+                    qualify_points: tier.qualify_points,
+                    maintain_points: tier.maintain_points,
+                    multiplier_bp: tier.multiplier_bp,
+                })
+                .collect(),
+        }),
+        rules_version: program.rules_version,
+        created_at: Some(timestamp(program.created_at)),
+        updated_at: Some(timestamp(program.updated_at)),
+    }
+}

@@ -1,0 +1,25 @@
+//! Flash Loyalty: a brand's loyalty program as a gRPC service — a points ledger with
+//! capped, idempotent awards, member tiers and referrals.
+//!
+//! # Layout
+//! Layers point one way: `grpc` → `service` → `store`, with `domain` shared by all.
+//! - [`config`]: settings from flags and `FLASH_*` environment variables.
+//! - [`telemetry`]: the tracing subscriber and the OpenTelemetry exporter.
+//! - [`app`]: wiring — builds the pool, the Redis client and the services, and serves.
+//! - [`commands`]: the command-line subcommands besides `serve`.
+//! - [`clock`]: the injectable clock; nothing else reads the time.
+//! - [`domain`]: ids, rules and points arithmetic; pure, no IO.
+//! - [`grpc`]: proto ↔ domain conversion and the one error → status mapping. No SQL.
+//! - [`service`]: use cases; each owns its transaction, member lock and cap reservation.
+//! - [`store`]: SQL only; PostgreSQL errors are classified in one place.
+//! - [`cap`]: the Redis daily-cap counters; every Redis failure is a refusal.
+pub mod app;
+pub mod cap;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod service;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,45 @@
+//! The `flash` binary: parse the command line, set up telemetry, run the subcommand.
+use clap::Parser;
+use flash_loyalty::app::Application;
+use flash_loyalty::clock::SystemClock;
+use flash_loyalty::config::{Cli, Command};
+use flash_loyalty::{commands, store, telemetry};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _telemetry = match telemetry::init(&cli.settings) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("flash: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "flash failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = cli.settings;
+    let clock = Arc::new(SystemClock);
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(&settings, clock).await?;
+            store::migrate(app.pool()).await?;
+            app.serve(commands::shutdown_signal()).await?;
+        }
+        Command::Migrate => {
+            let pool = commands::pool(&settings)?;
+            store::migrate(&pool).await?;
+        }
+        Command::Demo => commands::create_demo_program(&settings, clock).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,162 @@
+//! Use cases. Each owns its transaction, the member lock and the cap reservation, and
+//! runs in its own task so a caller hanging up can never leave it half done.
+mod award;
+mod members;
+mod programs;
+
+pub use award::{AwardCommand, AwardOutcome};
+pub use members::{EnrollCommand, MemberView};
+pub use programs::{ProgramView, Programs};
+
+use crate::cap::{CapUnavailable, DailyCap};
+use crate::clock::Clock;
+use crate::domain::InvalidField;
+use crate::store::{classify, DbFailure};
+use deadpool_postgres::Pool;
+use std::future::Future;
+use std::sync::Arc;
+
+/// How far in the future a caller's timestamp may be, for clock skew between services.
+pub const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Why a use case refused or failed. Mapped to a gRPC status in one place (`grpc`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(#[from] InvalidField),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl Error {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument(InvalidField::new(field, message))
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(error: tokio_postgres::Error) -> Self {
+        match classify(&error) {
+            DbFailure::Unavailable => {
+                tracing::warn!(%error, "database unavailable");
+                Self::Unavailable(
+                    "the database is unavailable; retry with the same idempotency key".into(),
+                )
+            }
+            _ => Self::Unexpected(anyhow::Error::new(error).context("database error")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        if let deadpool_postgres::PoolError::Backend(error) = error {
+            return error.into();
+        }
+        tracing::warn!(%error, "no database connection");
+        Self::Unavailable(
+            "no database connection available; retry with the same idempotency key".into(),
+        )
+    }
+}
+
+impl From<CapUnavailable> for Error {
+    fn from(error: CapUnavailable) -> Self {
+        tracing::warn!(%error, "award withheld");
+        Self::Unavailable(
+            "the daily cap could not be checked, so the award was withheld and nothing was \
+             written; retry with the same idempotency key"
+                .into(),
+        )
+    }
+}
+
+/// The ledger use cases: members and their points.
+#[derive(Clone)]
+pub struct Ledger {
+    db: Pool,
+    cap: DailyCap,
+    clock: Arc<dyn Clock>,
+}
+
+impl Ledger {
+    pub fn new(db: Pool, cap: DailyCap, clock: Arc<dyn Clock>) -> Self {
+        Self { db, cap, clock }
+    }
+}
+
+/// Runs a unit of work in its own task and waits for it. If the caller's future is
+/// dropped (the gRPC client cancelled), the task still commits or rolls back, and a
+/// cap reservation is still released.
+async fn run_to_completion<T, F>(work: F) -> Result<T, Error>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    tokio::spawn(work).await.map_err(|join_error| {
+        Error::Unexpected(anyhow::anyhow!("unit of work failed: {join_error}"))
+    })?
+}
+
+/// Names the fields whose values differ between a stored request and a new one.
+fn differing_fields(stored: &serde_json::Value, requested: &serde_json::Value) -> Vec<String> {
+    let (Some(stored), Some(requested)) = (stored.as_object(), requested.as_object()) else {
+        return vec!["request".into()];
+    };
+    let mut fields: Vec<String> = stored
+        .keys()
+        .chain(requested.keys())
+        .filter(|field| stored.get(*field) != requested.get(*field))
+        .cloned()
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
+/// The answer to a key seen before: the original outcome when the request is the same,
+/// ALREADY_EXISTS naming the differing fields otherwise.
+fn replay_or_conflict<T: serde::de::DeserializeOwned>(
+    key: &crate::domain::IdempotencyKey,
+    prior: &crate::store::entries::KeyedEntry,
+    request: &serde_json::Value,
+) -> Result<T, Error> {
+    let differing = differing_fields(&prior.request, request);
+    if !differing.is_empty() {
+        return Err(Error::AlreadyExists(format!(
+            "idempotency key {:?} was already used for a different request \
+             (entry {}, differs in: {})",
+            key.as_str(),
+            prior.entry_id,
+            differing.join(", ")
+        )));
+    }
+    serde_json::from_value(prior.outcome.clone())
+        .map_err(|error| Error::Unexpected(anyhow::Error::new(error).context("stored outcome")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn differing_fields_lists_changed_and_missing_fields() {
+        let stored = json!({"op": "award", "amount_minor": 100, "currency": "USD"});
+        let same = stored.clone();
+        assert!(differing_fields(&stored, &same).is_empty());
+        let other = json!({"op": "award", "amount_minor": 200, "source": "receipt"});
+        assert_eq!(
+            differing_fields(&stored, &other),
+            ["amount_minor", "currency", "source"]
+        );
+    }
+}

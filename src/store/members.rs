@@ -1,0 +1,108 @@
+//! Members and the figures derived from their batches and entries.
+use crate::domain::{MemberId, ProgramId};
+use chrono::{DateTime, NaiveDate, Utc};
+use tokio_postgres::{GenericClient, Row, Transaction};
+
+/// A member row.
+#[derive(Debug, Clone)]
+pub struct StoredMember {
+    pub member_id: MemberId,
+    pub birthday: Option<NaiveDate>,
+    pub enrolled_at: DateTime<Utc>,
+    pub tier_rank: usize,
+}
+
+/// A member's points at an instant, derived from the ledger (never stored).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PointsSummary {
+    /// Σ remaining of batches not yet expired at the instant.
+    pub balance_points: i64,
+    /// Σ earning entries less reversed points.
+    pub lifetime_earned_points: i64,
+    pub next_expiry_at: Option<DateTime<Utc>>,
+    pub next_expiry_points: i64,
+}
+
+/// Inserts the member, or updates the birthday of an existing one when one is given.
+/// Returns the row and whether it already existed.
+pub async fn upsert(
+    tx: &Transaction<'_>,
+    program: &ProgramId,
+    member: MemberId,
+    birthday: Option<NaiveDate>,
+    enrolled_at: DateTime<Utc>,
+) -> Result<(StoredMember, bool), tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "INSERT INTO members (program_id, member_id, birthday, enrolled_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (program_id, member_id) \
+             DO UPDATE SET birthday = COALESCE(EXCLUDED.birthday, members.birthday) \
+             RETURNING member_id, birthday, enrolled_at, tier_rank, (xmax <> 0) AS existed",
+            &[
+                &program.as_str(),
+                &member.as_uuid(),
+                &birthday,
+                &enrolled_at,
+            ],
+        )
+        .await?;
+    Ok((from_row(&row)?, row.try_get("existed")?))
+}
+
+pub async fn get(
+    client: &impl GenericClient,
+    program: &ProgramId,
+    member: MemberId,
+) -> Result<Option<StoredMember>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT member_id, birthday, enrolled_at, tier_rank FROM members \
+             WHERE program_id = $1 AND member_id = $2",
+            &[&program.as_str(), &member.as_uuid()],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// The member's points as of `now`: expired batches never count, swept or not.
+pub async fn points_summary(
+    client: &impl GenericClient,
+    program: &ProgramId,
+    member: MemberId,
+    now: DateTime<Utc>,
+) -> Result<PointsSummary, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "WITH live AS ( \
+                 SELECT remaining, expires_at FROM point_batches \
+                 WHERE program_id = $1 AND member_id = $2 AND remaining > 0 AND expires_at > $3), \
+             next AS (SELECT min(expires_at) AS at FROM live) \
+             SELECT \
+                 (SELECT COALESCE(sum(remaining), 0)::bigint FROM live) AS balance, \
+                 (SELECT at FROM next) AS next_expiry_at, \
+                 (SELECT COALESCE(sum(remaining), 0)::bigint FROM live \
+                   WHERE expires_at = (SELECT at FROM next)) AS next_expiry_points, \
+                 (SELECT COALESCE(sum(points), 0)::bigint \
+                    FROM ledger_entries WHERE program_id = $1 AND member_id = $2 \
+                     AND kind IN ('award', 'bonus')) AS earned",
+            &[&program.as_str(), &member.as_uuid(), &now],
+        )
+        .await?;
+    Ok(PointsSummary {
+        balance_points: row.try_get("balance")?,
+        lifetime_earned_points: row.try_get("earned")?,
+        next_expiry_at: row.try_get("next_expiry_at")?,
+        next_expiry_points: row.try_get("next_expiry_points")?,
+    })
+}
+
+fn from_row(row: &Row) -> Result<StoredMember, tokio_postgres::Error> {
+    let tier_rank: i32 = row.try_get("tier_rank")?;
+    Ok(StoredMember {
+        member_id: MemberId::from_uuid(row.try_get("member_id")?),
+        birthday: row.try_get("birthday")?,
+        enrolled_at: row.try_get("enrolled_at")?,
+        tier_rank: usize::try_from(tier_rank).unwrap_or(0),
+    })
+}

@@ -1,0 +1,84 @@
+//! PostgreSQL storage: SQL only. Functions take the client or transaction explicitly;
+//! balance-changing writes take a [`MemberTx`], which holds the member's lock.
+pub mod batches;
+pub mod entries;
+mod error;
+mod member_tx;
+pub mod members;
+pub mod programs;
+
+pub use error::{classify, DbFailure};
+pub use member_tx::MemberTx;
+
+use anyhow::Context;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::time::Duration;
+
+refinery::embed_migrations!("migrations");
+
+/// Session limits applied to every pooled connection.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// How long a statement waits for a row or advisory lock before failing (retryable).
+    pub lock_timeout: Duration,
+    /// Upper bound of any one statement.
+    pub statement_timeout: Duration,
+    /// A transaction left open by a crashed or cancelled caller is ended by the server.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+/// Builds the connection pool. Connections are made lazily, so a server can start
+/// while PostgreSQL is down and answer UNAVAILABLE until it is back.
+pub fn connect_pool(
+    database_url: &str,
+    max_size: usize,
+    limits: SessionLimits,
+) -> anyhow::Result<Pool> {
+    let mut config: tokio_postgres::Config = database_url
+        .parse()
+        .context("FLASH_DATABASE_URL is not a valid URL")?;
+    config.options(format!(
+        "-c lock_timeout={} -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        limits.lock_timeout.as_millis(),
+        limits.statement_timeout.as_millis(),
+        limits.idle_in_transaction_timeout.as_millis(),
+    ));
+    config.connect_timeout(Duration::from_secs(3));
+    config.application_name("flash");
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            // A dropped tokio-postgres transaction only queues its ROLLBACK; sending one on
+            // recycle guarantees no pooled connection comes back "idle in transaction".
+            recycling_method: RecyclingMethod::Custom("ROLLBACK".into()),
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .context("building the PostgreSQL pool")
+}
+
+/// Applies pending migrations. A session advisory lock keeps two starting servers from
+/// migrating at once.
+pub async fn migrate(pool: &Pool) -> anyhow::Result<()> {
+    const MIGRATION_LOCK: i64 = 0x666c_6173_685f_6d69; // "flash_mi"
+    let mut client = pool.get().await.context("connecting to PostgreSQL")?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let outcome = migrations::runner().run_async(&mut **client).await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let report = outcome.context("applying migrations")?;
+    for migration in report.applied_migrations() {
+        tracing::info!(migration = %migration, "applied migration");
+    }
+    Ok(())
+}
