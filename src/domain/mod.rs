@@ -6,7 +6,7 @@ mod rules;
 
 pub use ids::{EntryId, IdempotencyKey, MemberId, ProgramId};
 pub use lock::member_lock_key;
-pub use money::{purchase_points, Currency};
+pub use money::{purchase_points, Currency, MAX_AMOUNT_MINOR};
 pub use rules::{local_day, ProgramRules, RulesDocument, Tier, MAX_RULE_POINTS};
 
 /// A request field that failed validation; becomes INVALID_ARGUMENT naming the field.

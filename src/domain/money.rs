@@ -51,6 +51,10 @@ impl Currency {
     }
 }
 
+/// The largest purchase amount accepted, in minor units: a limit far above any real
+/// basket that keeps every points computation inside i64.
+pub const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
+
 /// points = floor(amount_minor × base_rate_bp × multiplier_bp / (10^exponent × 10^8)).
 ///
 /// `base_rate_bp` is points per major unit in basis points and `multiplier_bp` the tier

@@ -3,6 +3,7 @@ use super::proto::{self, ledger_server::Ledger as LedgerRpc};
 use super::{optional_time, required_time, timestamp};
 use crate::domain::{
     parse_reference, Currency, IdempotencyKey, InvalidField, MemberId, ProgramId, PurchaseSource,
+    MAX_AMOUNT_MINOR,
 };
 use crate::service::{AwardCommand, AwardOutcome, EnrollCommand, Error, Ledger, MemberView};
 use chrono::NaiveDate;
@@ -117,8 +118,11 @@ fn award_command(request: proto::AwardRequest) -> Result<AwardCommand, Error> {
             ))
         }
     };
-    if request.amount_minor <= 0 {
-        return Err(Error::invalid("amount_minor", "must be positive"));
+    if request.amount_minor <= 0 || request.amount_minor > MAX_AMOUNT_MINOR {
+        return Err(Error::invalid(
+            "amount_minor",
+            format!("must be between 1 and {MAX_AMOUNT_MINOR}"),
+        ));
     }
     let currency = Currency::parse("currency", &request.currency)?;
     Ok(AwardCommand {

@@ -55,11 +55,11 @@ impl ProgramsRpc for ProgramsApi {
             0 => None,
             version if version > 0 => Some(version),
             _ => {
-                return Err(InvalidField::new(
+                return Err(crate::service::Error::invalid(
                     "expected_rules_version",
                     "must not be negative",
-                ))
-                .map_err(crate::service::Error::from)?
+                )
+                .into())
             }
         };
         let name = Some(request.name).filter(|name| !name.is_empty());

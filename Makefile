@@ -1,0 +1,61 @@
+# Flash Loyalty: `make run` serves the API with a demo program, `make test` runs every test,
+# `make lint` runs the checks CI runs. Debug builds everywhere: they compile much faster.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+FLASH_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/flash
+FLASH_REDIS_URL ?= redis://127.0.0.1:6379
+FLASH_LISTEN ?= 127.0.0.1:50051
+# Tests create (and drop) their own flash_test_* databases through this admin connection.
+FLASH_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+FLASH_TEST_REDIS_URL ?= redis://127.0.0.1:6379
+export FLASH_DATABASE_URL FLASH_REDIS_URL FLASH_LISTEN FLASH_TEST_DATABASE_URL FLASH_TEST_REDIS_URL
+
+# `make audit PROGRAM=acme`
+PROGRAM ?= demo
+# Appended to the test binaries' arguments: `make test TEST_ARGS=award`
+TEST_ARGS ?=
+
+FLASH := ./target/debug/flash
+BUF := node_modules/.bin/buf
+
+.PHONY: bootstrap build run test lint migrate audit expire
+
+# PostgreSQL, Redis, the database and the build tools; silent when all is in place.
+bootstrap:
+	scripts/bootstrap.sh
+
+build:
+	cargo build --bin flash
+
+# Migrates, creates the demo program (idempotent) and serves on $(FLASH_LISTEN).
+run: bootstrap build
+	$(FLASH) migrate
+	$(FLASH) demo
+	$(FLASH) serve
+
+# Drops the databases of earlier test runs first; a killed run leaves its flash_test_* behind.
+test: bootstrap
+	psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" -tAc \
+	  "select format('drop database if exists %I with (force);', datname) from pg_database where datname like 'flash\_test\_%'" \
+	  | psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" >/dev/null || true
+	cargo test --all-targets -- --test-threads=8 $(TEST_ARGS)
+
+lint: | $(BUF)
+	cargo fmt --all --check
+	$(BUF) lint
+	cargo clippy --all-targets -- -D warnings
+
+# Installs buf at the version package-lock.json pins, only when it is not there yet.
+$(BUF):
+	npm ci --silent
+
+migrate: bootstrap build
+	$(FLASH) migrate
+
+audit: build
+	$(FLASH) audit --program $(PROGRAM)
+
+expire: build
+	$(FLASH) expire

@@ -1,0 +1,387 @@
+//! Test harness: `spawn_app()` creates a database, migrates it, serves on 127.0.0.1:0
+//! and hands back clients, the clock and the tie-out check.
+use chrono::{DateTime, TimeZone, Utc};
+use deadpool_postgres::Pool;
+use flash_loyalty::app::Application;
+use flash_loyalty::clock::ManualClock;
+use flash_loyalty::config::Settings;
+use flash_loyalty::grpc::proto::{
+    self, ledger_client::LedgerClient, programs_client::ProgramsClient,
+};
+use flash_loyalty::store;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+pub const PROGRAM: &str = "acme";
+
+/// The admin connection tests create their databases with.
+fn admin_url() -> String {
+    std::env::var("FLASH_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("FLASH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The first instant of every test: noon UTC on 1 March 2026.
+pub fn start_of_test() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+}
+
+/// A running server on its own database and Redis key prefix.
+pub struct TestApp {
+    pub ledger: LedgerClient<Channel>,
+    pub programs: ProgramsClient<Channel>,
+    pub clock: ManualClock,
+    /// A pool on the test's database, for checks the API does not expose.
+    pub db: Pool,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// A server with default settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A server whose settings `customize` may change (a dead Redis, a proxy, …).
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let database_url = create_database().await;
+    let redis_prefix = format!("test:{}:", Uuid::new_v4().simple());
+    let mut settings = Settings::defaults();
+    settings.database_url = database_url.clone();
+    settings.redis_url = redis_url();
+    settings.redis_prefix = redis_prefix.clone();
+    settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.db_pool_size = 24;
+    customize(&mut settings);
+    let clock = ManualClock::starting_at(start_of_test());
+    let app = Application::build(&settings, Arc::new(clock.clone()))
+        .await
+        .expect("build app");
+    store::migrate(app.pool()).await.expect("migrate");
+    let address = app.local_addr();
+    let db = app.pool().clone();
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.serve(async {
+        let _ = stop.await;
+    }));
+    let endpoint = format!("http://{address}");
+    let channel = Channel::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the test server");
+    TestApp {
+        ledger: LedgerClient::new(channel.clone()),
+        programs: ProgramsClient::new(channel),
+        clock,
+        db,
+        shutdown: Some(shutdown),
+    }
+}
+
+async fn create_database() -> String {
+    let name = format!("flash_test_{}", Uuid::new_v4().simple());
+    let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+        .await
+        .expect("connect to the admin database");
+    tokio::spawn(connection);
+    client
+        .execute(&format!("CREATE DATABASE {name}"), &[])
+        .await
+        .expect("create the test database");
+    let mut config: tokio_postgres::Config = admin_url().parse().unwrap();
+    config.dbname(&name);
+    let host = "127.0.0.1";
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    format!("postgres://{user}@{host}:{port}/{name}")
+}
+
+/// The rules most tests use: USD, 1 point per dollar, $1 minimum, no cap, a year.
+pub fn usd_rules() -> proto::ProgramRules {
+    proto::ProgramRules {
+        currency: "USD".into(),
+        timezone: "Europe/Paris".into(),
+        base_rate_bp: 10_000,
+        min_amount_minor: 100,
+        daily_cap_points: None,
+        points_validity_days: 365,
+        tiers: vec![],
+    }
+}
+
+impl TestApp {
+    pub async fn create_program(&mut self, rules: proto::ProgramRules) {
+        self.create_named_program(PROGRAM, rules).await;
+    }
+
+    pub async fn create_named_program(&mut self, program_id: &str, rules: proto::ProgramRules) {
+        self.programs
+            .create_program(proto::CreateProgramRequest {
+                program_id: program_id.into(),
+                name: "Acme".into(),
+                rules: Some(rules),
+            })
+            .await
+            .expect("create program");
+    }
+
+    /// Enrolls a new member of [`PROGRAM`] and returns its id.
+    pub async fn enroll(&mut self) -> String {
+        let member_id = Uuid::new_v4().to_string();
+        self.ledger
+            .enroll_member(proto::EnrollMemberRequest {
+                program_id: PROGRAM.into(),
+                member_id: member_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("enroll");
+        member_id
+    }
+
+    pub async fn member(&mut self, member_id: &str) -> proto::Member {
+        self.ledger
+            .get_member(proto::GetMemberRequest {
+                program_id: PROGRAM.into(),
+                member_id: member_id.into(),
+            })
+            .await
+            .expect("get member")
+            .into_inner()
+            .member
+            .unwrap()
+    }
+
+    /// A purchase award of `amount_minor` USD cents with a fresh key and order id.
+    pub fn purchase(&self, member_id: &str, amount_minor: i64) -> proto::AwardRequest {
+        let order = Uuid::new_v4().simple().to_string();
+        proto::AwardRequest {
+            program_id: PROGRAM.into(),
+            member_id: member_id.into(),
+            idempotency_key: format!("award-{order}"),
+            source: proto::PurchaseSource::Receipt as i32,
+            external_ref: format!("order-{order}"),
+            amount_minor,
+            currency: "USD".into(),
+            occurred_at: Some(timestamp(self.clock_now())),
+        }
+    }
+
+    pub fn clock_now(&self) -> DateTime<Utc> {
+        use flash_loyalty::clock::Clock;
+        self.clock.now()
+    }
+
+    pub async fn award(&mut self, request: proto::AwardRequest) -> proto::AwardResponse {
+        self.ledger
+            .award(request)
+            .await
+            .expect("award")
+            .into_inner()
+    }
+
+    /// Rows in the ledger tables: what "nothing was written" is checked against.
+    pub async fn row_counts(&self) -> (i64, i64) {
+        let client = self.db.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM ledger_entries), (SELECT count(*) FROM point_batches)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+
+    /// The books tie out for every member: the balance the API reports equals Σ remaining
+    /// of the non-expired batches, and Σ of all entries' signed points equals Σ remaining
+    /// of all batches.
+    pub async fn assert_ties_out(&mut self) {
+        let client = self.db.get().await.unwrap();
+        let now = self.clock_now();
+        let rows = client
+            .query(
+                "SELECT m.program_id, m.member_id::text, \
+                   (SELECT COALESCE(sum(remaining), 0)::bigint FROM point_batches b \
+                     WHERE b.program_id = m.program_id AND b.member_id = m.member_id \
+                       AND b.expires_at > $1) AS live, \
+                   (SELECT COALESCE(sum(remaining), 0)::bigint FROM point_batches b \
+                     WHERE b.program_id = m.program_id AND b.member_id = m.member_id) AS held, \
+                   (SELECT COALESCE(sum(points), 0)::bigint FROM ledger_entries e \
+                     WHERE e.program_id = m.program_id AND e.member_id = m.member_id) AS entries \
+                 FROM members m",
+                &[&now],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        for row in rows {
+            let program_id: String = row.get(0);
+            let member_id: String = row.get(1);
+            let (live, held, entries): (i64, i64, i64) = (row.get(2), row.get(3), row.get(4));
+            let reported = self
+                .ledger
+                .get_member(proto::GetMemberRequest {
+                    program_id: program_id.clone(),
+                    member_id: member_id.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .member
+                .unwrap()
+                .balance_points;
+            assert_eq!(
+                reported, live,
+                "{program_id}/{member_id}: balance ≠ live batches"
+            );
+            assert_eq!(entries, held, "{program_id}/{member_id}: entries ≠ batches");
+            assert!(live >= 0, "{program_id}/{member_id}: negative balance");
+        }
+    }
+}
+
+pub fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: instant.timestamp(),
+        nanos: instant.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A TCP proxy in front of a server, that the test can cut and heal.
+pub struct Proxy {
+    pub address: SocketAddr,
+    up: Arc<AtomicBool>,
+    /// Bumped on every cut, so forwarding tasks of earlier connections stop.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (up_flag, generations) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up_flag.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let born = generations.load(Ordering::SeqCst);
+                let generations = generations.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut inbound, mut outbound) = (inbound, outbound);
+                    let cut = async {
+                        while generations.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
+                        _ = cut => {},
+                    }
+                });
+            }
+        });
+        Proxy {
+            address,
+            up,
+            generation,
+        }
+    }
+
+    /// Drops every connection and refuses new ones; returns once the forwarding tasks
+    /// have seen the cut.
+    pub async fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    pub fn heal(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A private `redis-server` on a free port, killed when dropped: for faults that must
+/// never touch the shared Redis (FLUSHALL, restarts).
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Child,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> PrivateRedis {
+        let port = free_port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return PrivateRedis { port, child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("private redis-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command with redis-cli against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

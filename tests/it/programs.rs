@@ -1,0 +1,174 @@
+use crate::helpers::{spawn_app, usd_rules, PROGRAM};
+use flash_loyalty::grpc::proto;
+use tonic::Code;
+
+#[tokio::test]
+async fn creating_a_program_twice_with_the_same_settings_replays() {
+    let mut app = spawn_app().await;
+    let request = proto::CreateProgramRequest {
+        program_id: PROGRAM.into(),
+        name: "Acme".into(),
+        rules: Some(usd_rules()),
+    };
+    let first = app
+        .programs
+        .create_program(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let second = app
+        .programs
+        .create_program(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    assert!(second.replayed);
+    assert_eq!(first.program, second.program);
+    let tiers = &first.program.unwrap().rules.unwrap().tiers;
+    assert_eq!(tiers.len(), 4, "empty tiers become the default ladder");
+}
+
+#[tokio::test]
+async fn creating_a_program_again_with_other_settings_is_already_exists() {
+    let mut app = spawn_app().await;
+    app.create_program(usd_rules()).await;
+    let mut rules = usd_rules();
+    rules.base_rate_bp = 20_000;
+    let error = app
+        .programs
+        .create_program(proto::CreateProgramRequest {
+            program_id: PROGRAM.into(),
+            name: "Acme".into(),
+            rules: Some(rules),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::AlreadyExists);
+    assert!(
+        error.message().contains("rules.base_rate_bp"),
+        "{}",
+        error.message()
+    );
+}
+
+#[tokio::test]
+async fn invalid_rules_are_refused_naming_the_field() {
+    let mut app = spawn_app().await;
+    type Change = Box<dyn Fn(&mut proto::ProgramRules)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("rules.currency", Box::new(|r| r.currency = "usd".into())),
+        (
+            "rules.timezone",
+            Box::new(|r| r.timezone = "Nowhere/City".into()),
+        ),
+        ("rules.base_rate_bp", Box::new(|r| r.base_rate_bp = -1)),
+        (
+            "rules.daily_cap_points",
+            Box::new(|r| r.daily_cap_points = Some(0)),
+        ),
+        (
+            "rules.points_validity_days",
+            Box::new(|r| r.points_validity_days = 0),
+        ),
+        (
+            "rules.tiers[1].qualify_points",
+            Box::new(|r| r.tiers = vec![tier("member", 0, 0), tier("silver", 0, 0)]),
+        ),
+    ];
+    for (field, change) in cases {
+        let mut rules = usd_rules();
+        change(&mut rules);
+        let error = app
+            .programs
+            .create_program(proto::CreateProgramRequest {
+                program_id: PROGRAM.into(),
+                name: "Acme".into(),
+                rules: Some(rules),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            error.message().starts_with(field),
+            "{field}: {}",
+            error.message()
+        );
+    }
+    let error = app
+        .programs
+        .get_program(proto::GetProgramRequest {
+            program_id: PROGRAM.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "nothing was created");
+}
+
+#[tokio::test]
+async fn updating_rules_bumps_the_version_and_an_identical_update_writes_nothing() {
+    let mut app = spawn_app().await;
+    app.create_program(usd_rules()).await;
+    let mut rules = usd_rules();
+    rules.base_rate_bp = 20_000;
+    let update = proto::UpdateProgramRequest {
+        program_id: PROGRAM.into(),
+        rules: Some(rules),
+        expected_rules_version: 1,
+        name: String::new(),
+    };
+    let first = app
+        .programs
+        .update_program(update.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.unchanged);
+    assert_eq!(first.program.as_ref().unwrap().rules_version, 2);
+    let again = app
+        .programs
+        .update_program(update.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.unchanged, "a retried update writes nothing");
+    assert_eq!(again.program.unwrap().rules_version, 2);
+
+    let mut stale = update;
+    stale.rules.as_mut().unwrap().base_rate_bp = 30_000;
+    let error = app.programs.update_program(stale).await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn awards_record_the_rules_version_they_were_computed_under() {
+    let mut app = spawn_app().await;
+    app.create_program(usd_rules()).await;
+    let member = app.enroll().await;
+    let before = app.award(app.purchase(&member, 1_000)).await;
+    let mut rules = usd_rules();
+    rules.base_rate_bp = 20_000;
+    app.programs
+        .update_program(proto::UpdateProgramRequest {
+            program_id: PROGRAM.into(),
+            rules: Some(rules),
+            expected_rules_version: 0,
+            name: String::new(),
+        })
+        .await
+        .unwrap();
+    let after = app.award(app.purchase(&member, 1_000)).await;
+    assert_eq!((before.rules_version, before.awarded_points), (1, 10));
+    assert_eq!((after.rules_version, after.awarded_points), (2, 20));
+    app.assert_ties_out().await;
+}
+
+fn tier(code: &str, qualify: i64, maintain: i64) -> proto::Tier {
+    proto::Tier {
+        code: code.into(),
+        name: code.into(),
+        qualify_points: qualify,
+        maintain_points: maintain,
+        multiplier_bp: 10_000,
+    }
+}
