@@ -20,7 +20,7 @@ TEST_ARGS ?=
 FLASH := ./target/debug/flash
 BUF := node_modules/.bin/buf
 
-.PHONY: bootstrap build run test lint migrate audit expire
+.PHONY: bootstrap build run test lint migrate audit expire chaos
 
 # PostgreSQL, Redis, the database and the build tools; silent when all is in place.
 bootstrap:
@@ -59,3 +59,14 @@ audit: build
 
 expire: build
 	$(FLASH) expire
+
+# Seeded chaos runs, each with its own PostgreSQL cluster, Redis and servers:
+# `make chaos SEEDS=100 SECONDS_PER_RUN=8` runs seeds 1..100 (a failing seed prints the
+# command that replays it); `make chaos SEED=42` runs one.
+SEEDS ?= 100
+SECONDS_PER_RUN ?= 8
+SEED ?=
+chaos:
+	cargo build --bins
+	if [ -n "$(SEED)" ]; then ./target/debug/flash-chaos --seed $(SEED) --seconds $(SECONDS_PER_RUN); \
+	else ./target/debug/flash-chaos --seeds 1..$(SEEDS) --seconds $(SECONDS_PER_RUN); fi

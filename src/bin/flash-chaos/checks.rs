@@ -1,0 +1,225 @@
+//! The end-of-run checks: the ledger against the model of acknowledged outcomes.
+use crate::infra::{blocking, Infra};
+use crate::workload::{Answer, Ctx, Fate, PROGRAM};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+
+pub struct Limits {
+    pub daily_cap_points: i64,
+    pub max_rss_kib: u64,
+}
+
+/// Runs every check; findings go to `ctx.stats` failures and notes.
+pub async fn run(infra: &Infra, ctx: &Ctx, rng: &mut ChaCha8Rng, limits: &Limits) {
+    if let Err(error) = checks(infra, ctx, rng, limits).await {
+        ctx.stats.fail(format!("checks could not run: {error:#}"));
+    }
+}
+
+async fn checks(
+    infra: &Infra,
+    ctx: &Ctx,
+    rng: &mut ChaCha8Rng,
+    limits: &Limits,
+) -> anyhow::Result<()> {
+    let stats = &ctx.stats;
+    let db = infra.connect(crate::infra::DATABASE).await?;
+
+    // 1. Every acknowledged key has its one entry, every refused key none.
+    let rows = db
+        .query(
+            "SELECT idempotency_key, kind, points, member_id::text FROM ledger_entries \
+             WHERE program_id = $1",
+            &[&PROGRAM],
+        )
+        .await?;
+    let mut entries: HashMap<String, (String, i64, String)> = HashMap::new();
+    let mut expired: HashMap<String, i64> = HashMap::new();
+    for row in &rows {
+        let (key, kind, points, member): (String, String, i64, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if kind == "expiry" {
+            *expired.entry(member.clone()).or_default() += points;
+        }
+        entries.insert(key, (kind, points, member));
+    }
+    let model = ctx.model.lock().unwrap().keys.clone();
+    let (mut unresolved, mut missing, mut written) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, record) in &model {
+        let entry = entries.get(key);
+        match (&record.fate, entry) {
+            (Fate::Unresolved, _) => unresolved.push(key.clone()),
+            (Fate::Acked, None) => missing.push(key.clone()),
+            (Fate::Acked, Some((kind, points, member))) => {
+                let expected_member = record.member.map(|m| ctx.members[m].as_str());
+                if kind != record.kind
+                    || *points != record.delta
+                    || expected_member != Some(member.as_str())
+                {
+                    stats.fail(format!(
+                        "key {key}: acknowledged as {} of {} points for {expected_member:?}, \
+                         entry is {kind} of {points} for {member}",
+                        record.kind, record.delta
+                    ));
+                }
+            }
+            (Fate::Refused(code), Some((kind, points, _))) => {
+                written.push(format!("{key} ({code:?}; entry {kind} {points})"))
+            }
+            (Fate::Refused(_), None) | (Fate::Indeterminate, _) => {}
+        }
+    }
+    if !unresolved.is_empty() {
+        unresolved.sort();
+        stats.fail(format!(
+            "{} keys never got a definite answer after healing, e.g. {:?}",
+            unresolved.len(),
+            &unresolved[..unresolved.len().min(5)]
+        ));
+    }
+    if !missing.is_empty() {
+        missing.sort();
+        stats.fail(format!(
+            "{} acknowledged keys have no ledger entry, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+    if !written.is_empty() {
+        written.sort();
+        stats.fail(format!(
+            "{} refused keys have a ledger entry, e.g. {:?}",
+            written.len(),
+            &written[..written.len().min(5)]
+        ));
+    }
+    let strangers: Vec<&String> = entries
+        .iter()
+        .filter(|(key, (kind, _, _))| kind != "expiry" && !model.contains_key(*key))
+        .map(|(key, _)| key)
+        .take(5)
+        .collect();
+    if !strangers.is_empty() {
+        stats.fail(format!("entries under keys never sent: {strangers:?}"));
+    }
+
+    // 2. Each member's balance equals the model: acknowledged deltas less swept expiries.
+    let mut model_balance = vec![0i64; ctx.members.len()];
+    let mut unknown_members = vec![false; ctx.members.len()];
+    for record in model.values() {
+        match (&record.fate, record.member) {
+            (Fate::Acked, Some(member)) => model_balance[member] += record.delta,
+            (Fate::Indeterminate, Some(member)) => unknown_members[member] = true,
+            _ => {}
+        }
+    }
+    for (index, member) in ctx.members.iter().enumerate() {
+        let expected = model_balance[index] + expired.get(member).copied().unwrap_or(0);
+        match ctx.get_member(rng, index).await {
+            Answer::Ok(response) => {
+                let balance = response.member.map_or(i64::MIN, |m| m.balance_points);
+                if balance != expected && !unknown_members[index] {
+                    stats.fail(format!(
+                        "member {member}: balance {balance}, model {expected} \
+                         (acknowledged {}, swept {})",
+                        model_balance[index],
+                        expired.get(member).copied().unwrap_or(0)
+                    ));
+                }
+            }
+            _ => stats.fail(format!("member {member}: GetMember failed after healing")),
+        }
+    }
+
+    // 3. The books tie out: Σ entries = Σ batch remaining, per member; nothing negative.
+    let rows = db
+        .query(
+            "SELECT m.member_id::text, \
+               (SELECT COALESCE(sum(points), 0)::bigint FROM ledger_entries e \
+                 WHERE e.program_id = m.program_id AND e.member_id = m.member_id), \
+               (SELECT COALESCE(sum(remaining), 0)::bigint FROM point_batches b \
+                 WHERE b.program_id = m.program_id AND b.member_id = m.member_id) \
+             FROM members m WHERE m.program_id = $1",
+            &[&PROGRAM],
+        )
+        .await?;
+    for row in rows {
+        let (member, entries, held): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if entries != held || held < 0 {
+            stats.fail(format!(
+                "member {member}: Σ entries {entries} ≠ Σ batch remaining {held}"
+            ));
+        }
+    }
+
+    // 4. No member/day earned more capped purchase points than the cap.
+    let rows = db
+        .query(
+            "SELECT member_id::text, cap_day::text, sum(points)::bigint FROM ledger_entries \
+             WHERE program_id = $1 AND kind = 'award' GROUP BY 1, 2 HAVING sum(points)::bigint > $2",
+            &[&PROGRAM, &limits.daily_cap_points],
+        )
+        .await?;
+    for row in rows {
+        let (member, day, points): (String, String, i64) = (row.get(0), row.get(1), row.get(2));
+        stats.fail(format!(
+            "member {member} earned {points} purchase points on {day}, cap {}",
+            limits.daily_cap_points
+        ));
+    }
+
+    // 5. No session left idle in a transaction once everything settled.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let rows = db
+        .query(
+            "SELECT pid, application_name, left(query, 120), \
+                    extract(epoch FROM now() - state_change)::float8 \
+             FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await?;
+    for row in rows {
+        let (pid, app, query, idle): (i32, String, String, f64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        stats.fail(format!(
+            "session {pid} ({app}) idle in transaction for {idle:.1}s after settling: {query}"
+        ));
+    }
+
+    // 6. Memory stayed bounded.
+    let rss = infra.max_rss_kib.load(std::sync::atomic::Ordering::Relaxed);
+    if rss > limits.max_rss_kib {
+        stats.fail(format!(
+            "a server reached {} MiB RSS (bound {} MiB)",
+            rss / 1024,
+            limits.max_rss_kib / 1024
+        ));
+    }
+
+    // 7. `flash audit`, once it exists.
+    let output = blocking(|| {
+        infra
+            .flash_command()
+            .args(["audit", "--program", PROGRAM])
+            .output()
+    })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if !output.status.success() {
+        if text.contains("unrecognized subcommand") {
+            stats.note("flash audit does not exist yet: skipped");
+        } else {
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            stats.fail(format!(
+                "flash audit --program {PROGRAM} exited {}: {}",
+                output.status,
+                tail.join(" | ")
+            ));
+        }
+    }
+    Ok(())
+}

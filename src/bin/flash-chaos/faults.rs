@@ -1,0 +1,184 @@
+//! The seeded fault schedule and the expiry sweeps.
+use crate::infra::{blocking, Infra};
+use crate::proxy::Mode;
+use crate::workload::Ctx;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    KillServer,
+    RedisCut,
+    RedisFreeze,
+    RedisFlush,
+    RedisRestart,
+    PgTerminate,
+    PgRestart,
+}
+
+impl Fault {
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillServer => "kill",
+            Fault::RedisCut => "redis_cut",
+            Fault::RedisFreeze => "redis_freeze",
+            Fault::RedisFlush => "redis_flush",
+            Fault::RedisRestart => "redis_restart",
+            Fault::PgTerminate => "pg_terminate",
+            Fault::PgRestart => "pg_restart",
+        }
+    }
+}
+
+const FAULTS: [(Fault, u32); 7] = [
+    (Fault::KillServer, 4),
+    (Fault::RedisCut, 3),
+    (Fault::RedisFreeze, 3),
+    (Fault::RedisFlush, 2),
+    (Fault::RedisRestart, 2),
+    (Fault::PgTerminate, 3),
+    (Fault::PgRestart, 2),
+];
+
+fn pick(rng: &mut ChaCha8Rng) -> Fault {
+    let total: u32 = FAULTS.iter().map(|(_, w)| w).sum();
+    let mut roll = rng.random_range(0..total);
+    for (fault, weight) in FAULTS {
+        if roll < weight {
+            return fault;
+        }
+        roll -= weight;
+    }
+    Fault::KillServer
+}
+
+pub type Injected = Arc<Mutex<BTreeMap<&'static str, u32>>>;
+
+/// Injects one fault at a time until `ctx.stop`, then heals. Errors of the fault machinery
+/// itself (a cluster that does not come back) are run failures.
+pub async fn schedule(infra: Arc<Infra>, ctx: Arc<Ctx>, mut rng: ChaCha8Rng, injected: Injected) {
+    // Let the workload get going first.
+    tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let fault = pick(&mut rng);
+        *injected.lock().unwrap().entry(fault.name()).or_default() += 1;
+        let hold = Duration::from_millis(rng.random_range(100..1_500));
+        let result = inject(&infra, &ctx, &mut rng, fault, hold).await;
+        if let Err(error) = result {
+            ctx.stats.fail(format!("fault {}: {error:#}", fault.name()));
+        }
+        if let Err(error) = infra.heal().await {
+            ctx.stats
+                .fail(format!("healing after {}: {error:#}", fault.name()));
+        }
+        let quiet = Duration::from_millis(rng.random_range(100..1_200));
+        tokio::time::sleep(quiet).await;
+    }
+}
+
+async fn inject(
+    infra: &Arc<Infra>,
+    ctx: &Ctx,
+    rng: &mut ChaCha8Rng,
+    fault: Fault,
+    hold: Duration,
+) -> anyhow::Result<()> {
+    match fault {
+        Fault::KillServer => {
+            let index = rng.random_range(0..infra.servers.len());
+            infra.kill_server(index);
+            tokio::time::sleep(hold / 3).await;
+            blocking(|| infra.start_server(index))?;
+        }
+        Fault::RedisCut | Fault::RedisFreeze => {
+            infra.proxy.set(if fault == Fault::RedisCut {
+                Mode::Cut
+            } else {
+                Mode::Freeze
+            });
+            tokio::time::sleep(hold).await;
+            infra.proxy.set(Mode::Forward);
+        }
+        Fault::RedisFlush => {
+            blocking(|| infra.redis.lock().unwrap().cli(&["FLUSHALL"]))?;
+        }
+        Fault::RedisRestart => {
+            blocking(|| infra.redis.lock().unwrap().restart())?;
+        }
+        Fault::PgTerminate => {
+            let client = infra.connect("postgres").await?;
+            let rows = client
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = 'flash'",
+                    &[],
+                )
+                .await?;
+            if rows.is_empty() {
+                ctx.stats
+                    .note("a pg_terminate_backend found no flash session");
+            }
+        }
+        Fault::PgRestart => {
+            blocking(|| infra.pg.restart_immediate())?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `flash expire` knows `--as-of`.
+pub fn sweeps_supported(infra: &Infra) -> bool {
+    blocking(|| {
+        infra
+            .flash_command()
+            .args(["expire", "--help"])
+            .output()
+            .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--as-of"))
+            .unwrap_or(false)
+    })
+}
+
+/// Runs `flash expire --as-of T` every second or two. `T` is a point in the future of the
+/// run's first batches: the start plus the validity, plus a random part of the elapsed
+/// time, so each sweep expires the batches earned before some moment of the run.
+pub async fn sweeps(
+    infra: Arc<Infra>,
+    ctx: Arc<Ctx>,
+    mut rng: ChaCha8Rng,
+    started: chrono::DateTime<chrono::Utc>,
+    validity_days: i64,
+    counts: Injected,
+) {
+    while !ctx.stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(700..2_500))).await;
+        if ctx.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let elapsed = chrono::Utc::now() - started;
+        let as_of = if rng.random_bool(0.2) {
+            chrono::Utc::now()
+        } else {
+            let offset = rng.random_range(0..=elapsed.num_milliseconds().max(1));
+            started + chrono::Duration::days(validity_days) + chrono::Duration::milliseconds(offset)
+        };
+        let as_of = as_of.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let infra = infra.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            infra
+                .flash_command()
+                .args(["expire", "--as-of", &as_of])
+                .output()
+        })
+        .await;
+        let ok = matches!(&output, Ok(Ok(o)) if o.status.success());
+        *counts
+            .lock()
+            .unwrap()
+            .entry(if ok { "sweep_ok" } else { "sweep_err" })
+            .or_default() += 1;
+    }
+}

@@ -1,0 +1,900 @@
+//! The seeded workload: concurrent clients that award, spend, reverse and adjust, each
+//! retrying a call that got no definite answer with the same idempotency key, and the model
+//! of every key's fate the final checks compare the ledger with.
+use flash_loyalty::grpc::proto::{self, ledger_client::LedgerClient};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+pub const PROGRAM: &str = "chaos";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    Award,
+    AwardBatch,
+    Replay,
+    DuplicatePurchase,
+    KeyConflict,
+    Spend,
+    ReverseAward,
+    ReverseSpend,
+    Adjust,
+    Read,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Award => "award",
+            Op::AwardBatch => "award_batch",
+            Op::Replay => "replay",
+            Op::DuplicatePurchase => "dup_purchase",
+            Op::KeyConflict => "key_conflict",
+            Op::Spend => "spend",
+            Op::ReverseAward => "reverse_award",
+            Op::ReverseSpend => "reverse_spend",
+            Op::Adjust => "adjust",
+            Op::Read => "read",
+        }
+    }
+}
+
+const WEIGHTS: [(Op, u32); 10] = [
+    (Op::Award, 30),
+    (Op::AwardBatch, 6),
+    (Op::Replay, 4),
+    (Op::DuplicatePurchase, 2),
+    (Op::KeyConflict, 2),
+    (Op::Spend, 16),
+    (Op::ReverseAward, 7),
+    (Op::ReverseSpend, 6),
+    (Op::Adjust, 9),
+    (Op::Read, 4),
+];
+
+/// What became of one idempotency key.
+#[derive(Debug, Clone)]
+pub enum Fate {
+    /// No definite answer yet.
+    Unresolved,
+    /// OK: one entry must exist, with `delta` points.
+    Acked,
+    /// A definite refusal: no entry may exist.
+    Refused(Code),
+    /// The call failed in a way that is itself a finding (INTERNAL, …): not checked.
+    Indeterminate,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    /// The entry kind the key writes.
+    pub kind: &'static str,
+    /// The member's index; for reversals, known once acknowledged.
+    pub member: Option<usize>,
+    pub fate: Fate,
+    /// Signed effect on the member's balance, once acknowledged.
+    pub delta: i64,
+}
+
+/// An acknowledged award, for replays, duplicates and reversals.
+#[derive(Debug, Clone)]
+pub struct AckedAward {
+    pub request: proto::AwardRequest,
+    pub entry_id: String,
+    pub awarded_points: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AckedSpend {
+    pub key: String,
+    pub entry_id: String,
+    pub points: i64,
+}
+
+#[derive(Default)]
+pub struct Model {
+    pub keys: HashMap<String, KeyRecord>,
+    pub awards: Vec<AckedAward>,
+    pub spends: Vec<AckedSpend>,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub ops: AtomicU64,
+    pub attempts: AtomicU64,
+    pub retries: AtomicU64,
+    pub per_op: Mutex<BTreeMap<&'static str, u64>>,
+    pub refusals: Mutex<BTreeMap<String, u64>>,
+    pub failures: Mutex<Vec<String>>,
+    pub notes: Mutex<BTreeSet<String>>,
+}
+
+impl Stats {
+    pub fn fail(&self, message: impl Into<String>) {
+        let message = message.into();
+        let mut failures = self.failures.lock().unwrap();
+        if failures.len() < 200 {
+            failures.push(message);
+        }
+    }
+
+    pub fn note(&self, message: impl Into<String>) {
+        self.notes.lock().unwrap().insert(message.into());
+    }
+}
+
+/// The answer a caller ends up with.
+pub enum Answer<T> {
+    Ok(T),
+    Refused(Code, String),
+    Unimplemented,
+    /// INTERNAL or an unexpected code: a finding, already recorded.
+    Failed,
+    /// Retries were cut off (the run's settle time ran out).
+    GaveUp,
+}
+
+pub struct Ctx {
+    pub seed: u64,
+    pub members: Vec<String>,
+    pub member_index: HashMap<String, usize>,
+    pub hot: usize,
+    clients: Vec<LedgerClient<Channel>>,
+    pub model: Mutex<Model>,
+    pub stats: Stats,
+    /// Clients start no new operation once set.
+    pub stop: AtomicBool,
+    /// Retrying stops after this instant (set when settling).
+    pub give_up_at: Mutex<Option<Instant>>,
+    /// Operations the servers answer UNIMPLEMENTED to.
+    pub disabled: Mutex<BTreeSet<Op>>,
+    /// Chance that an attempt gets a short deadline and is cancelled mid-flight.
+    pub cancel_chance: f64,
+}
+
+fn timestamp(instant: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: instant.timestamp(),
+        nanos: instant.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// Codes after which the caller cannot know whether the call took effect.
+fn no_definite_answer(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => true,
+        // The transport's own INTERNAL (an h2 stream torn down by a killed server), not
+        // the server's answer, which is always "internal error".
+        Code::Internal => {
+            let message = status.message();
+            message.contains("h2 protocol error") || message.contains("transport")
+        }
+        _ => false,
+    }
+}
+
+impl Ctx {
+    pub fn new(seed: u64, endpoints: &[String], rng: &mut ChaCha8Rng, members: usize) -> Ctx {
+        let clients = endpoints
+            .iter()
+            .map(|endpoint| {
+                let channel = Endpoint::from_shared(endpoint.clone())
+                    .expect("endpoint")
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                LedgerClient::new(channel)
+            })
+            .collect();
+        let members: Vec<String> = (0..members)
+            .map(|_| uuid::Uuid::from_u128(rng.random::<u128>() & !(0xf << 76) | (4 << 76)))
+            .map(|u| u.to_string())
+            .collect();
+        let member_index = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.clone(), i))
+            .collect();
+        Ctx {
+            seed,
+            hot: (members.len() / 8).max(1),
+            members,
+            member_index,
+            clients,
+            model: Mutex::new(Model::default()),
+            stats: Stats::default(),
+            stop: AtomicBool::new(false),
+            give_up_at: Mutex::new(None),
+            disabled: Mutex::new(BTreeSet::new()),
+            cancel_chance: 0.12,
+        }
+    }
+
+    fn gave_up(&self) -> bool {
+        matches!(*self.give_up_at.lock().unwrap(), Some(at) if Instant::now() >= at)
+    }
+
+    /// Sends a call until it gets a definite answer, the same request each time.
+    pub async fn call<T, F, Fut>(
+        &self,
+        rng: &mut ChaCha8Rng,
+        what: &str,
+        mut attempt: F,
+    ) -> Answer<T>
+    where
+        F: FnMut(LedgerClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut in_a_row = 0u32;
+        loop {
+            if self.gave_up() {
+                return Answer::GaveUp;
+            }
+            let client = self.clients[rng.random_range(0..self.clients.len())].clone();
+            let deadline = if rng.random_bool(self.cancel_chance) {
+                Duration::from_millis(rng.random_range(1..120))
+            } else {
+                Duration::from_secs(5)
+            };
+            self.stats.attempts.fetch_add(1, Ordering::Relaxed);
+            let outcome = tokio::time::timeout(
+                deadline + Duration::from_millis(20),
+                attempt(client, deadline),
+            )
+            .await;
+            match outcome {
+                Ok(Ok(response)) => return Answer::Ok(response.into_inner()),
+                Ok(Err(status)) if !no_definite_answer(&status) => {
+                    return match status.code() {
+                        Code::FailedPrecondition
+                        | Code::AlreadyExists
+                        | Code::InvalidArgument
+                        | Code::NotFound => {
+                            *self
+                                .stats
+                                .refusals
+                                .lock()
+                                .unwrap()
+                                .entry(format!("{what}:{:?}", status.code()))
+                                .or_default() += 1;
+                            Answer::Refused(status.code(), status.message().to_owned())
+                        }
+                        Code::Unimplemented => Answer::Unimplemented,
+                        code => {
+                            self.stats
+                                .fail(format!("{what}: {code:?} \"{}\"", status.message()));
+                            Answer::Failed
+                        }
+                    };
+                }
+                _ => {}
+            }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            in_a_row += 1;
+            let backoff = rng.random_range(5..40) * u64::from(in_a_row.min(8));
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
+        }
+    }
+
+    fn pick_member(&self, rng: &mut ChaCha8Rng) -> usize {
+        if rng.random_bool(0.6) {
+            rng.random_range(0..self.hot)
+        } else {
+            rng.random_range(0..self.members.len())
+        }
+    }
+
+    fn disable(&self, op: Op) {
+        if self.disabled.lock().unwrap().insert(op) {
+            self.stats.note(format!(
+                "{} answers UNIMPLEMENTED: not exercised",
+                op.name()
+            ));
+        }
+    }
+
+    fn pick_op(&self, rng: &mut ChaCha8Rng) -> Op {
+        let disabled = self.disabled.lock().unwrap().clone();
+        let choices: Vec<(Op, u32)> = WEIGHTS
+            .iter()
+            .copied()
+            .filter(|(op, _)| !disabled.contains(op))
+            .collect();
+        let total: u32 = choices.iter().map(|(_, w)| w).sum();
+        let mut roll = rng.random_range(0..total);
+        for (op, weight) in choices {
+            if roll < weight {
+                return op;
+            }
+            roll -= weight;
+        }
+        Op::Award
+    }
+
+    fn register(&self, key: &str, kind: &'static str, member: Option<usize>) {
+        let previous = self.model.lock().unwrap().keys.insert(
+            key.to_owned(),
+            KeyRecord {
+                kind,
+                member,
+                fate: Fate::Unresolved,
+                delta: 0,
+            },
+        );
+        assert!(previous.is_none(), "key {key} used twice by the driver");
+    }
+
+    fn settle(&self, key: &str, fate: Fate, member: Option<usize>, delta: i64) {
+        let mut model = self.model.lock().unwrap();
+        let record = model.keys.get_mut(key).expect("registered key");
+        record.fate = fate;
+        record.delta = delta;
+        if member.is_some() {
+            record.member = member;
+        }
+    }
+
+    /// Records the fate of a call whose answer is not OK.
+    fn settle_not_ok<T>(&self, key: &str, op: Op, answer: &Answer<T>) {
+        match answer {
+            Answer::Ok(_) => unreachable!(),
+            Answer::Refused(code, _) => self.settle(key, Fate::Refused(*code), None, 0),
+            Answer::Unimplemented => {
+                self.disable(op);
+                self.settle(key, Fate::Refused(Code::Unimplemented), None, 0);
+            }
+            Answer::Failed => self.settle(key, Fate::Indeterminate, None, 0),
+            Answer::GaveUp => {}
+        }
+    }
+
+    fn award_request(&self, rng: &mut ChaCha8Rng, member: usize, key: &str) -> proto::AwardRequest {
+        let source = match rng.random_range(0..3) {
+            0 => proto::PurchaseSource::Receipt,
+            1 => proto::PurchaseSource::Shopify,
+            _ => proto::PurchaseSource::Marketplace,
+        };
+        proto::AwardRequest {
+            program_id: PROGRAM.into(),
+            member_id: self.members[member].clone(),
+            idempotency_key: key.to_owned(),
+            source: source as i32,
+            external_ref: format!("order-{key}"),
+            // Some below the $1 minimum (0 points), most a few dollars to ~$60.
+            amount_minor: rng.random_range(50..6_000),
+            currency: "USD".into(),
+            occurred_at: Some(timestamp(
+                chrono::Utc::now() - chrono::Duration::milliseconds(rng.random_range(0..60_000)),
+            )),
+        }
+    }
+
+    fn acked_award(&self, rng: &mut ChaCha8Rng, points_only: bool) -> Option<AckedAward> {
+        let model = self.model.lock().unwrap();
+        let awards: Vec<&AckedAward> = model
+            .awards
+            .iter()
+            .filter(|a| !points_only || a.awarded_points > 0)
+            .collect();
+        if awards.is_empty() {
+            return None;
+        }
+        Some(awards[rng.random_range(0..awards.len())].clone())
+    }
+
+    fn record_award(&self, request: &proto::AwardRequest, response: &proto::AwardResponse) {
+        let member = self.member_index[&request.member_id];
+        if response.awarded_points > response.requested_points || response.awarded_points < 0 {
+            self.stats.fail(format!(
+                "award {}: awarded {} of requested {}",
+                request.idempotency_key, response.awarded_points, response.requested_points
+            ));
+        }
+        self.settle(
+            &request.idempotency_key,
+            Fate::Acked,
+            Some(member),
+            response.awarded_points,
+        );
+        self.model.lock().unwrap().awards.push(AckedAward {
+            request: request.clone(),
+            entry_id: response.entry_id.clone(),
+            awarded_points: response.awarded_points,
+        });
+    }
+
+    pub async fn enroll_all(&self, rng: &mut ChaCha8Rng) -> anyhow::Result<()> {
+        for member in self.members.clone() {
+            let request = proto::EnrollMemberRequest {
+                program_id: PROGRAM.into(),
+                member_id: member,
+                ..Default::default()
+            };
+            let answer = self
+                .call(rng, "enroll", |mut client, deadline| {
+                    let mut request = Request::new(request.clone());
+                    request.set_timeout(deadline);
+                    async move { client.enroll_member(request).await }
+                })
+                .await;
+            if !matches!(answer, Answer::Ok(_)) {
+                anyhow::bail!("enrolling a member failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// One client: operations until told to stop, each retried to a definite answer.
+    pub async fn client(&self, id: usize, mut rng: ChaCha8Rng) {
+        let mut n = 0u64;
+        while !self.stop.load(Ordering::Relaxed) {
+            n += 1;
+            let key = format!("s{}-c{id}-{n}", self.seed);
+            let op = self.pick_op(&mut rng);
+            self.stats.ops.fetch_add(1, Ordering::Relaxed);
+            *self
+                .stats
+                .per_op
+                .lock()
+                .unwrap()
+                .entry(op.name())
+                .or_default() += 1;
+            match op {
+                Op::Award => self.award(&mut rng, key).await,
+                Op::AwardBatch => self.award_batch(&mut rng, key).await,
+                Op::Replay => self.replay(&mut rng).await,
+                Op::DuplicatePurchase => self.duplicate_purchase(&mut rng, key).await,
+                Op::KeyConflict => self.key_conflict(&mut rng).await,
+                Op::Spend => self.spend(&mut rng, key).await,
+                Op::ReverseAward => self.reverse_award(&mut rng, key).await,
+                Op::ReverseSpend => self.reverse_spend(&mut rng, key).await,
+                Op::Adjust => self.adjust(&mut rng, key).await,
+                Op::Read => self.read(&mut rng).await,
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
+        }
+    }
+
+    async fn send_award(
+        &self,
+        rng: &mut ChaCha8Rng,
+        request: &proto::AwardRequest,
+    ) -> Answer<proto::AwardResponse> {
+        self.call(rng, "award", |mut client, deadline| {
+            let mut call = Request::new(request.clone());
+            call.set_timeout(deadline);
+            async move { client.award(call).await }
+        })
+        .await
+    }
+
+    async fn award(&self, rng: &mut ChaCha8Rng, key: String) {
+        let member = self.pick_member(rng);
+        let request = self.award_request(rng, member, &key);
+        self.register(&key, "award", Some(member));
+        match self.send_award(rng, &request).await {
+            Answer::Ok(response) => self.record_award(&request, &response),
+            other => self.settle_not_ok(&key, Op::Award, &other),
+        }
+    }
+
+    async fn award_batch(&self, rng: &mut ChaCha8Rng, key: String) {
+        let items = rng.random_range(2..=8);
+        let mut pending: Vec<proto::AwardRequest> = (0..items)
+            .map(|i| {
+                let member = self.pick_member(rng);
+                let item_key = format!("{key}-b{i}");
+                self.register(&item_key, "award", Some(member));
+                let mut request = self.award_request(rng, member, &item_key);
+                // The batch carries the program; items may leave it empty.
+                if rng.random_bool(0.5) {
+                    request.program_id.clear();
+                }
+                request
+            })
+            .collect();
+        let mut rounds = 0u32;
+        while !pending.is_empty() {
+            rounds += 1;
+            let batch = proto::AwardBatchRequest {
+                program_id: PROGRAM.into(),
+                awards: pending.clone(),
+            };
+            let answer = self
+                .call(rng, "award_batch", |mut client, deadline| {
+                    let mut call = Request::new(batch.clone());
+                    call.set_timeout(deadline);
+                    async move { client.award_batch(call).await }
+                })
+                .await;
+            let response = match answer {
+                Answer::Ok(response) => response,
+                other => {
+                    for request in &pending {
+                        self.settle_not_ok(&request.idempotency_key, Op::AwardBatch, &other);
+                    }
+                    return;
+                }
+            };
+            if response.results.len() != pending.len() {
+                self.stats.fail(format!(
+                    "award_batch {key}: {} results for {} awards",
+                    response.results.len(),
+                    pending.len()
+                ));
+                for request in &pending {
+                    self.settle(&request.idempotency_key, Fate::Indeterminate, None, 0);
+                }
+                return;
+            }
+            let mut retry = Vec::new();
+            for (request, result) in pending.into_iter().zip(response.results) {
+                let mut full = request.clone();
+                full.program_id = PROGRAM.into();
+                match result.outcome {
+                    Some(proto::award_batch_result::Outcome::Award(award)) => {
+                        self.record_award(&full, &award)
+                    }
+                    Some(proto::award_batch_result::Outcome::Error(error)) => {
+                        let status = Status::new(Code::from_i32(error.code), error.message);
+                        let key = &request.idempotency_key;
+                        if no_definite_answer(&status) {
+                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            retry.push(request);
+                        } else {
+                            match status.code() {
+                                Code::FailedPrecondition
+                                | Code::AlreadyExists
+                                | Code::InvalidArgument
+                                | Code::NotFound => {
+                                    *self
+                                        .stats
+                                        .refusals
+                                        .lock()
+                                        .unwrap()
+                                        .entry(format!("award_batch_item:{:?}", status.code()))
+                                        .or_default() += 1;
+                                    self.settle(key, Fate::Refused(status.code()), None, 0)
+                                }
+                                code => {
+                                    self.stats.fail(format!(
+                                        "award_batch item {key}: {code:?} \"{}\"",
+                                        status.message()
+                                    ));
+                                    self.settle(key, Fate::Indeterminate, None, 0)
+                                }
+                            }
+                        }
+                    }
+                    None => {
+                        self.stats
+                            .fail(format!("award_batch {key}: a result with no outcome"));
+                        self.settle(&request.idempotency_key, Fate::Indeterminate, None, 0)
+                    }
+                }
+            }
+            pending = retry;
+            if !pending.is_empty() {
+                if self.gave_up() {
+                    return;
+                }
+                let backoff = rng.random_range(5..40) * u64::from(rounds.min(8));
+                tokio::time::sleep(Duration::from_millis(backoff)).await;
+            }
+        }
+    }
+
+    /// The same request again under an acknowledged key: the original outcome, replayed.
+    async fn replay(&self, rng: &mut ChaCha8Rng) {
+        let Some(original) = self.acked_award(rng, false) else {
+            return;
+        };
+        match self.send_award(rng, &original.request).await {
+            Answer::Ok(response) => {
+                if !response.replayed
+                    || response.entry_id != original.entry_id
+                    || response.awarded_points != original.awarded_points
+                {
+                    self.stats.fail(format!(
+                        "replay of {}: got entry {} ({} points, replayed={}), acknowledged entry {} ({} points)",
+                        original.request.idempotency_key,
+                        response.entry_id,
+                        response.awarded_points,
+                        response.replayed,
+                        original.entry_id,
+                        original.awarded_points
+                    ));
+                }
+            }
+            Answer::Refused(code, message) => self.stats.fail(format!(
+                "replay of acknowledged {}: {code:?} \"{message}\"",
+                original.request.idempotency_key
+            )),
+            _ => {}
+        }
+    }
+
+    /// An acknowledged purchase sent again under a new key: ALREADY_EXISTS, nothing written.
+    async fn duplicate_purchase(&self, rng: &mut ChaCha8Rng, key: String) {
+        let Some(original) = self.acked_award(rng, false) else {
+            return;
+        };
+        let mut request = original.request.clone();
+        request.idempotency_key = key.clone();
+        if rng.random_bool(0.5) {
+            request.amount_minor += rng.random_range(1..500);
+        }
+        let member = self.member_index[&request.member_id];
+        self.register(&key, "award", Some(member));
+        match self.send_award(rng, &request).await {
+            Answer::Ok(response) => {
+                self.stats.fail(format!(
+                    "purchase {} credited twice: key {key} got {} points (entry {}), first under {}",
+                    request.external_ref,
+                    response.awarded_points,
+                    response.entry_id,
+                    original.request.idempotency_key
+                ));
+                self.settle(&key, Fate::Acked, Some(member), response.awarded_points);
+            }
+            Answer::Refused(Code::AlreadyExists, _) => {
+                self.settle(&key, Fate::Refused(Code::AlreadyExists), None, 0)
+            }
+            Answer::Refused(code, message) => {
+                self.stats.fail(format!(
+                    "duplicate purchase {key}: {code:?} \"{message}\", expected ALREADY_EXISTS"
+                ));
+                self.settle(&key, Fate::Refused(code), None, 0)
+            }
+            other => self.settle_not_ok(&key, Op::DuplicatePurchase, &other),
+        }
+    }
+
+    /// An acknowledged key with a different request: ALREADY_EXISTS.
+    async fn key_conflict(&self, rng: &mut ChaCha8Rng) {
+        let Some(original) = self.acked_award(rng, false) else {
+            return;
+        };
+        let mut request = original.request.clone();
+        request.amount_minor += rng.random_range(1..500);
+        match self.send_award(rng, &request).await {
+            Answer::Ok(response) => self.stats.fail(format!(
+                "key {} reused with another amount answered OK (entry {}, replayed={})",
+                request.idempotency_key, response.entry_id, response.replayed
+            )),
+            Answer::Refused(Code::AlreadyExists, _) => {}
+            Answer::Refused(code, message) => self.stats.fail(format!(
+                "key conflict on {}: {code:?} \"{message}\", expected ALREADY_EXISTS",
+                request.idempotency_key
+            )),
+            _ => {}
+        }
+    }
+
+    async fn spend(&self, rng: &mut ChaCha8Rng, key: String) {
+        let member = self.pick_member(rng);
+        let points = rng.random_range(1..=60);
+        let request = proto::SpendRequest {
+            program_id: PROGRAM.into(),
+            member_id: self.members[member].clone(),
+            idempotency_key: key.clone(),
+            points,
+            reference: format!("reward-{key}"),
+        };
+        self.register(&key, "spend", Some(member));
+        let answer = self
+            .call(rng, "spend", |mut client, deadline| {
+                let mut call = Request::new(request.clone());
+                call.set_timeout(deadline);
+                async move { client.spend(call).await }
+            })
+            .await;
+        match answer {
+            Answer::Ok(response) => {
+                let drawn: i64 = response.allocations.iter().map(|a| a.points).sum();
+                if response.points != points || drawn != points {
+                    self.stats.fail(format!(
+                        "spend {key}: asked {points}, spent {}, allocations total {drawn}",
+                        response.points
+                    ));
+                }
+                if response.balance_points < 0 {
+                    self.stats.fail(format!(
+                        "spend {key}: negative balance {}",
+                        response.balance_points
+                    ));
+                }
+                self.settle(&key, Fate::Acked, Some(member), -response.points);
+                self.model.lock().unwrap().spends.push(AckedSpend {
+                    key,
+                    entry_id: response.entry_id,
+                    points: response.points,
+                });
+            }
+            other => self.settle_not_ok(&key, Op::Spend, &other),
+        }
+    }
+
+    async fn reverse_award(&self, rng: &mut ChaCha8Rng, key: String) {
+        let Some(award) = self.acked_award(rng, true) else {
+            return;
+        };
+        let points = rng
+            .random_bool(0.5)
+            .then(|| rng.random_range(1..=award.awarded_points));
+        let reference = if rng.random_bool(0.5) {
+            proto::entry_ref::Ref::IdempotencyKey(award.request.idempotency_key.clone())
+        } else {
+            proto::entry_ref::Ref::EntryId(award.entry_id.clone())
+        };
+        let request = proto::ReverseAwardRequest {
+            program_id: PROGRAM.into(),
+            idempotency_key: key.clone(),
+            award: Some(proto::EntryRef {
+                r#ref: Some(reference),
+            }),
+            points,
+            reason: format!("refund-{key}"),
+        };
+        let member = self.member_index[&award.request.member_id];
+        self.register(&key, "award_reversal", Some(member));
+        let answer = self
+            .call(rng, "reverse_award", |mut client, deadline| {
+                let mut call = Request::new(request.clone());
+                call.set_timeout(deadline);
+                async move { client.reverse_award(call).await }
+            })
+            .await;
+        match answer {
+            Answer::Ok(response) => {
+                if response.member_id != award.request.member_id
+                    || response.award_entry_id != award.entry_id
+                    || response.recovered_points + response.unrecovered_points
+                        != response.reversed_points
+                    || points.is_some_and(|p| p != response.reversed_points)
+                    || response.recovered_points < 0
+                {
+                    self.stats.fail(format!(
+                        "reverse_award {key} of {} ({} points, asked {points:?}): {response:?}",
+                        award.entry_id, award.awarded_points
+                    ));
+                }
+                self.settle(&key, Fate::Acked, Some(member), -response.recovered_points);
+            }
+            other => self.settle_not_ok(&key, Op::ReverseAward, &other),
+        }
+    }
+
+    async fn reverse_spend(&self, rng: &mut ChaCha8Rng, key: String) {
+        let spend = {
+            let model = self.model.lock().unwrap();
+            if model.spends.is_empty() {
+                return;
+            }
+            model.spends[rng.random_range(0..model.spends.len())].clone()
+        };
+        let points = rng
+            .random_bool(0.5)
+            .then(|| rng.random_range(1..=spend.points));
+        let reference = if rng.random_bool(0.5) {
+            proto::entry_ref::Ref::IdempotencyKey(spend.key.clone())
+        } else {
+            proto::entry_ref::Ref::EntryId(spend.entry_id.clone())
+        };
+        let request = proto::ReverseSpendRequest {
+            program_id: PROGRAM.into(),
+            idempotency_key: key.clone(),
+            spend: Some(proto::EntryRef {
+                r#ref: Some(reference),
+            }),
+            points,
+            reason: format!("cancel-{key}"),
+        };
+        let member = self.model.lock().unwrap().keys[&spend.key].member;
+        self.register(&key, "spend_reversal", member);
+        let answer = self
+            .call(rng, "reverse_spend", |mut client, deadline| {
+                let mut call = Request::new(request.clone());
+                call.set_timeout(deadline);
+                async move { client.reverse_spend(call).await }
+            })
+            .await;
+        match answer {
+            Answer::Ok(response) => {
+                let restored: i64 = response.allocations.iter().map(|a| a.points).sum();
+                if response.spend_entry_id != spend.entry_id
+                    || response.restored_points + response.expired_points
+                        != response.reversed_points
+                    || points.is_some_and(|p| p != response.reversed_points)
+                    || restored != response.restored_points
+                    || member.map(|m| &self.members[m]) != Some(&response.member_id)
+                {
+                    self.stats.fail(format!(
+                        "reverse_spend {key} of {} ({} points, asked {points:?}): {response:?}",
+                        spend.entry_id, spend.points
+                    ));
+                }
+                self.settle(&key, Fate::Acked, member, response.restored_points);
+            }
+            other => self.settle_not_ok(&key, Op::ReverseSpend, &other),
+        }
+    }
+
+    async fn adjust(&self, rng: &mut ChaCha8Rng, key: String) {
+        let member = self.pick_member(rng);
+        let mut points = rng.random_range(-40..=100);
+        if points == 0 {
+            points = 1;
+        }
+        let request = proto::AdjustRequest {
+            program_id: PROGRAM.into(),
+            member_id: self.members[member].clone(),
+            idempotency_key: key.clone(),
+            points,
+            reason: format!("goodwill-{key}"),
+            actor: "flash-chaos".into(),
+        };
+        self.register(&key, "adjustment", Some(member));
+        let answer = self
+            .call(rng, "adjust", |mut client, deadline| {
+                let mut call = Request::new(request.clone());
+                call.set_timeout(deadline);
+                async move { client.adjust(call).await }
+            })
+            .await;
+        match answer {
+            Answer::Ok(response) => {
+                if response.points != points {
+                    self.stats.fail(format!(
+                        "adjust {key}: asked {points}, applied {}",
+                        response.points
+                    ));
+                }
+                self.settle(&key, Fate::Acked, Some(member), response.points);
+            }
+            other => self.settle_not_ok(&key, Op::Adjust, &other),
+        }
+    }
+
+    async fn read(&self, rng: &mut ChaCha8Rng) {
+        let member = self.pick_member(rng);
+        if let Answer::Ok(response) = self.get_member(rng, member).await {
+            let balance = response.member.map_or(0, |m| m.balance_points);
+            if balance < 0 {
+                self.stats.fail(format!(
+                    "member {}: negative balance {balance}",
+                    self.members[member]
+                ));
+            }
+        }
+    }
+
+    pub async fn get_member(
+        &self,
+        rng: &mut ChaCha8Rng,
+        member: usize,
+    ) -> Answer<proto::GetMemberResponse> {
+        let request = proto::GetMemberRequest {
+            program_id: PROGRAM.into(),
+            member_id: self.members[member].clone(),
+        };
+        self.call(rng, "get_member", |mut client, deadline| {
+            let mut call = Request::new(request.clone());
+            call.set_timeout(deadline);
+            async move { client.get_member(call).await }
+        })
+        .await
+    }
+}
+
+pub fn rng_for(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stream);
+    rng
+}

@@ -1,0 +1,22 @@
+//! The chaos harness itself: three fixed seeds, a few seconds each, through the real
+//! `flash-chaos` binary (private PostgreSQL cluster, Redis and servers per seed).
+//! `make chaos` runs many more seeds for longer.
+use std::process::Command;
+
+#[test]
+fn three_fixed_seeds_survive_faults() {
+    let output = Command::new(env!("CARGO_BIN_EXE_flash-chaos"))
+        .args(["--seeds", "1..3", "--seconds", "4"])
+        .env("FLASH_BIN", env!("CARGO_BIN_EXE_flash"))
+        .output()
+        .expect("run flash-chaos");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(
+        output.status.success(),
+        "flash-chaos failed ({}); its report is above",
+        output.status
+    );
+}
