@@ -61,6 +61,11 @@ impl Application {
         &self.programs
     }
 
+    /// The ledger use cases, for workers and tests that drive them directly.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight calls finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let reflection_v1 = tonic_reflection::server::Builder::configure()

@@ -1,10 +1,13 @@
 //! The command-line subcommands other than `serve`.
+use crate::cap::DailyCap;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::domain::{ProgramId, RulesDocument};
-use crate::service::Programs;
+use crate::service::{Ledger, Programs};
 use crate::store;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
@@ -38,6 +41,59 @@ pub async fn create_demo_program(settings: &Settings, clock: Arc<dyn Clock>) -> 
         Err(error) => return Err(anyhow::Error::new(error)),
     }
     Ok(())
+}
+
+/// A ledger for one-shot commands: they read and write PostgreSQL only.
+fn ledger(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Ledger> {
+    let cap = DailyCap::connect(
+        &settings.redis_url,
+        &settings.redis_prefix,
+        settings.redis_timeout(),
+    )?;
+    Ok(Ledger::new(pool(settings)?, cap, clock))
+}
+
+/// `flash expire`: one sweep; fails when any member could not be expired.
+pub async fn expire(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    as_of: Option<DateTime<Utc>>,
+) -> anyhow::Result<ExitCode> {
+    let as_of = as_of.unwrap_or_else(|| clock.now());
+    let outcome = ledger(settings, clock)?.expire_due(as_of).await?;
+    println!(
+        "expired {} points of {} members as of {as_of}; {} members failed",
+        outcome.points_expired, outcome.members_expired, outcome.members_failed
+    );
+    Ok(if outcome.members_failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `flash audit`: prints one report per program; exit code 1 on any violation.
+pub async fn audit(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    program: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let ledger = ledger(settings, clock)?;
+    let programs = match program {
+        Some(program) => vec![program],
+        None => store::programs::list_ids(&**pool(settings)?.get().await?).await?,
+    };
+    let mut clean = true;
+    for program in programs {
+        let report = ledger.audit(&ProgramId::parse(&program)?).await?;
+        print!("{report}");
+        clean &= report.is_clean();
+    }
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -21,6 +21,18 @@ pub enum Command {
     Migrate,
     /// Create the `demo` program used by the README's examples (idempotent).
     Demo,
+    /// Write off every batch that expired by now (or by --as-of), then exit.
+    Expire {
+        /// Expire what is due at this instant (RFC 3339) instead of now.
+        #[arg(long)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Check every ledger invariant; exits 1 on any violation.
+    Audit {
+        /// The program to audit; every program when omitted.
+        #[arg(long)]
+        program: Option<String>,
+    },
 }
 
 /// Everything the server needs to run.

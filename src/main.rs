@@ -40,6 +40,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store::migrate(&pool).await?;
         }
         Command::Demo => commands::create_demo_program(&settings, clock).await?,
+        Command::Expire { as_of } => return commands::expire(&settings, clock, as_of).await,
+        Command::Audit { program } => return commands::audit(&settings, clock, program).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,14 @@
 //! Domain types and rules: parse-don't-validate newtypes and pure arithmetic. No IO.
+mod allocation;
 mod ids;
 mod lock;
 mod money;
 mod rules;
 
+pub use allocation::{
+    draw_for_reversal, draw_oldest_first, restore_for_spend_reversal, spendable_points,
+    BatchBalance, Draw,
+};
 pub use ids::{EntryId, IdempotencyKey, MemberId, ProgramId};
 pub use lock::member_lock_key;
 pub use money::{purchase_points, Currency, MAX_AMOUNT_MINOR};

@@ -2,10 +2,14 @@
 use super::proto::{self, ledger_server::Ledger as LedgerRpc};
 use super::{optional_time, required_time, timestamp};
 use crate::domain::{
-    parse_reference, Currency, IdempotencyKey, InvalidField, MemberId, ProgramId, PurchaseSource,
-    MAX_AMOUNT_MINOR,
+    parse_reference, Currency, EntryId, IdempotencyKey, InvalidField, MemberId, ProgramId,
+    PurchaseSource, MAX_AMOUNT_MINOR, MAX_RULE_POINTS,
 };
-use crate::service::{AwardCommand, AwardOutcome, EnrollCommand, Error, Ledger, MemberView};
+use crate::service::{
+    AdjustCommand, AwardCommand, AwardOutcome, EnrollCommand, EntryRef, Error, HistoryEntry,
+    Ledger, MemberView, ReverseAwardCommand, ReverseSpendCommand, SpendCommand,
+};
+use crate::store::batches::AllocationView;
 use chrono::NaiveDate;
 use tonic::{Request, Response, Status};
 
@@ -104,6 +108,195 @@ impl LedgerRpc for LedgerApi {
             .collect();
         Ok(Response::new(proto::AwardBatchResponse { results }))
     }
+    async fn spend(
+        &self,
+        request: Request<proto::SpendRequest>,
+    ) -> Result<Response<proto::SpendResponse>, Status> {
+        let request = request.into_inner();
+        let command = SpendCommand {
+            program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
+            member: MemberId::parse(&request.member_id).map_err(Error::from)?,
+            idempotency_key: IdempotencyKey::parse(&request.idempotency_key)
+                .map_err(Error::from)?,
+            points: positive_points("points", request.points)?,
+            reference: parse_reference("reference", &request.reference).map_err(Error::from)?,
+        };
+        let outcome = self.ledger.spend(command).await?;
+        Ok(Response::new(proto::SpendResponse {
+            entry_id: outcome.entry_id,
+            points: outcome.points,
+            allocations: allocation_messages(&outcome.allocations),
+            balance_points: outcome.balance_points,
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn reverse_award(
+        &self,
+        request: Request<proto::ReverseAwardRequest>,
+    ) -> Result<Response<proto::ReverseAwardResponse>, Status> {
+        let request = request.into_inner();
+        let command = ReverseAwardCommand {
+            program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
+            idempotency_key: IdempotencyKey::parse(&request.idempotency_key)
+                .map_err(Error::from)?,
+            award: entry_ref("award", request.award)?,
+            points: request
+                .points
+                .map(|p| positive_points("points", p))
+                .transpose()?,
+            reason: optional_text("reason", &request.reason)?,
+        };
+        let outcome = self.ledger.reverse_award(command).await?;
+        Ok(Response::new(proto::ReverseAwardResponse {
+            entry_id: outcome.entry_id,
+            award_entry_id: outcome.award_entry_id,
+            member_id: outcome.member_id,
+            reversed_points: outcome.reversed_points,
+            recovered_points: outcome.recovered_points,
+            unrecovered_points: outcome.unrecovered_points,
+            allocations: allocation_messages(&outcome.allocations),
+            remaining_reversible_points: outcome.remaining_reversible_points,
+            balance_points: outcome.balance_points,
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn reverse_spend(
+        &self,
+        request: Request<proto::ReverseSpendRequest>,
+    ) -> Result<Response<proto::ReverseSpendResponse>, Status> {
+        let request = request.into_inner();
+        let command = ReverseSpendCommand {
+            program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
+            idempotency_key: IdempotencyKey::parse(&request.idempotency_key)
+                .map_err(Error::from)?,
+            spend: entry_ref("spend", request.spend)?,
+            points: request
+                .points
+                .map(|p| positive_points("points", p))
+                .transpose()?,
+            reason: optional_text("reason", &request.reason)?,
+        };
+        let outcome = self.ledger.reverse_spend(command).await?;
+        Ok(Response::new(proto::ReverseSpendResponse {
+            entry_id: outcome.entry_id,
+            spend_entry_id: outcome.spend_entry_id,
+            member_id: outcome.member_id,
+            reversed_points: outcome.reversed_points,
+            restored_points: outcome.restored_points,
+            expired_points: outcome.expired_points,
+            allocations: allocation_messages(&outcome.allocations),
+            balance_points: outcome.balance_points,
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn adjust(
+        &self,
+        request: Request<proto::AdjustRequest>,
+    ) -> Result<Response<proto::AdjustResponse>, Status> {
+        let request = request.into_inner();
+        if request.points == 0 || request.points.abs() > MAX_RULE_POINTS {
+            return Err(Error::invalid(
+                "points",
+                format!("must be non-zero and within ±{MAX_RULE_POINTS}"),
+            )
+            .into());
+        }
+        let command = AdjustCommand {
+            program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
+            member: MemberId::parse(&request.member_id).map_err(Error::from)?,
+            idempotency_key: IdempotencyKey::parse(&request.idempotency_key)
+                .map_err(Error::from)?,
+            points: request.points,
+            reason: parse_reference("reason", &request.reason).map_err(Error::from)?,
+            actor: parse_reference("actor", &request.actor).map_err(Error::from)?,
+        };
+        let outcome = self.ledger.adjust(command).await?;
+        Ok(Response::new(proto::AdjustResponse {
+            entry_id: outcome.entry_id,
+            points: outcome.points,
+            batch_id: outcome
+                .batch_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            allocations: allocation_messages(&outcome.allocations),
+            balance_points: outcome.balance_points,
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<proto::ListEntriesRequest>,
+    ) -> Result<Response<proto::ListEntriesResponse>, Status> {
+        let request = request.into_inner();
+        let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
+        let member = MemberId::parse(&request.member_id).map_err(Error::from)?;
+        let page_size = match request.page_size {
+            0 => 50,
+            size @ 1..=200 => size as usize,
+            _ => return Err(Error::invalid("page_size", "must be between 0 and 200").into()),
+        };
+        let before_seq = if request.page_token.is_empty() {
+            None
+        } else {
+            let seq = request
+                .page_token
+                .parse::<i64>()
+                .ok()
+                .filter(|seq| *seq > 0)
+                .ok_or_else(|| Error::invalid("page_token", "is not a token this API returned"))?;
+            Some(seq)
+        };
+        let page = self
+            .ledger
+            .history(&program, member, page_size, before_seq)
+            .await?;
+        Ok(Response::new(proto::ListEntriesResponse {
+            entries: page.entries.into_iter().map(entry_message).collect(),
+            next_page_token: page
+                .next_before_seq
+                .map(|seq| seq.to_string())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn get_liability(
+        &self,
+        request: Request<proto::GetLiabilityRequest>,
+    ) -> Result<Response<proto::GetLiabilityResponse>, Status> {
+        let request = request.into_inner();
+        let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
+        let from = required_time("from", request.from).map_err(Error::from)?;
+        let to = required_time("to", request.to).map_err(Error::from)?;
+        let liability = self.ledger.liability(&program, from, to).await?;
+        let batches = liability.batches;
+        let r = liability.roll_forward;
+        Ok(Response::new(proto::GetLiabilityResponse {
+            outstanding_points: batches.outstanding,
+            outstanding_by_expiry_month: batches
+                .by_expiry_month
+                .into_iter()
+                .map(|(month, points)| proto::ExpiryMonth { month, points })
+                .collect(),
+            unswept_expired_points: batches.unswept_expired,
+            batches_remaining_points: batches.outstanding + batches.unswept_expired,
+            roll_forward: Some(proto::RollForward {
+                opening_balance_points: r.opening,
+                earned_points: r.earned,
+                bonus_points: r.bonus,
+                spent_points: r.spent,
+                reversed_points: r.reversed,
+                restored_points: r.restored,
+                adjusted_credit_points: r.adjusted_credit,
+                adjusted_debit_points: r.adjusted_debit,
+                expired_points: r.expired,
+                closing_balance_points: r.closing,
+            }),
+        }))
+    }
 }
 
 fn award_command(request: proto::AwardRequest) -> Result<AwardCommand, Error> {
@@ -135,6 +328,94 @@ fn award_command(request: proto::AwardRequest) -> Result<AwardCommand, Error> {
         currency: currency.code().to_owned(),
         occurred_at: required_time("occurred_at", request.occurred_at)?,
     })
+}
+
+fn positive_points(field: &str, points: i64) -> Result<i64, Error> {
+    if points <= 0 || points > MAX_RULE_POINTS {
+        return Err(Error::invalid(
+            field,
+            format!("must be between 1 and {MAX_RULE_POINTS}"),
+        ));
+    }
+    Ok(points)
+}
+
+fn optional_text(field: &str, raw: &str) -> Result<Option<String>, Error> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(parse_reference(field, raw)?))
+}
+
+fn entry_ref(field: &str, reference: Option<proto::EntryRef>) -> Result<EntryRef, Error> {
+    match reference.and_then(|r| r.r#ref) {
+        Some(proto::entry_ref::Ref::EntryId(id)) => Ok(EntryRef::Id(EntryId::parse(
+            &format!("{field}.entry_id"),
+            &id,
+        )?)),
+        Some(proto::entry_ref::Ref::IdempotencyKey(key)) => IdempotencyKey::parse(&key)
+            .map(EntryRef::Key)
+            .map_err(|error| Error::invalid(&format!("{field}.idempotency_key"), error.message)),
+        None => Err(Error::invalid(
+            field,
+            "is required: give the entry_id or the idempotency_key",
+        )),
+    }
+}
+
+fn allocation_messages(allocations: &[AllocationView]) -> Vec<proto::Allocation> {
+    allocations
+        .iter()
+        .map(|allocation| proto::Allocation {
+            batch_id: allocation.batch_id.to_string(),
+            points: allocation.points.abs(),
+            earned_at: Some(timestamp(allocation.earned_at)),
+            expires_at: Some(timestamp(allocation.expires_at)),
+        })
+        .collect()
+}
+
+fn entry_message(history: HistoryEntry) -> proto::Entry {
+    let entry = history.entry;
+    let kind = match entry.kind.as_str() {
+        "award" => proto::EntryKind::Award,
+        "spend" => proto::EntryKind::Spend,
+        "award_reversal" => proto::EntryKind::AwardReversal,
+        "spend_reversal" => proto::EntryKind::SpendReversal,
+        "adjustment" => proto::EntryKind::Adjustment,
+        "expiry" => proto::EntryKind::Expiry,
+        "bonus" => proto::EntryKind::Bonus,
+        _ => proto::EntryKind::Unspecified,
+    };
+    let source = match entry.source.as_deref() {
+        Some("receipt") => proto::PurchaseSource::Receipt,
+        Some("shopify") => proto::PurchaseSource::Shopify,
+        Some("marketplace") => proto::PurchaseSource::Marketplace,
+        _ => proto::PurchaseSource::Unspecified,
+    };
+    proto::Entry {
+        entry_id: entry.entry_id.to_string(),
+        kind: kind as i32,
+        points: entry.points,
+        source: source as i32,
+        external_ref: entry.external_ref.unwrap_or_default(),
+        reason: entry.reason.unwrap_or_default(),
+        actor: entry.actor.unwrap_or_default(),
+        rules_version: entry.rules_version,
+        created_at: Some(timestamp(entry.created_at)),
+        batch_id: history
+            .batch_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        allocations: allocation_messages(&history.allocations),
+        reversed_entry_id: entry
+            .reversed_entry_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        unrecovered_points: entry.unrecovered_points.unwrap_or_default(),
+        amount_minor: entry.amount_minor.unwrap_or_default(),
+        currency: entry.currency.unwrap_or_default(),
+    }
 }
 
 fn parse_birthday(raw: &str) -> Result<Option<NaiveDate>, InvalidField> {

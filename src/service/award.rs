@@ -1,9 +1,11 @@
 //! The award path: the one function that writes purchase points, for every source.
-use super::{replay_or_conflict, run_to_completion, Error, Ledger, MAX_CLOCK_SKEW};
+use super::{
+    prior_outcome, program_rules, replay_or_conflict, require_member, run_to_completion, Error,
+    Ledger, Outcome, MAX_CLOCK_SKEW,
+};
 use crate::cap::{Reservation, Reserve};
 use crate::domain::{
-    local_day, purchase_points, EntryId, IdempotencyKey, MemberId, ProgramId, ProgramRules,
-    PurchaseSource,
+    local_day, purchase_points, EntryId, IdempotencyKey, MemberId, ProgramId, PurchaseSource,
 };
 use crate::store::{self, entries, MemberTx};
 use chrono::{DateTime, Duration, Utc};
@@ -58,6 +60,12 @@ pub struct AwardOutcome {
     pub rules_version: i64,
 }
 
+impl Outcome for AwardOutcome {
+    fn mark_replayed(&mut self) {
+        self.replayed = true;
+    }
+}
+
 impl Ledger {
     /// Credits the points a purchase earns: validate → lock the member → claim the key →
     /// compute → reserve the daily cap → write the entry and its batch → commit.
@@ -103,19 +111,12 @@ impl Ledger {
         let mut client = self.db.get().await?;
         let tx = MemberTx::begin(&mut client, &command.program, command.member).await?;
 
-        let program = store::programs::get(&*tx, &command.program)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("program {} not found", command.program)))?;
-        if let Some(prior) =
-            entries::find_by_key(&*tx, &command.program, &command.idempotency_key).await?
+        let (program, rules) = program_rules(&*tx, &command.program).await?;
+        if let Some(outcome) =
+            prior_outcome::<AwardOutcome>(&tx, &command.idempotency_key, &request).await?
         {
-            let mut outcome: AwardOutcome =
-                replay_or_conflict(&command.idempotency_key, &prior, &request)?;
-            outcome.replayed = true;
             return Ok(outcome);
         }
-        let rules = ProgramRules::parse(program.rules.clone())
-            .map_err(|error| Error::Unexpected(anyhow::anyhow!("stored rules invalid: {error}")))?;
         if command.currency != rules.currency.code() {
             return Err(Error::invalid(
                 "currency",
@@ -127,14 +128,7 @@ impl Ledger {
                 ),
             ));
         }
-        let member = store::members::get(&*tx, &command.program, command.member)
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "member {} is not enrolled in program {}",
-                    command.member, command.program
-                ))
-            })?;
+        let member = require_member(&tx).await?;
         if let Some(entry) = entries::find_purchase_award(
             &*tx,
             &command.program,
@@ -184,7 +178,7 @@ impl Ledger {
                 })?,
                 rules_version: program.rules_version,
             };
-            let stored_outcome = serde_json::to_value(&outcome).expect("outcome serializes");
+            let stored_outcome = outcome.to_json();
             entries::insert(
                 &tx,
                 &entries::NewEntry {
@@ -206,6 +200,9 @@ impl Ledger {
                         cap_day,
                         capped: outcome.capped,
                     }),
+                    reason: None,
+                    actor: None,
+                    reversal: None,
                 },
             )
             .await?;

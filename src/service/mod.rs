@@ -1,17 +1,31 @@
 //! Use cases. Each owns its transaction, the member lock and the cap reservation, and
 //! runs in its own task so a caller hanging up can never leave it half done.
+mod adjust;
+mod audit;
 mod award;
+mod expiry;
+mod history;
 mod members;
 mod programs;
+mod reversal;
+mod spend;
 
+pub use adjust::{AdjustCommand, AdjustOutcome};
+pub use audit::AuditReport;
 pub use award::{AwardCommand, AwardOutcome};
+pub use expiry::ExpiryOutcome;
+pub use history::{HistoryEntry, HistoryPage, Liability, RollForward};
 pub use members::{EnrollCommand, MemberView};
 pub use programs::{ProgramView, Programs};
+pub use reversal::{
+    EntryRef, ReverseAwardCommand, ReverseAwardOutcome, ReverseSpendCommand, ReverseSpendOutcome,
+};
+pub use spend::{SpendCommand, SpendOutcome};
 
 use crate::cap::{CapUnavailable, DailyCap};
 use crate::clock::Clock;
-use crate::domain::InvalidField;
-use crate::store::{classify, DbFailure};
+use crate::domain::{IdempotencyKey, InvalidField, ProgramId, ProgramRules};
+use crate::store::{self, classify, entries, DbFailure, MemberTx};
 use deadpool_postgres::Pool;
 use std::future::Future;
 use std::sync::Arc;
@@ -141,6 +155,56 @@ fn replay_or_conflict<T: serde::de::DeserializeOwned>(
     }
     serde_json::from_value(prior.outcome.clone())
         .map_err(|error| Error::Unexpected(anyhow::Error::new(error).context("stored outcome")))
+}
+
+/// An outcome stored with its entry and returned again on a replay.
+trait Outcome: serde::Serialize + serde::de::DeserializeOwned {
+    fn mark_replayed(&mut self);
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("outcomes serialize to JSON")
+    }
+}
+
+/// The program and its validated rules.
+async fn program_rules(
+    client: &impl tokio_postgres::GenericClient,
+    program: &ProgramId,
+) -> Result<(store::programs::StoredProgram, ProgramRules), Error> {
+    let stored = store::programs::get(client, program)
+        .await?
+        .ok_or_else(|| members::program_not_found(program))?;
+    let rules = ProgramRules::parse(stored.rules.clone())
+        .map_err(|error| Error::Unexpected(anyhow::anyhow!("stored rules invalid: {error}")))?;
+    Ok((stored, rules))
+}
+
+/// Under the member lock: the original outcome if this key was used before for the same
+/// request, ALREADY_EXISTS if for another, None if it is new.
+async fn prior_outcome<T: Outcome>(
+    tx: &MemberTx<'_>,
+    key: &IdempotencyKey,
+    request: &serde_json::Value,
+) -> Result<Option<T>, Error> {
+    let Some(prior) = entries::find_by_key(&**tx, tx.program(), key).await? else {
+        return Ok(None);
+    };
+    let mut outcome: T = replay_or_conflict(key, &prior, request)?;
+    outcome.mark_replayed();
+    Ok(Some(outcome))
+}
+
+/// The locked member's row; NOT_FOUND when it is not enrolled.
+async fn require_member(tx: &MemberTx<'_>) -> Result<store::members::StoredMember, Error> {
+    store::members::get(&**tx, tx.program(), tx.member())
+        .await?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "member {} is not enrolled in program {}",
+                tx.member(),
+                tx.program()
+            ))
+        })
 }
 
 #[cfg(test)]

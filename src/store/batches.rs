@@ -1,9 +1,23 @@
-//! Point batches: where credited points live until spent, reversed or expired.
-use crate::domain::EntryId;
+//! Point batches and their allocations: where credited points live until spent,
+//! reversed or expired, and the trace of every draw.
+use crate::domain::{BatchBalance, Draw, EntryId, ProgramId};
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use super::MemberTx;
+
+/// One allocation with its batch's dates, as answers and the history show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationView {
+    pub entry_id: Uuid,
+    pub batch_id: Uuid,
+    /// Signed change to the batch: negative drawn, positive restored.
+    pub points: i64,
+    pub earned_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
 
 /// Credits a new batch to the member, created by `entry`.
 pub async fn insert(
@@ -14,6 +28,19 @@ pub async fn insert(
     expires_at: DateTime<Utc>,
 ) -> Result<Uuid, tokio_postgres::Error> {
     let batch_id = Uuid::now_v7();
+    insert_with_id(tx, batch_id, entry, amount, earned_at, expires_at).await?;
+    Ok(batch_id)
+}
+
+/// Credits a new batch whose id the caller chose (to put it in a stored outcome).
+pub async fn insert_with_id(
+    tx: &MemberTx<'_>,
+    batch_id: Uuid,
+    entry: EntryId,
+    amount: i64,
+    earned_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "INSERT INTO point_batches \
              (program_id, batch_id, member_id, entry_id, amount, remaining, earned_at, expires_at) \
@@ -29,7 +56,7 @@ pub async fn insert(
         ],
     )
     .await?;
-    Ok(batch_id)
+    Ok(())
 }
 
 /// The member's spendable balance at `now`, read under its lock.
@@ -42,4 +69,227 @@ pub async fn balance(tx: &MemberTx<'_>, now: DateTime<Utc>) -> Result<i64, tokio
         )
         .await?;
     row.try_get(0)
+}
+
+/// The member's batches that still hold points (expired or not), locked, oldest first.
+pub async fn held_for_update(
+    tx: &MemberTx<'_>,
+) -> Result<Vec<BatchBalance>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
+             WHERE program_id = $1 AND member_id = $2 AND remaining > 0 \
+             ORDER BY earned_at, batch_id FOR UPDATE",
+            &[&tx.program().as_str(), &tx.member().as_uuid()],
+        )
+        .await?;
+    rows.iter().map(batch_balance).collect()
+}
+
+/// The batch an entry credited, locked.
+pub async fn credited_by(
+    tx: &MemberTx<'_>,
+    entry: EntryId,
+) -> Result<Option<BatchBalance>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
+             WHERE program_id = $1 AND entry_id = $2 FOR UPDATE",
+            &[&tx.program().as_str(), &entry.as_uuid()],
+        )
+        .await?;
+    row.as_ref().map(batch_balance).transpose()
+}
+
+/// The batches given, locked (for restoring into them).
+pub async fn by_ids_for_update(
+    tx: &MemberTx<'_>,
+    batch_ids: &[Uuid],
+) -> Result<Vec<BatchBalance>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
+             WHERE program_id = $1 AND batch_id = ANY($2) ORDER BY earned_at, batch_id FOR UPDATE",
+            &[&tx.program().as_str(), &batch_ids],
+        )
+        .await?;
+    rows.iter().map(batch_balance).collect()
+}
+
+/// Applies draws to their batches and records each as an allocation of `entry`.
+pub async fn apply(
+    tx: &MemberTx<'_>,
+    entry: EntryId,
+    draws: &[Draw],
+) -> Result<(), tokio_postgres::Error> {
+    for draw in draws {
+        tx.execute(
+            "UPDATE point_batches SET remaining = remaining + $3 \
+             WHERE program_id = $1 AND batch_id = $2",
+            &[&tx.program().as_str(), &draw.batch_id, &draw.points],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO allocations (program_id, entry_id, batch_id, points) \
+             VALUES ($1, $2, $3, $4)",
+            &[
+                &tx.program().as_str(),
+                &entry.as_uuid(),
+                &draw.batch_id,
+                &draw.points,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The allocations of the given entries, each entry's in FIFO order of its batches.
+pub async fn allocations_of(
+    client: &impl GenericClient,
+    program: &ProgramId,
+    entries: &[Uuid],
+) -> Result<Vec<AllocationView>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.entry_id, a.batch_id, a.points, b.earned_at, b.expires_at \
+             FROM allocations a JOIN point_batches b \
+               ON b.program_id = a.program_id AND b.batch_id = a.batch_id \
+             WHERE a.program_id = $1 AND a.entry_id = ANY($2) \
+             ORDER BY a.entry_id, b.earned_at, b.batch_id",
+            &[&program.as_str(), &entries],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(AllocationView {
+                entry_id: row.try_get("entry_id")?,
+                batch_id: row.try_get("batch_id")?,
+                points: row.try_get("points")?,
+                earned_at: row.try_get("earned_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The batches the given entries credited: (entry, batch).
+pub async fn credited_by_entries(
+    client: &impl GenericClient,
+    program: &ProgramId,
+    entries: &[Uuid],
+) -> Result<Vec<(Uuid, Uuid)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT entry_id, batch_id FROM point_batches \
+             WHERE program_id = $1 AND entry_id = ANY($2)",
+            &[&program.as_str(), &entries],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+fn batch_balance(row: &Row) -> Result<BatchBalance, tokio_postgres::Error> {
+    Ok(BatchBalance {
+        batch_id: row.try_get("batch_id")?,
+        remaining: row.try_get("remaining")?,
+        earned_at: row.try_get("earned_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
+}
+
+/// A batch row, for the audit.
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    pub batch_id: Uuid,
+    pub member_id: Uuid,
+    pub entry_id: Uuid,
+    pub amount: i64,
+    pub remaining: i64,
+    pub earned_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn all_of_program(
+    client: &impl GenericClient,
+    program: &ProgramId,
+) -> Result<Vec<StoredBatch>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT batch_id, member_id, entry_id, amount, remaining, earned_at, expires_at \
+             FROM point_batches WHERE program_id = $1",
+            &[&program.as_str()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredBatch {
+                batch_id: row.try_get("batch_id")?,
+                member_id: row.try_get("member_id")?,
+                entry_id: row.try_get("entry_id")?,
+                amount: row.try_get("amount")?,
+                remaining: row.try_get("remaining")?,
+                earned_at: row.try_get("earned_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Every allocation of a program as (entry, batch, points), each entry's in FIFO order.
+pub async fn all_allocations(
+    client: &impl GenericClient,
+    program: &ProgramId,
+) -> Result<Vec<(Uuid, Uuid, i64)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT a.entry_id, a.batch_id, a.points FROM allocations a \
+             JOIN point_batches b ON b.program_id = a.program_id AND b.batch_id = a.batch_id \
+             WHERE a.program_id = $1 ORDER BY a.entry_id, b.earned_at, b.batch_id",
+            &[&program.as_str()],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect()
+}
+
+/// Members holding points in batches that expired by `as_of`, after `after` in
+/// (program, member) order: one bounded chunk of the expiry sweep.
+pub async fn members_with_due(
+    client: &impl GenericClient,
+    as_of: DateTime<Utc>,
+    after: Option<(String, Uuid)>,
+    limit: i64,
+) -> Result<Vec<(String, Uuid)>, tokio_postgres::Error> {
+    let (after_program, after_member) = after.unwrap_or_default();
+    let rows = client
+        .query(
+            "SELECT DISTINCT program_id, member_id FROM point_batches \
+             WHERE remaining > 0 AND expires_at <= $1 AND (program_id, member_id) > ($2, $3) \
+             ORDER BY program_id, member_id LIMIT $4",
+            &[&as_of, &after_program, &after_member, &limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+/// The member's batches that expired by `as_of` and still hold points, locked.
+pub async fn due_for_update(
+    tx: &MemberTx<'_>,
+    as_of: DateTime<Utc>,
+) -> Result<Vec<BatchBalance>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
+             WHERE program_id = $1 AND member_id = $2 AND remaining > 0 AND expires_at <= $3 \
+             ORDER BY earned_at, batch_id FOR UPDATE",
+            &[&tx.program().as_str(), &tx.member().as_uuid(), &as_of],
+        )
+        .await?;
+    rows.iter().map(batch_balance).collect()
 }

@@ -28,6 +28,16 @@ pub struct Purchase<'a> {
     pub capped: bool,
 }
 
+/// What a reversal entry reverses.
+#[derive(Debug, Clone, Copy)]
+pub struct Reversal {
+    pub entry_id: EntryId,
+    /// How much of the reversed entry this reversal covers.
+    pub reversed_points: i64,
+    /// Award reversals only: the part that could not be taken back.
+    pub unrecovered_points: Option<i64>,
+}
+
 /// A new ledger entry.
 #[derive(Debug, Clone)]
 pub struct NewEntry<'a> {
@@ -41,6 +51,121 @@ pub struct NewEntry<'a> {
     pub rules_version: i64,
     pub created_at: DateTime<Utc>,
     pub purchase: Option<Purchase<'a>>,
+    /// Spends: what the points paid for; adjustments and reversals: why.
+    pub reason: Option<&'a str>,
+    /// Adjustments: who made it.
+    pub actor: Option<&'a str>,
+    pub reversal: Option<Reversal>,
+}
+
+/// An entry as a reversal or the history reads it.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    pub entry_id: EntryId,
+    pub seq: i64,
+    pub member_id: MemberId,
+    pub kind: String,
+    pub points: i64,
+    pub rules_version: i64,
+    pub created_at: DateTime<Utc>,
+    pub source: Option<String>,
+    pub external_ref: Option<String>,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub reason: Option<String>,
+    pub actor: Option<String>,
+    pub reversed_entry_id: Option<EntryId>,
+    pub reversed_points: Option<i64>,
+    pub unrecovered_points: Option<i64>,
+}
+
+const SELECT_ENTRY: &str = "SELECT entry_id, seq, member_id, kind, points, rules_version, \
+     created_at, source, external_ref, amount_minor, currency, reason, actor, \
+     reversed_entry_id, reversed_points, unrecovered_points FROM ledger_entries";
+
+fn stored_entry(row: &tokio_postgres::Row) -> Result<StoredEntry, tokio_postgres::Error> {
+    let reversed: Option<uuid::Uuid> = row.try_get("reversed_entry_id")?;
+    Ok(StoredEntry {
+        entry_id: EntryId::from_uuid(row.try_get("entry_id")?),
+        seq: row.try_get("seq")?,
+        member_id: MemberId::from_uuid(row.try_get("member_id")?),
+        kind: row.try_get("kind")?,
+        points: row.try_get("points")?,
+        rules_version: row.try_get("rules_version")?,
+        created_at: row.try_get("created_at")?,
+        source: row.try_get("source")?,
+        external_ref: row.try_get("external_ref")?,
+        amount_minor: row.try_get("amount_minor")?,
+        currency: row.try_get("currency")?,
+        reason: row.try_get("reason")?,
+        actor: row.try_get("actor")?,
+        reversed_entry_id: reversed.map(EntryId::from_uuid),
+        reversed_points: row.try_get("reversed_points")?,
+        unrecovered_points: row.try_get("unrecovered_points")?,
+    })
+}
+
+pub async fn get(
+    client: &impl GenericClient,
+    program: &ProgramId,
+    entry: EntryId,
+) -> Result<Option<StoredEntry>, tokio_postgres::Error> {
+    let query = format!("{SELECT_ENTRY} WHERE program_id = $1 AND entry_id = $2");
+    let row = client
+        .query_opt(&query, &[&program.as_str(), &entry.as_uuid()])
+        .await?;
+    row.as_ref().map(stored_entry).transpose()
+}
+
+/// A member's entries, newest first, older than `before_seq` when given.
+pub async fn history(
+    client: &impl GenericClient,
+    program: &ProgramId,
+    member: MemberId,
+    before_seq: Option<i64>,
+    limit: i64,
+) -> Result<Vec<StoredEntry>, tokio_postgres::Error> {
+    let query = format!(
+        "{SELECT_ENTRY} WHERE program_id = $1 AND member_id = $2 AND seq < $3 \
+         ORDER BY seq DESC LIMIT $4"
+    );
+    let rows = client
+        .query(
+            &query,
+            &[
+                &program.as_str(),
+                &member.as_uuid(),
+                &before_seq.unwrap_or(i64::MAX),
+                &limit,
+            ],
+        )
+        .await?;
+    rows.iter().map(stored_entry).collect()
+}
+
+/// Every entry of a program in write order, for the audit's replay.
+pub async fn all_in_order(
+    client: &impl GenericClient,
+    program: &ProgramId,
+) -> Result<Vec<StoredEntry>, tokio_postgres::Error> {
+    let query = format!("{SELECT_ENTRY} WHERE program_id = $1 ORDER BY seq");
+    let rows = client.query(&query, &[&program.as_str()]).await?;
+    rows.iter().map(stored_entry).collect()
+}
+
+/// How much of an entry earlier reversals already cover.
+pub async fn reversed_so_far(
+    tx: &MemberTx<'_>,
+    entry: EntryId,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "SELECT COALESCE(sum(reversed_points), 0)::bigint FROM ledger_entries \
+             WHERE program_id = $1 AND reversed_entry_id = $2",
+            &[&tx.program().as_str(), &entry.as_uuid()],
+        )
+        .await?;
+    row.try_get(0)
 }
 
 pub async fn find_by_key(
@@ -106,8 +231,10 @@ pub async fn insert(tx: &MemberTx<'_>, entry: &NewEntry<'_>) -> Result<(), tokio
     tx.execute(
         "INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points, \
              idempotency_key, request, outcome, rules_version, created_at, source, \
-             external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+             external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped, \
+             reason, actor, reversed_entry_id, reversed_points, unrecovered_points) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+                 $19, $20, $21, $22, $23)",
         &[
             &tx.program().as_str(),
             &entry.entry_id.as_uuid(),
@@ -127,6 +254,11 @@ pub async fn insert(tx: &MemberTx<'_>, entry: &NewEntry<'_>) -> Result<(), tokio
             &purchase.map(|p| p.requested_points),
             &purchase.map(|p| p.cap_day),
             &purchase.is_some_and(|p| p.capped),
+            &entry.reason,
+            &entry.actor,
+            &entry.reversal.map(|r| r.entry_id.as_uuid()),
+            &entry.reversal.map(|r| r.reversed_points),
+            &entry.reversal.and_then(|r| r.unrecovered_points),
         ],
     )
     .await?;

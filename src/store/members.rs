@@ -17,7 +17,8 @@ pub struct StoredMember {
 pub struct PointsSummary {
     /// Σ remaining of batches not yet expired at the instant.
     pub balance_points: i64,
-    /// Σ earning entries less reversed points.
+    /// Σ awards and bonuses less every reversed point, recovered or not: what the tier
+    /// engine will read, never the spendable balance.
     pub lifetime_earned_points: i64,
     pub next_expiry_at: Option<DateTime<Utc>>,
     pub next_expiry_points: i64,
@@ -83,9 +84,10 @@ pub async fn points_summary(
                  (SELECT at FROM next) AS next_expiry_at, \
                  (SELECT COALESCE(sum(remaining), 0)::bigint FROM live \
                    WHERE expires_at = (SELECT at FROM next)) AS next_expiry_points, \
-                 (SELECT COALESCE(sum(points), 0)::bigint \
+                 (SELECT COALESCE(sum(CASE WHEN kind = 'award_reversal' THEN -reversed_points \
+                                           ELSE points END), 0)::bigint \
                     FROM ledger_entries WHERE program_id = $1 AND member_id = $2 \
-                     AND kind IN ('award', 'bonus')) AS earned",
+                     AND kind IN ('award', 'bonus', 'award_reversal')) AS earned",
             &[&program.as_str(), &member.as_uuid(), &now],
         )
         .await?;

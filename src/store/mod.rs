@@ -6,6 +6,7 @@ mod error;
 mod member_tx;
 pub mod members;
 pub mod programs;
+pub mod reports;
 
 pub use error::{classify, DbFailure};
 pub use member_tx::MemberTx;

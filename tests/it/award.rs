@@ -410,16 +410,18 @@ async fn one_bad_item_never_fails_the_rest_of_a_batch() {
         })
         .collect();
     assert_eq!(
-        codes,
+        codes[1..5],
         [
-            "ok:20:false",
             "err:InvalidArgument",
             "err:InvalidArgument",
             "err:NotFound",
-            "ok:30:false",
-            "ok:20:true",
+            "ok:30:false"
         ]
     );
+    // The same award twice in one batch runs concurrently: one writes, one replays.
+    let mut duplicates = [codes[0].as_str(), codes[5].as_str()];
+    duplicates.sort();
+    assert_eq!(duplicates, ["ok:20:false", "ok:20:true"]);
     assert_eq!(app.member(&member).await.balance_points, 50);
     app.assert_ties_out().await;
 }

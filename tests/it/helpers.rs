@@ -8,6 +8,7 @@ use flash_loyalty::config::Settings;
 use flash_loyalty::grpc::proto::{
     self, ledger_client::LedgerClient, programs_client::ProgramsClient,
 };
+use flash_loyalty::service::Ledger;
 use flash_loyalty::store;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -42,6 +43,9 @@ pub struct TestApp {
     pub clock: ManualClock,
     /// A pool on the test's database, for checks the API does not expose.
     pub db: Pool,
+    /// The server's use cases, for the expiry sweep and the audit.
+    pub service: Ledger,
+    pub database_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -76,6 +80,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     store::migrate(app.pool()).await.expect("migrate");
     let address = app.local_addr();
     let db = app.pool().clone();
+    let service = app.ledger().clone();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.serve(async {
         let _ = stop.await;
@@ -91,6 +96,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         programs: ProgramsClient::new(channel),
         clock,
         db,
+        service,
+        database_url,
         shutdown: Some(shutdown),
     }
 }
@@ -197,6 +204,63 @@ impl TestApp {
             .into_inner()
     }
 
+    /// Awards `points` (at 1 point per dollar) now and returns the award.
+    pub async fn earn(&mut self, member_id: &str, points: i64) -> proto::AwardResponse {
+        self.award(self.purchase(member_id, points * 100)).await
+    }
+
+    pub fn spend_request(&self, member_id: &str, points: i64) -> proto::SpendRequest {
+        let key = Uuid::new_v4().simple().to_string();
+        proto::SpendRequest {
+            program_id: PROGRAM.into(),
+            member_id: member_id.into(),
+            idempotency_key: format!("spend-{key}"),
+            points,
+            reference: format!("reward-{key}"),
+        }
+    }
+
+    pub async fn spend(&mut self, member_id: &str, points: i64) -> proto::SpendResponse {
+        let request = self.spend_request(member_id, points);
+        self.ledger
+            .spend(request)
+            .await
+            .expect("spend")
+            .into_inner()
+    }
+
+    /// The batch an entry credited.
+    pub async fn allocation_batch_of(&self, entry_id: &str) -> String {
+        let client = self.db.get().await.unwrap();
+        let entry: Uuid = entry_id.parse().unwrap();
+        client
+            .query_one(
+                "SELECT batch_id::text FROM point_batches WHERE entry_id = $1",
+                &[&entry],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Every allocation row of an entry as (batch, signed points), in batch FIFO order.
+    pub async fn allocation_rows(&self, entry_id: &str) -> Vec<(String, i64)> {
+        let client = self.db.get().await.unwrap();
+        let entry: Uuid = entry_id.parse().unwrap();
+        client
+            .query(
+                "SELECT a.batch_id::text, a.points FROM allocations a \
+                 JOIN point_batches b USING (program_id, batch_id) \
+                 WHERE a.entry_id = $1 ORDER BY b.earned_at, b.batch_id",
+                &[&entry],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    }
+
     /// Rows in the ledger tables: what "nothing was written" is checked against.
     pub async fn row_counts(&self) -> (i64, i64) {
         let client = self.db.get().await.unwrap();
@@ -255,6 +319,29 @@ impl TestApp {
             assert_eq!(entries, held, "{program_id}/{member_id}: entries ≠ batches");
             assert!(live >= 0, "{program_id}/{member_id}: negative balance");
         }
+        self.assert_audit_clean().await;
+    }
+
+    /// `flash audit` finds nothing wrong with any program.
+    pub async fn assert_audit_clean(&self) {
+        for program in self.program_ids().await {
+            let program = flash_loyalty::domain::ProgramId::parse(&program).unwrap();
+            let report = self.service.audit(&program).await.expect("audit");
+            assert!(report.is_clean(), "{report}");
+        }
+    }
+
+    pub async fn program_ids(&self) -> Vec<String> {
+        let client = self.db.get().await.unwrap();
+        store::programs::list_ids(&**client).await.unwrap()
+    }
+
+    /// Runs the expiry sweep as of the test clock's now.
+    pub async fn expire(&self) -> flash_loyalty::service::ExpiryOutcome {
+        self.service
+            .expire_due(self.clock_now())
+            .await
+            .expect("expiry sweep")
     }
 }
 

@@ -1,0 +1,120 @@
+//! The expiry sweep: writes off the points of batches past their expiry, member by member
+//! under each member's lock. Balances never count expired batches even before it runs;
+//! the sweep makes the books say so.
+use super::{program_rules, run_to_completion, Error, Ledger};
+use crate::domain::{Draw, EntryId, IdempotencyKey, MemberId, ProgramId};
+use crate::store::{self, entries, MemberTx};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+/// Members read per chunk of the sweep.
+const EXPIRY_CHUNK_MEMBERS: i64 = 100;
+
+/// What one sweep did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpiryOutcome {
+    pub members_expired: u64,
+    pub points_expired: i64,
+    /// Members whose expiry failed (logged); the sweep went on with the others.
+    pub members_failed: u64,
+}
+
+impl Ledger {
+    /// Expires every batch due by `as_of`, in bounded chunks. Safe to run twice or on two
+    /// machines at once: a member's due batches are re-read under its lock, so a batch is
+    /// written off once.
+    pub async fn expire_due(&self, as_of: DateTime<Utc>) -> Result<ExpiryOutcome, Error> {
+        let mut outcome = ExpiryOutcome::default();
+        let mut after = None;
+        loop {
+            let chunk = {
+                let client = self.db.get().await?;
+                store::batches::members_with_due(
+                    &**client,
+                    as_of,
+                    after.clone(),
+                    EXPIRY_CHUNK_MEMBERS,
+                )
+                .await?
+            };
+            let Some(last) = chunk.last().cloned() else {
+                return Ok(outcome);
+            };
+            for (program, member) in chunk {
+                let result = match ProgramId::parse(&program) {
+                    Ok(program) => {
+                        self.expire_member(program, MemberId::from_uuid(member), as_of)
+                            .await
+                    }
+                    Err(error) => Err(Error::from(error)),
+                };
+                match result {
+                    Ok(0) => {}
+                    Ok(points) => {
+                        outcome.members_expired += 1;
+                        outcome.points_expired += points;
+                    }
+                    Err(error) => {
+                        outcome.members_failed += 1;
+                        tracing::error!(%program, %member, %error, "expiring a member failed");
+                    }
+                }
+            }
+            after = Some(last);
+        }
+    }
+
+    /// Writes off one member's due batches in one entry; returns the points expired.
+    async fn expire_member(
+        &self,
+        program: ProgramId,
+        member: MemberId,
+        as_of: DateTime<Utc>,
+    ) -> Result<i64, Error> {
+        let ledger = self.clone();
+        run_to_completion(async move {
+            let now = ledger.clock.now();
+            let mut client = ledger.db.get().await?;
+            let tx = MemberTx::begin(&mut client, &program, member).await?;
+            let due = store::batches::due_for_update(&tx, as_of).await?;
+            if due.is_empty() {
+                return Ok(0);
+            }
+            let (stored_program, _) = program_rules(&*tx, &program).await?;
+            let draws: Vec<Draw> = due
+                .iter()
+                .map(|batch| Draw {
+                    batch_id: batch.batch_id,
+                    points: -batch.remaining,
+                })
+                .collect();
+            let points: i64 = due.iter().map(|batch| batch.remaining).sum();
+            let entry_id = EntryId::generate();
+            let key = IdempotencyKey::parse(&format!("expiry/{entry_id}"))?;
+            let as_of_text = as_of.to_rfc3339();
+            let record = json!({ "op": "expiry", "as_of": as_of_text, "points": points });
+            entries::insert(
+                &tx,
+                &entries::NewEntry {
+                    entry_id,
+                    kind: "expiry",
+                    points: -points,
+                    idempotency_key: &key,
+                    request: &record,
+                    outcome: &record,
+                    rules_version: stored_program.rules_version,
+                    created_at: now,
+                    purchase: None,
+                    reason: Some("points expired"),
+                    actor: None,
+                    reversal: None,
+                },
+            )
+            .await?;
+            store::batches::apply(&tx, entry_id, &draws).await?;
+            tx.commit().await?;
+            Ok(points)
+        })
+        .await
+    }
+}

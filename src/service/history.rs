@@ -1,0 +1,139 @@
+//! Reading the books: a member's history and the program's liability report.
+use super::{members::program_not_found, Error, Ledger, MAX_CLOCK_SKEW};
+use crate::domain::{MemberId, ProgramId};
+use crate::store::{self, batches::AllocationView, entries::StoredEntry, reports};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+/// The most entries one history page returns.
+pub const HISTORY_PAGE_MAX: usize = 200;
+
+/// One entry with the batch it credited and the allocations it made.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub entry: StoredEntry,
+    pub batch_id: Option<Uuid>,
+    pub allocations: Vec<AllocationView>,
+}
+
+/// A page of history, newest first.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    /// The position to continue from; None on the last page.
+    pub next_before_seq: Option<i64>,
+}
+
+/// How the ledger balance moved over a period.
+pub type RollForward = reports::PeriodSums;
+
+/// The points liability: the batches now, and the roll-forward of a period.
+#[derive(Debug, Clone)]
+pub struct Liability {
+    pub batches: reports::BatchSums,
+    pub roll_forward: RollForward,
+}
+
+impl Ledger {
+    /// A member's entries, newest first, `page_size` at most, older than `before_seq`.
+    pub async fn history(
+        &self,
+        program: &ProgramId,
+        member: MemberId,
+        page_size: usize,
+        before_seq: Option<i64>,
+    ) -> Result<HistoryPage, Error> {
+        let page_size = page_size.clamp(1, HISTORY_PAGE_MAX);
+        let client = self.db.get().await?;
+        store::programs::get(&**client, program)
+            .await?
+            .ok_or_else(|| program_not_found(program))?;
+        store::members::get(&**client, program, member)
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "member {member} is not enrolled in program {program}"
+                ))
+            })?;
+        let limit = i64::try_from(page_size + 1).unwrap_or(i64::MAX);
+        let mut entries =
+            store::entries::history(&**client, program, member, before_seq, limit).await?;
+        let next_before_seq = if entries.len() > page_size {
+            entries.truncate(page_size);
+            entries.last().map(|entry| entry.seq)
+        } else {
+            None
+        };
+        let ids: Vec<Uuid> = entries
+            .iter()
+            .map(|entry| entry.entry_id.as_uuid())
+            .collect();
+        let allocations = store::batches::allocations_of(&**client, program, &ids).await?;
+        let batches = store::batches::credited_by_entries(&**client, program, &ids).await?;
+        let entries = entries
+            .into_iter()
+            .map(|entry| {
+                let id = entry.entry_id.as_uuid();
+                HistoryEntry {
+                    batch_id: batches.iter().find(|(e, _)| *e == id).map(|(_, b)| *b),
+                    allocations: allocations
+                        .iter()
+                        .filter(|a| a.entry_id == id)
+                        .cloned()
+                        .collect(),
+                    entry,
+                }
+            })
+            .collect();
+        Ok(HistoryPage {
+            entries,
+            next_before_seq,
+        })
+    }
+
+    /// The liability report for [from, to): outstanding points now, by expiry month, and
+    /// the period's roll-forward, checked to add up before it is returned.
+    pub async fn liability(
+        &self,
+        program: &ProgramId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Liability, Error> {
+        let now = self.clock.now();
+        if from >= to {
+            return Err(Error::invalid("from", "must be before to"));
+        }
+        if to > now + MAX_CLOCK_SKEW {
+            return Err(Error::invalid("to", "must not be in the future"));
+        }
+        let mut client = self.db.get().await?;
+        // One snapshot for both halves, so they agree with each other.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        store::programs::get(&*tx, program)
+            .await?
+            .ok_or_else(|| program_not_found(program))?;
+        let roll_forward = reports::period_sums(&*tx, program, from, to).await?;
+        let batches = reports::batch_sums(&*tx, program, now).await?;
+        tx.commit().await?;
+        let r = &roll_forward;
+        let computed =
+            r.opening + r.earned + r.bonus - r.spent - r.reversed + r.restored + r.adjusted_credit
+                - r.adjusted_debit
+                - r.expired;
+        if computed != r.closing {
+            return Err(Error::Unexpected(anyhow::anyhow!(
+                "roll-forward does not add up: computed {computed}, closing {}",
+                r.closing
+            )));
+        }
+        Ok(Liability {
+            batches,
+            roll_forward,
+        })
+    }
+}

@@ -1,0 +1,310 @@
+//! Refunds and cancelled redemptions: reversing an award takes its points back, reversing
+//! a spend puts them back into the very batches they came from.
+use super::spend::allocation_views;
+use super::{prior_outcome, program_rules, run_to_completion, Error, Ledger, Outcome};
+use crate::domain::{
+    draw_for_reversal, restore_for_spend_reversal, spendable_points, BatchBalance, EntryId,
+    IdempotencyKey, ProgramId,
+};
+use crate::store::{self, batches::AllocationView, entries, entries::StoredEntry, MemberTx};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Names an earlier entry: by its id or by the key it was written with.
+#[derive(Debug, Clone)]
+pub enum EntryRef {
+    Id(EntryId),
+    Key(IdempotencyKey),
+}
+
+impl EntryRef {
+    fn canonical(&self) -> serde_json::Value {
+        match self {
+            Self::Id(id) => json!({ "entry_id": id.to_string() }),
+            Self::Key(key) => json!({ "idempotency_key": key.as_str() }),
+        }
+    }
+}
+
+/// A refund of an award, parsed at the edge.
+#[derive(Debug, Clone)]
+pub struct ReverseAwardCommand {
+    pub program: ProgramId,
+    pub idempotency_key: IdempotencyKey,
+    pub award: EntryRef,
+    /// Positive; None means all that is left to reverse.
+    pub points: Option<i64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReverseAwardOutcome {
+    pub entry_id: String,
+    pub award_entry_id: String,
+    pub member_id: String,
+    pub reversed_points: i64,
+    pub recovered_points: i64,
+    pub unrecovered_points: i64,
+    pub allocations: Vec<AllocationView>,
+    pub remaining_reversible_points: i64,
+    pub balance_points: i64,
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+impl Outcome for ReverseAwardOutcome {
+    fn mark_replayed(&mut self) {
+        self.replayed = true;
+    }
+}
+
+/// A cancelled redemption, parsed at the edge.
+#[derive(Debug, Clone)]
+pub struct ReverseSpendCommand {
+    pub program: ProgramId,
+    pub idempotency_key: IdempotencyKey,
+    pub spend: EntryRef,
+    /// Positive; None means all that is left to put back.
+    pub points: Option<i64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReverseSpendOutcome {
+    pub entry_id: String,
+    pub spend_entry_id: String,
+    pub member_id: String,
+    pub reversed_points: i64,
+    pub restored_points: i64,
+    pub expired_points: i64,
+    pub allocations: Vec<AllocationView>,
+    pub balance_points: i64,
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+impl Outcome for ReverseSpendOutcome {
+    fn mark_replayed(&mut self) {
+        self.replayed = true;
+    }
+}
+
+impl Ledger {
+    /// Reverses an award fully or partly. Points come back from the award's own batch,
+    /// then from the member's other batches oldest first; what was already spent is
+    /// recorded as unrecovered, so the balance never goes negative.
+    pub async fn reverse_award(
+        &self,
+        command: ReverseAwardCommand,
+    ) -> Result<ReverseAwardOutcome, Error> {
+        let ledger = self.clone();
+        run_to_completion(async move {
+            let request = json!({
+                "op": "reverse_award",
+                "award": command.award.canonical(),
+                "points": command.points,
+                "reason": command.reason,
+            });
+            let award = ledger
+                .referenced_entry(&command.program, &command.award, "award")
+                .await?;
+            let now = ledger.clock.now();
+            let mut client = ledger.db.get().await?;
+            let tx = MemberTx::begin(&mut client, &command.program, award.member_id).await?;
+            let (program, _) = program_rules(&*tx, &command.program).await?;
+            if let Some(outcome) = prior_outcome(&tx, &command.idempotency_key, &request).await? {
+                return Ok(outcome);
+            }
+            let already = entries::reversed_so_far(&tx, award.entry_id).await?;
+            let reversible = award.points - already;
+            let points = points_to_reverse(command.points, reversible, "award")?;
+            let own_batch = store::batches::credited_by(&tx, award.entry_id).await?;
+            let batches = store::batches::held_for_update(&tx).await?;
+            let draws = draw_for_reversal(
+                &batches,
+                own_batch.as_ref().map(|batch| batch.batch_id),
+                points,
+                now,
+            );
+            let recovered: i64 = draws.iter().map(|draw| -draw.points).sum();
+            let entry_id = EntryId::generate();
+            let outcome = ReverseAwardOutcome {
+                entry_id: entry_id.to_string(),
+                award_entry_id: award.entry_id.to_string(),
+                member_id: award.member_id.to_string(),
+                reversed_points: points,
+                recovered_points: recovered,
+                unrecovered_points: points - recovered,
+                allocations: allocation_views(entry_id, &draws, &batches),
+                remaining_reversible_points: reversible - points,
+                balance_points: spendable_points(&batches, now) - recovered,
+                replayed: false,
+            };
+            entries::insert(
+                &tx,
+                &entries::NewEntry {
+                    entry_id,
+                    kind: "award_reversal",
+                    points: -recovered,
+                    idempotency_key: &command.idempotency_key,
+                    request: &request,
+                    outcome: &outcome.to_json(),
+                    rules_version: program.rules_version,
+                    created_at: now,
+                    purchase: None,
+                    reason: command.reason.as_deref(),
+                    actor: None,
+                    reversal: Some(entries::Reversal {
+                        entry_id: award.entry_id,
+                        reversed_points: points,
+                        unrecovered_points: Some(points - recovered),
+                    }),
+                },
+            )
+            .await?;
+            store::batches::apply(&tx, entry_id, &draws).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// Reverses a spend fully or partly: points go back into the batches the spend drew
+    /// from, keeping their original expiry; a batch that has expired since gets nothing
+    /// back and its points are reported as expired.
+    pub async fn reverse_spend(
+        &self,
+        command: ReverseSpendCommand,
+    ) -> Result<ReverseSpendOutcome, Error> {
+        let ledger = self.clone();
+        run_to_completion(async move {
+            let request = json!({
+                "op": "reverse_spend",
+                "spend": command.spend.canonical(),
+                "points": command.points,
+                "reason": command.reason,
+            });
+            let spend = ledger
+                .referenced_entry(&command.program, &command.spend, "spend")
+                .await?;
+            let now = ledger.clock.now();
+            let mut client = ledger.db.get().await?;
+            let tx = MemberTx::begin(&mut client, &command.program, spend.member_id).await?;
+            let (program, _) = program_rules(&*tx, &command.program).await?;
+            if let Some(outcome) = prior_outcome(&tx, &command.idempotency_key, &request).await? {
+                return Ok(outcome);
+            }
+            let already = entries::reversed_so_far(&tx, spend.entry_id).await?;
+            let points = points_to_reverse(command.points, -spend.points - already, "spend")?;
+            let spend_draws = spend_draws(&tx, spend.entry_id).await?;
+            let (restorations, expired) =
+                restore_for_spend_reversal(&spend_draws, already, points, now);
+            let restored: i64 = restorations.iter().map(|draw| draw.points).sum();
+            let balance_before = store::batches::balance(&tx, now).await?;
+            let entry_id = EntryId::generate();
+            let outcome = ReverseSpendOutcome {
+                entry_id: entry_id.to_string(),
+                spend_entry_id: spend.entry_id.to_string(),
+                member_id: spend.member_id.to_string(),
+                reversed_points: points,
+                restored_points: restored,
+                expired_points: expired,
+                allocations: allocation_views(entry_id, &restorations, &spend_draws),
+                balance_points: balance_before + restored,
+                replayed: false,
+            };
+            entries::insert(
+                &tx,
+                &entries::NewEntry {
+                    entry_id,
+                    kind: "spend_reversal",
+                    points: restored,
+                    idempotency_key: &command.idempotency_key,
+                    request: &request,
+                    outcome: &outcome.to_json(),
+                    rules_version: program.rules_version,
+                    created_at: now,
+                    purchase: None,
+                    reason: command.reason.as_deref(),
+                    actor: None,
+                    reversal: Some(entries::Reversal {
+                        entry_id: spend.entry_id,
+                        reversed_points: points,
+                        unrecovered_points: None,
+                    }),
+                },
+            )
+            .await?;
+            store::batches::apply(&tx, entry_id, &restorations).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// Resolves a reference to an entry of the expected kind. Read before the member's
+    /// lock is taken: an entry's member and kind never change.
+    async fn referenced_entry(
+        &self,
+        program: &ProgramId,
+        reference: &EntryRef,
+        kind: &str,
+    ) -> Result<StoredEntry, Error> {
+        let client = self.db.get().await?;
+        let entry_id = match reference {
+            EntryRef::Id(id) => Some(*id),
+            EntryRef::Key(key) => entries::find_by_key(&**client, program, key)
+                .await?
+                .map(|entry| entry.entry_id),
+        };
+        let entry = match entry_id {
+            Some(id) => entries::get(&**client, program, id).await?,
+            None => None,
+        };
+        let entry = entry.ok_or_else(|| {
+            Error::NotFound(format!("no entry {reference:?} in program {program}"))
+        })?;
+        if entry.kind != kind {
+            return Err(Error::invalid(
+                kind,
+                format!("entry {} is a {}, not a {kind}", entry.entry_id, entry.kind),
+            ));
+        }
+        Ok(entry)
+    }
+}
+
+/// The points a reversal covers: the request's, or all that is left; never more.
+fn points_to_reverse(requested: Option<i64>, left: i64, what: &str) -> Result<i64, Error> {
+    if left <= 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "the {what} has nothing left to reverse"
+        )));
+    }
+    let points = requested.unwrap_or(left);
+    if points > left {
+        return Err(Error::FailedPrecondition(format!(
+            "only {left} points of the {what} are left to reverse, {points} were asked"
+        )));
+    }
+    Ok(points)
+}
+
+/// A spend's draws in the order they were made (its batches oldest first), as batches
+/// holding the drawn points.
+async fn spend_draws(tx: &MemberTx<'_>, spend: EntryId) -> Result<Vec<BatchBalance>, Error> {
+    let allocations =
+        store::batches::allocations_of(&**tx, tx.program(), &[spend.as_uuid()]).await?;
+    let ids: Vec<_> = allocations.iter().map(|a| a.batch_id).collect();
+    // Lock the batches that may get points back.
+    store::batches::by_ids_for_update(tx, &ids).await?;
+    Ok(allocations
+        .iter()
+        .map(|allocation| BatchBalance {
+            batch_id: allocation.batch_id,
+            remaining: -allocation.points,
+            earned_at: allocation.earned_at,
+            expires_at: allocation.expires_at,
+        })
+        .collect())
+}
