@@ -20,3 +20,19 @@ fn three_fixed_seeds_survive_faults() {
         output.status
     );
 }
+
+/// The checks bite: a ledger corrupted behind the server's back fails the run.
+#[test]
+fn a_corrupted_ledger_fails_the_run() {
+    let output = Command::new(env!("CARGO_BIN_EXE_flash-chaos"))
+        .args(["--seed", "1", "--seconds", "2", "--no-faults", "--corrupt"])
+        .env("FLASH_BIN", env!("CARGO_BIN_EXE_flash"))
+        .output()
+        .expect("run flash-chaos");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "the run passed: {stdout}");
+    assert!(
+        stdout.contains("Σ entries") && stdout.contains("replay with:"),
+        "{stdout}"
+    );
+}

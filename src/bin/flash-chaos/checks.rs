@@ -9,6 +9,22 @@ pub struct Limits {
     pub max_rss_kib: u64,
 }
 
+/// Self-test of the checks: one live batch gets a point it was never credited, so the
+/// balance, the tie-out and `flash audit` must all object.
+pub async fn corrupt(infra: &Infra) -> anyhow::Result<()> {
+    let db = infra.connect(crate::infra::DATABASE).await?;
+    let changed = db
+        .execute(
+            "UPDATE point_batches SET remaining = remaining + 1 WHERE (program_id, batch_id) = \
+               (SELECT program_id, batch_id FROM point_batches \
+                 WHERE program_id = $1 AND remaining < amount AND expires_at > now() LIMIT 1)",
+            &[&PROGRAM],
+        )
+        .await?;
+    anyhow::ensure!(changed == 1, "no partly spent live batch to corrupt");
+    Ok(())
+}
+
 /// Runs every check; findings go to `ctx.stats` failures and notes.
 pub async fn run(infra: &Infra, ctx: &Ctx, rng: &mut ChaCha8Rng, limits: &Limits) {
     if let Err(error) = checks(infra, ctx, rng, limits).await {
@@ -43,6 +59,12 @@ async fn checks(
         }
         entries.insert(key, (kind, points, member));
     }
+    let swept: i64 = expired.values().sum();
+    let sweeps = rows
+        .iter()
+        .filter(|r| r.get::<_, String>(1) == "expiry")
+        .count();
+    stats.note(format!("{sweeps} expiry entries, {swept} points swept"));
     let model = ctx.model.lock().unwrap().keys.clone();
     let (mut unresolved, mut missing, mut written) = (Vec::new(), Vec::new(), Vec::new());
     for (key, record) in &model {
@@ -208,7 +230,9 @@ async fn checks(
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    if !output.status.success() {
+    if output.status.success() {
+        stats.note("flash audit passed");
+    } else {
         if text.contains("unrecognized subcommand") {
             stats.note("flash audit does not exist yet: skipped");
         } else {

@@ -54,6 +54,9 @@ struct Cli {
     /// Run the workload without injecting faults (for telling faults from plain bugs).
     #[arg(long)]
     no_faults: bool,
+    /// Self-test: corrupt one batch before the checks, which must then fail.
+    #[arg(long, hide = true)]
+    corrupt: bool,
 }
 
 struct RunConfig {
@@ -63,6 +66,7 @@ struct RunConfig {
     clients: usize,
     members: usize,
     faults: bool,
+    corrupt: bool,
 }
 
 impl RunConfig {
@@ -81,6 +85,9 @@ impl RunConfig {
         );
         if !self.faults {
             command.push_str(" --no-faults");
+        }
+        if self.corrupt {
+            command.push_str(" --corrupt");
         }
         command
     }
@@ -297,6 +304,11 @@ async fn run_with(config: &RunConfig, infra: &Arc<Infra>, report: &mut Report) {
     }
     *ctx.give_up_at.lock().unwrap() = Some(Instant::now() + Duration::from_secs(30));
     infra.sample_rss();
+    if config.corrupt {
+        if let Err(error) = checks::corrupt(infra).await {
+            ctx.stats.fail(format!("corrupting: {error:#}"));
+        }
+    }
     let mut check_rng = workload::rng_for(seed, 3);
     checks::run(
         infra,
@@ -336,6 +348,10 @@ async fn run_with(config: &RunConfig, infra: &Arc<Infra>, report: &mut Report) {
     report
         .notes
         .extend(ctx.stats.notes.lock().unwrap().iter().cloned());
+    report.notes.push(format!(
+        "{} awards capped (cap {daily_cap_points}/day, points valid {validity_days} days)",
+        ctx.stats.capped.load(Ordering::Relaxed)
+    ));
     let per_op = ctx.stats.per_op.lock().unwrap();
     report.notes.push(format!(
         "ops: {}",
@@ -398,6 +414,7 @@ fn main() -> ExitCode {
                 clients: cli.clients,
                 members: cli.members,
                 faults: !cli.no_faults,
+                corrupt: cli.corrupt,
             };
             let report = tokio::select! {
                 report = run_seed(&config) => report,

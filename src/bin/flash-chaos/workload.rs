@@ -107,6 +107,8 @@ pub struct Model {
 #[derive(Default)]
 pub struct Stats {
     pub ops: AtomicU64,
+    /// Awards the daily cap reduced.
+    pub capped: AtomicU64,
     pub attempts: AtomicU64,
     pub retries: AtomicU64,
     pub per_op: Mutex<BTreeMap<&'static str, u64>>,
@@ -193,7 +195,7 @@ impl Ctx {
             })
             .collect();
         let members: Vec<String> = (0..members)
-            .map(|_| uuid::Uuid::from_u128(rng.random::<u128>() & !(0xf << 76) | (4 << 76)))
+            .map(|_| uuid::Builder::from_random_bytes(rng.random()).into_uuid())
             .map(|u| u.to_string())
             .collect();
         let member_index = members
@@ -395,6 +397,9 @@ impl Ctx {
                 "award {}: awarded {} of requested {}",
                 request.idempotency_key, response.awarded_points, response.requested_points
             ));
+        }
+        if response.capped {
+            self.stats.capped.fetch_add(1, Ordering::Relaxed);
         }
         self.settle(
             &request.idempotency_key,
