@@ -2,7 +2,7 @@
 use crate::infra::{blocking, Infra};
 use crate::proxy::Mode;
 use crate::workload::Ctx;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -64,16 +64,31 @@ pub async fn schedule(infra: Arc<Infra>, ctx: Arc<Ctx>, mut rng: ChaCha8Rng, inj
     // Let the workload get going first.
     tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
     while !ctx.stop.load(Ordering::Relaxed) {
-        let fault = pick(&mut rng);
-        *injected.lock().unwrap().entry(fault.name()).or_default() += 1;
-        let hold = Duration::from_millis(rng.random_range(100..1_500));
-        let result = inject(&infra, &ctx, &mut rng, fault, hold).await;
-        if let Err(error) = result {
-            ctx.stats.fail(format!("fault {}: {error:#}", fault.name()));
+        // Mostly one fault at a time; sometimes two different ones at once.
+        let first = pick(&mut rng);
+        let mut faults = vec![first];
+        if rng.random_bool(0.25) {
+            let second = pick(&mut rng);
+            if second != first {
+                faults.push(second);
+            }
         }
+        let mut injections = Vec::new();
+        for &fault in &faults {
+            *injected.lock().unwrap().entry(fault.name()).or_default() += 1;
+            let hold = Duration::from_millis(rng.random_range(100..1_500));
+            let mut fault_rng = ChaCha8Rng::from_rng(&mut rng);
+            let (infra, ctx) = (infra.clone(), ctx.clone());
+            injections.push(async move {
+                if let Err(error) = inject(&infra, &ctx, &mut fault_rng, fault, hold).await {
+                    ctx.stats.fail(format!("fault {}: {error:#}", fault.name()));
+                }
+            });
+        }
+        futures::future::join_all(injections).await;
         if let Err(error) = infra.heal().await {
             ctx.stats
-                .fail(format!("healing after {}: {error:#}", fault.name()));
+                .fail(format!("healing after {faults:?}: {error:#}"));
         }
         let quiet = Duration::from_millis(rng.random_range(100..1_200));
         tokio::time::sleep(quiet).await;
@@ -167,18 +182,36 @@ pub async fn sweeps(
         };
         let as_of = as_of.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let infra = infra.clone();
-        let output = tokio::task::spawn_blocking(move || {
-            infra
-                .flash_command()
+        // Now and then the sweep itself is SIGKILLed part-way.
+        let kill_after = rng
+            .random_bool(0.3)
+            .then(|| Duration::from_millis(rng.random_range(0..400)));
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut command = infra.flash_command();
+            command
                 .args(["expire", "--as-of", &as_of])
-                .output()
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let mut child = command.spawn().ok()?;
+            if let Some(after) = kill_after {
+                std::thread::sleep(after);
+                if matches!(child.try_wait(), Ok(None)) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Some("sweep_killed");
+                }
+            }
+            let status = child.wait().ok()?;
+            Some(if status.success() {
+                "sweep_ok"
+            } else {
+                "sweep_err"
+            })
         })
-        .await;
-        let ok = matches!(&output, Ok(Ok(o)) if o.status.success());
-        *counts
-            .lock()
-            .unwrap()
-            .entry(if ok { "sweep_ok" } else { "sweep_err" })
-            .or_default() += 1;
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or("sweep_err");
+        *counts.lock().unwrap().entry(outcome).or_default() += 1;
     }
 }
