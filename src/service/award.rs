@@ -1,7 +1,7 @@
 //! The award path: the one function that writes purchase points, for every source.
 use super::{
-    prior_outcome, program_rules, replay_or_conflict, require_member, run_to_completion, Error,
-    Ledger, Outcome, MAX_CLOCK_SKEW,
+    prior_outcome, program_rules, require_member, run_to_completion, Error, Ledger, Outcome,
+    MAX_CLOCK_SKEW,
 };
 use crate::cap::{Reservation, Reserve};
 use crate::domain::{
@@ -228,7 +228,7 @@ impl Ledger {
                 if let Some(reservation) = &reservation {
                     self.cap.release(reservation).await;
                 }
-                Err(self.explain_write_failure(&command, error).await)
+                Err(error)
             }
         }
     }
@@ -261,57 +261,6 @@ impl Ledger {
             Reserve::CounterUnknown => Err(Error::Unexpected(anyhow::anyhow!(
                 "cap counter still unknown after seeding"
             ))),
-        }
-    }
-
-    /// A unique index can refuse the write when the same key or purchase raced in through
-    /// another member's lock; answer as if the race had been seen before the write.
-    async fn explain_write_failure(&self, command: &AwardCommand, error: Error) -> Error {
-        let Error::Unexpected(cause) = &error else {
-            return error;
-        };
-        let Some(db_error) = cause.downcast_ref::<tokio_postgres::Error>() else {
-            return error;
-        };
-        let store::DbFailure::UniqueViolation(constraint) = store::classify(db_error) else {
-            return error;
-        };
-        let Ok(client) = self.db.get().await else {
-            return error;
-        };
-        match constraint.as_str() {
-            "ledger_entries_idempotency_key" => {
-                match entries::find_by_key(&**client, &command.program, &command.idempotency_key)
-                    .await
-                {
-                    Ok(Some(prior)) => replay_or_conflict::<AwardOutcome>(
-                        &command.idempotency_key,
-                        &prior,
-                        &command.canonical(),
-                    )
-                    .err()
-                    .unwrap_or_else(|| {
-                        Error::Unavailable(
-                            "a concurrent call with this key committed first; retry".into(),
-                        )
-                    }),
-                    _ => error,
-                }
-            }
-            "ledger_entries_one_award_per_purchase" => {
-                match entries::find_purchase_award(
-                    &**client,
-                    &command.program,
-                    command.source.as_str(),
-                    &command.external_ref,
-                )
-                .await
-                {
-                    Ok(Some(entry)) => purchase_already_awarded(command, entry),
-                    _ => error,
-                }
-            }
-            _ => error,
         }
     }
 }

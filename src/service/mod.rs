@@ -65,6 +65,26 @@ impl From<tokio_postgres::Error> for Error {
                     "the database is unavailable; retry with the same idempotency key".into(),
                 )
             }
+            // Writes check the key and the purchase under the member's lock first; these
+            // indexes only fire when another member's call raced in with the same key or
+            // purchase, which is always a different request.
+            DbFailure::UniqueViolation(constraint)
+                if constraint == "ledger_entries_idempotency_key" =>
+            {
+                Self::AlreadyExists(
+                    "this idempotency key was just used by a concurrent request for another \
+                     member"
+                        .into(),
+                )
+            }
+            DbFailure::UniqueViolation(constraint)
+                if constraint == "ledger_entries_one_award_per_purchase" =>
+            {
+                Self::AlreadyExists(
+                    "this purchase was just awarded by a concurrent request under another key"
+                        .into(),
+                )
+            }
             _ => Self::Unexpected(anyhow::Error::new(error).context("database error")),
         }
     }

@@ -17,6 +17,15 @@ pub enum EntryRef {
     Key(IdempotencyKey),
 }
 
+impl std::fmt::Display for EntryRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "{id}"),
+            Self::Key(key) => write!(f, "with idempotency key {:?}", key.as_str()),
+        }
+    }
+}
+
 impl EntryRef {
     fn canonical(&self) -> serde_json::Value {
         match self {
@@ -261,9 +270,8 @@ impl Ledger {
             Some(id) => entries::get(&**client, program, id).await?,
             None => None,
         };
-        let entry = entry.ok_or_else(|| {
-            Error::NotFound(format!("no entry {reference:?} in program {program}"))
-        })?;
+        let entry = entry
+            .ok_or_else(|| Error::NotFound(format!("no entry {reference} in program {program}")))?;
         if entry.kind != kind {
             return Err(Error::invalid(
                 kind,

@@ -479,3 +479,25 @@ async fn programs_never_see_each_others_members() {
         Code::NotFound
     );
 }
+
+#[tokio::test]
+async fn one_key_raced_for_two_members_writes_once_and_refuses_the_other() {
+    let (mut app, alice) = app_with(usd_rules()).await;
+    let bob = app.enroll().await;
+    for round in 0..10 {
+        let key = format!("shared-{round}");
+        let mut for_alice = app.purchase(&alice, 1_000);
+        let mut for_bob = app.purchase(&bob, 1_000);
+        for_alice.idempotency_key = key.clone();
+        for_bob.idempotency_key = key;
+        let (mut a, mut b) = (app.ledger.clone(), app.ledger.clone());
+        let (first, second) = tokio::join!(a.award(for_alice), b.award(for_bob));
+        let codes = [first.map(|_| Code::Ok), second.map(|_| Code::Ok)]
+            .map(|result| result.unwrap_or_else(|status| status.code()));
+        let mut sorted = codes;
+        sorted.sort_by_key(|code| *code as i32);
+        assert_eq!(sorted, [Code::Ok, Code::AlreadyExists], "round {round}");
+    }
+    assert_eq!(app.row_counts().await, (10, 10));
+    app.assert_ties_out().await;
+}
