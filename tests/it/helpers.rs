@@ -72,6 +72,9 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     settings.redis_prefix = redis_prefix.clone();
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.db_pool_size = 24;
+    // Generous on a shared 2-core machine: these tests check outcomes, not latency.
+    settings.lock_timeout_ms = 20_000;
+    settings.statement_timeout_ms = 30_000;
     customize(&mut settings);
     let clock = ManualClock::starting_at(start_of_test());
     let app = Application::build(&settings, Arc::new(clock.clone()))
