@@ -160,7 +160,7 @@ pub struct Ctx {
     pub cancel_chance: f64,
 }
 
-fn timestamp(instant: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+pub fn timestamp(instant: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: instant.timestamp(),
         nanos: instant.timestamp_subsec_nanos() as i32,
@@ -869,6 +869,11 @@ impl Ctx {
 
     async fn read(&self, rng: &mut ChaCha8Rng) {
         let member = self.pick_member(rng);
+        if rng.random_bool(0.5) {
+            // The newest page of the member's history, under the same faults.
+            let _ = self.list_entries(rng, member, "").await;
+            return;
+        }
         if let Answer::Ok(response) = self.get_member(rng, member).await {
             let balance = response.member.map_or(0, |m| m.balance_points);
             if balance < 0 {
@@ -878,6 +883,45 @@ impl Ctx {
                 ));
             }
         }
+    }
+
+    pub async fn list_entries(
+        &self,
+        rng: &mut ChaCha8Rng,
+        member: usize,
+        page_token: &str,
+    ) -> Answer<proto::ListEntriesResponse> {
+        let request = proto::ListEntriesRequest {
+            program_id: PROGRAM.into(),
+            member_id: self.members[member].clone(),
+            page_size: rng.random_range(1..=200),
+            page_token: page_token.to_owned(),
+        };
+        self.call(rng, "list_entries", |mut client, deadline| {
+            let mut call = Request::new(request.clone());
+            call.set_timeout(deadline);
+            async move { client.list_entries(call).await }
+        })
+        .await
+    }
+
+    pub async fn get_liability(
+        &self,
+        rng: &mut ChaCha8Rng,
+        from: prost_types::Timestamp,
+        to: prost_types::Timestamp,
+    ) -> Answer<proto::GetLiabilityResponse> {
+        let request = proto::GetLiabilityRequest {
+            program_id: PROGRAM.into(),
+            from: Some(from),
+            to: Some(to),
+        };
+        self.call(rng, "get_liability", |mut client, deadline| {
+            let mut call = Request::new(request.clone());
+            call.set_timeout(deadline);
+            async move { client.get_liability(call).await }
+        })
+        .await
     }
 
     pub async fn get_member(
