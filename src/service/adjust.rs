@@ -44,6 +44,7 @@ impl Outcome for AdjustOutcome {
 }
 
 impl Ledger {
+    #[tracing::instrument(name = "adjust", skip_all, fields(program = %command.program, member = %command.member, key = command.idempotency_key.as_str()))]
     pub async fn adjust(&self, command: AdjustCommand) -> Result<AdjustOutcome, Error> {
         let ledger = self.clone();
         run_to_completion(async move {

@@ -69,6 +69,7 @@ impl Outcome for AwardOutcome {
 impl Ledger {
     /// Credits the points a purchase earns: validate → lock the member → claim the key →
     /// compute → reserve the daily cap → write the entry and its batch → commit.
+    #[tracing::instrument(name = "award", skip_all, fields(program = %command.program, member = %command.member, key = command.idempotency_key.as_str()))]
     pub async fn award(&self, command: AwardCommand) -> Result<AwardOutcome, Error> {
         let ledger = self.clone();
         run_to_completion(async move { ledger.award_unit(command).await }).await

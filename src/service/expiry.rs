@@ -23,6 +23,7 @@ impl Ledger {
     /// Expires every batch due by `as_of`, in bounded chunks. Safe to run twice or on two
     /// machines at once: a member's due batches are re-read under its lock, so a batch is
     /// written off once.
+    #[tracing::instrument(name = "expire_due", skip(self))]
     pub async fn expire_due(&self, as_of: DateTime<Utc>) -> Result<ExpiryOutcome, Error> {
         let mut outcome = ExpiryOutcome::default();
         let mut after = None;

@@ -102,6 +102,7 @@ impl Ledger {
     /// Reverses an award fully or partly. Points come back from the award's own batch,
     /// then from the member's other batches oldest first; what was already spent is
     /// recorded as unrecovered, so the balance never goes negative.
+    #[tracing::instrument(name = "reverse_award", skip_all, fields(program = %command.program, key = command.idempotency_key.as_str()))]
     pub async fn reverse_award(
         &self,
         command: ReverseAwardCommand,
@@ -181,6 +182,7 @@ impl Ledger {
     /// Reverses a spend fully or partly: points go back into the batches the spend drew
     /// from, keeping their original expiry; a batch that has expired since gets nothing
     /// back and its points are reported as expired.
+    #[tracing::instrument(name = "reverse_spend", skip_all, fields(program = %command.program, key = command.idempotency_key.as_str()))]
     pub async fn reverse_spend(
         &self,
         command: ReverseSpendCommand,

@@ -43,6 +43,7 @@ impl Outcome for SpendOutcome {
 impl Ledger {
     /// Spends points oldest batch first. Refused with FAILED_PRECONDITION, before any
     /// write, when the unexpired batches hold fewer points than asked.
+    #[tracing::instrument(name = "spend", skip_all, fields(program = %command.program, member = %command.member, key = command.idempotency_key.as_str()))]
     pub async fn spend(&self, command: SpendCommand) -> Result<SpendOutcome, Error> {
         let ledger = self.clone();
         run_to_completion(async move {
