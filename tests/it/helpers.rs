@@ -38,6 +38,7 @@ pub fn start_of_test() -> DateTime<Utc> {
 
 /// A running server on its own database and Redis key prefix.
 pub struct TestApp {
+    pub address: SocketAddr,
     pub ledger: LedgerClient<Channel>,
     pub programs: ProgramsClient<Channel>,
     pub clock: ManualClock,
@@ -95,6 +96,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         .await
         .expect("connect to the test server");
     TestApp {
+        address,
         ledger: LedgerClient::new(channel.clone()),
         programs: ProgramsClient::new(channel),
         clock,

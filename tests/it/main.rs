@@ -8,4 +8,5 @@ mod helpers;
 mod liability;
 mod programs;
 mod reversals;
+mod server;
 mod spend;
