@@ -108,7 +108,12 @@ pub struct Settings {
     )]
     pub idle_in_transaction_timeout_ms: u64,
     /// Log filter, in `tracing` EnvFilter syntax.
-    #[arg(long, env = "FLASH_LOG", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "FLASH_LOG",
+        default_value = "info,tokio_postgres=warn,refinery_core=warn",
+        global = true
+    )]
     pub log: String,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "FLASH_LOG_JSON", default_value_t = false, global = true)]
