@@ -26,6 +26,8 @@ pub enum Op {
     ReverseSpend,
     Adjust,
     Read,
+    TwinSpend,
+    KeyRace,
 }
 
 impl Op {
@@ -41,11 +43,15 @@ impl Op {
             Op::ReverseSpend => "reverse_spend",
             Op::Adjust => "adjust",
             Op::Read => "read",
+            Op::TwinSpend => "twin_spend",
+            Op::KeyRace => "key_race",
         }
     }
 }
 
-const WEIGHTS: [(Op, u32); 10] = [
+const WEIGHTS: [(Op, u32); 12] = [
+    (Op::TwinSpend, 4),
+    (Op::KeyRace, 3),
     (Op::Award, 30),
     (Op::AwardBatch, 6),
     (Op::Replay, 4),
@@ -461,6 +467,8 @@ impl Ctx {
                 Op::ReverseSpend => self.reverse_spend(&mut rng, key).await,
                 Op::Adjust => self.adjust(&mut rng, key).await,
                 Op::Read => self.read(&mut rng).await,
+                Op::TwinSpend => self.twin_spend(&mut rng, key).await,
+                Op::KeyRace => self.key_race(&mut rng, key).await,
             }
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
         }
@@ -723,6 +731,147 @@ impl Ctx {
                 });
             }
             other => self.settle_not_ok(&key, Op::Spend, &other),
+        }
+    }
+
+    async fn send_spend(
+        &self,
+        rng: &mut ChaCha8Rng,
+        request: &proto::SpendRequest,
+    ) -> Answer<proto::SpendResponse> {
+        self.call(rng, "spend", |mut client, deadline| {
+            let mut call = Request::new(request.clone());
+            call.set_timeout(deadline);
+            async move { client.spend(call).await }
+        })
+        .await
+    }
+
+    /// The same spend sent twice at once (a caller retrying while its first call is still
+    /// in flight): one entry, and both answers agree.
+    async fn twin_spend(&self, rng: &mut ChaCha8Rng, key: String) {
+        let member = self.pick_member(rng);
+        let points = rng.random_range(1..=40);
+        let request = proto::SpendRequest {
+            program_id: PROGRAM.into(),
+            member_id: self.members[member].clone(),
+            idempotency_key: key.clone(),
+            points,
+            reference: format!("reward-{key}"),
+        };
+        self.register(&key, "spend", Some(member));
+        let (mut rng_a, mut rng_b) = (
+            ChaCha8Rng::from_rng(&mut *rng),
+            ChaCha8Rng::from_rng(&mut *rng),
+        );
+        let (a, b) = futures::join!(
+            self.send_spend(&mut rng_a, &request),
+            self.send_spend(&mut rng_b, &request)
+        );
+        let describe = |answer: &Answer<proto::SpendResponse>| match answer {
+            Answer::Ok(r) => format!(
+                "OK entry {} ({} points, replayed={})",
+                r.entry_id, r.points, r.replayed
+            ),
+            Answer::Refused(code, message) => format!("{code:?} \"{message}\""),
+            Answer::Unimplemented => "UNIMPLEMENTED".into(),
+            Answer::Failed => "failed".into(),
+            Answer::GaveUp => "no answer".into(),
+        };
+        match (&a, &b) {
+            (Answer::Ok(x), Answer::Ok(y)) => {
+                if x.entry_id != y.entry_id || x.points != y.points {
+                    self.stats.fail(format!(
+                        "twin spend {key}: two different entries: {} / {}",
+                        describe(&a),
+                        describe(&b)
+                    ));
+                }
+            }
+            (Answer::Ok(done), Answer::Refused(..)) | (Answer::Refused(..), Answer::Ok(done)) => {
+                // Legitimate when the refusal came first (the balance grew in between): a
+                // refusal is not stored. But once acknowledged, the key must replay.
+                if let Answer::Refused(code, message) = self.send_spend(rng, &request).await {
+                    self.stats.fail(format!(
+                        "twin spend {key}: acknowledged as {}, then the same request was \
+                         refused: {code:?} \"{message}\" (twins: {} / {})",
+                        done.entry_id,
+                        describe(&a),
+                        describe(&b)
+                    ));
+                }
+            }
+            _ => {}
+        }
+        match (a, b) {
+            (Answer::Ok(response), _) | (_, Answer::Ok(response)) => {
+                self.settle(&key, Fate::Acked, Some(member), -response.points);
+                self.model.lock().unwrap().spends.push(AckedSpend {
+                    key,
+                    entry_id: response.entry_id,
+                    points: response.points,
+                });
+            }
+            (Answer::GaveUp, _) | (_, Answer::GaveUp) => {}
+            (other, _) => self.settle_not_ok(&key, Op::TwinSpend, &other),
+        }
+    }
+
+    /// One fresh key sent at once for two different purchases of two members: exactly
+    /// one wins, the other is ALREADY_EXISTS.
+    async fn key_race(&self, rng: &mut ChaCha8Rng, key: String) {
+        let first = self.pick_member(rng);
+        let second = (first + 1 + rng.random_range(0..self.members.len() - 1)) % self.members.len();
+        let request_a = self.award_request(rng, first, &key);
+        let mut request_b = self.award_request(rng, second, &key);
+        request_b.external_ref.push_str("-rival");
+        self.register(&key, "award", None);
+        let (mut rng_a, mut rng_b) = (
+            ChaCha8Rng::from_rng(&mut *rng),
+            ChaCha8Rng::from_rng(&mut *rng),
+        );
+        let (a, b) = futures::join!(
+            self.send_award(&mut rng_a, &request_a),
+            self.send_award(&mut rng_b, &request_b)
+        );
+        match (a, b) {
+            (Answer::Ok(x), Answer::Ok(y)) => {
+                self.stats.fail(format!(
+                    "key race {key}: both purchases credited under one key (entries {} and {})",
+                    x.entry_id, y.entry_id
+                ));
+                self.settle(&key, Fate::Indeterminate, None, 0);
+            }
+            (Answer::Ok(x), Answer::Refused(Code::AlreadyExists, _)) => {
+                self.record_award(&request_a, &x)
+            }
+            (Answer::Refused(Code::AlreadyExists, _), Answer::Ok(y)) => {
+                self.record_award(&request_b, &y)
+            }
+            (Answer::Ok(x), other) => {
+                if let Answer::Refused(code, message) = &other {
+                    self.stats.fail(format!(
+                        "key race {key}: loser got {code:?} \"{message}\", expected ALREADY_EXISTS"
+                    ));
+                }
+                self.record_award(&request_a, &x)
+            }
+            (other, Answer::Ok(y)) => {
+                if let Answer::Refused(code, message) = &other {
+                    self.stats.fail(format!(
+                        "key race {key}: loser got {code:?} \"{message}\", expected ALREADY_EXISTS"
+                    ));
+                }
+                self.record_award(&request_b, &y)
+            }
+            (Answer::Refused(code_a, message_a), Answer::Refused(code_b, message_b)) => {
+                self.stats.fail(format!(
+                    "key race {key}: neither purchase credited: {code_a:?} \"{message_a}\" / {code_b:?} \"{message_b}\""
+                ));
+                self.settle(&key, Fate::Refused(code_a), None, 0);
+            }
+            (Answer::GaveUp, _) | (_, Answer::GaveUp) => {}
+            _ => self.settle(&key, Fate::Indeterminate, None, 0),
         }
     }
 
