@@ -495,6 +495,22 @@ impl Infra {
         Ok(())
     }
 
+    /// PING through the proxy: tells a stuck proxy (a harness bug) from a stuck client.
+    pub async fn ping_redis_via_proxy(&self) -> anyhow::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let probe = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.proxy.port)).await?;
+            stream.write_all(b"PING\r\n").await?;
+            let mut reply = [0u8; 7];
+            stream.read_exact(&mut reply).await?;
+            anyhow::ensure!(&reply == b"+PONG\r\n", "unexpected reply {reply:?}");
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(2), probe)
+            .await
+            .map_err(|_| anyhow::anyhow!("no PONG through the proxy within 2 s"))?
+    }
+
     /// Samples every server's VmRSS into `max_rss_kib`.
     pub fn sample_rss(&self) {
         for server in &self.servers {
@@ -541,6 +557,19 @@ impl Infra {
             }
         }
         out
+    }
+
+    /// Copies the server and PostgreSQL logs to `dir` (for `FLASH_CHAOS_KEEP_LOGS`).
+    pub fn keep_logs(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for entry in std::fs::read_dir(&self._root.0)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                std::fs::copy(&path, dir.join(path.file_name().unwrap()))?;
+            }
+        }
+        let _ = std::fs::copy(&self.pg.log, dir.join("postgres.log"));
+        Ok(())
     }
 
     pub fn total_server_starts(&self) -> u32 {

@@ -217,6 +217,13 @@ async fn run_seed(config: &RunConfig) -> Report {
             run_with(config, &infra, &mut report).await;
             if !report.passed() {
                 report.server_errors = infra.server_errors(8);
+                if let Ok(dir) = std::env::var("FLASH_CHAOS_KEEP_LOGS") {
+                    let dir = std::path::Path::new(&dir).join(format!("seed-{}", config.seed));
+                    match infra.keep_logs(&dir) {
+                        Ok(()) => report.notes.push(format!("logs kept in {}", dir.display())),
+                        Err(error) => report.notes.push(format!("keeping logs: {error}")),
+                    }
+                }
             }
             drop(infra);
         }
@@ -294,6 +301,11 @@ async fn run_with(config: &RunConfig, infra: &Arc<Infra>, report: &mut Report) {
     }
     if let Err(error) = infra.heal().await {
         ctx.stats.fail(format!("final heal: {error:#}"));
+    }
+    if let Err(error) = infra.ping_redis_via_proxy().await {
+        ctx.stats.fail(format!(
+            "harness: Redis unreachable through the healed proxy: {error:#}"
+        ));
     }
     // Let every client's retries settle; a key still without an answer then is a finding.
     *ctx.give_up_at.lock().unwrap() = Some(Instant::now() + Duration::from_secs(45));
