@@ -77,7 +77,13 @@ impl RunConfig {
                 let cwd = std::env::current_dir().ok()?;
                 Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
             })
-            .map(|p| p.display().to_string())
+            // A binary rebuilt under a running process reads as "… (deleted)".
+            .map(|p| {
+                p.display()
+                    .to_string()
+                    .trim_end_matches(" (deleted)")
+                    .to_owned()
+            })
             .unwrap_or_else(|| "target/debug/flash-chaos".into());
         let mut command = format!(
             "{exe} --seed {} --seconds {} --servers {} --clients {} --members {}",
