@@ -3,6 +3,8 @@
 use crate::domain::{MemberId, ProgramId};
 use chrono::NaiveDate;
 use fred::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Counters outlive their day by a day, so late releases still find them.
@@ -66,6 +68,8 @@ pub struct DailyCap {
     key_prefix: String,
     /// Upper bound on one Redis call; beyond it the award is refused.
     timeout: Duration,
+    /// Set while a forced reconnection runs, so timeouts do not pile them up.
+    reconnecting: Arc<AtomicBool>,
 }
 
 impl DailyCap {
@@ -90,6 +94,7 @@ impl DailyCap {
             client,
             key_prefix: key_prefix.to_owned(),
             timeout,
+            reconnecting: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -119,10 +124,20 @@ impl DailyCap {
         let call = self
             .client
             .eval::<(i64, String), _, _, _>(RESERVE, key.clone(), args);
-        let (granted_points, generation) = tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| CapUnavailable("redis timed out".into()))?
-            .map_err(|error| CapUnavailable(error.to_string()))?;
+        let answer = tokio::time::timeout(self.timeout, call).await;
+        let (granted_points, generation) = match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => {
+                if *error.kind() == fred::error::ErrorKind::Timeout {
+                    self.replace_connection();
+                }
+                return Err(CapUnavailable(error.to_string()));
+            }
+            Err(_) => {
+                self.replace_connection();
+                return Err(CapUnavailable("redis timed out".into()));
+            }
+        };
         if granted_points < 0 {
             return Ok(Reserve::CounterUnknown);
         }
@@ -131,6 +146,23 @@ impl DailyCap {
             generation,
             granted_points,
         }))
+    }
+
+    /// Drops the connection and dials a new one, in the background. A connection that
+    /// stopped answering (a frozen Redis, a half-dead network) is never closed by the
+    /// client on its own: without this every capped award would time out on it until the
+    /// process restarted (found by chaos seeds 20 and 30).
+    fn replace_connection(&self) {
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (client, reconnecting) = (self.client.clone(), self.reconnecting.clone());
+        tokio::spawn(async move {
+            if let Err(error) = client.force_reconnection().await {
+                tracing::warn!(%error, "redis reconnection failed");
+            }
+            reconnecting.store(false, Ordering::Release);
+        });
     }
 
     /// Returns a reservation whose award was certainly not written. A failed release

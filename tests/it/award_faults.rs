@@ -71,6 +71,42 @@ async fn an_award_refused_while_redis_was_down_awards_exactly_once_when_it_is_ba
     app.assert_ties_out().await;
 }
 
+/// Regression (chaos seeds 20 and 30): after Redis froze, the server kept its silent
+/// connection and refused every capped award until restarted.
+#[tokio::test]
+async fn awards_resume_after_redis_connections_go_silent() {
+    let redis: std::net::SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let proxy = Proxy::start(redis).await;
+    let url = format!("redis://{}", proxy.address);
+    let mut app = spawn_app_with(|settings| settings.redis_url = url).await;
+    app.create_program(capped_rules(500)).await;
+    let member = app.enroll().await;
+    app.award(app.purchase(&member, 1_000)).await;
+
+    proxy.black_hole().await;
+    let request = app.purchase(&member, 2_000);
+    let error = app.ledger.award(request.clone()).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    proxy.heal();
+
+    let mut outcome = None;
+    for _ in 0..100 {
+        match app.ledger.award(request.clone()).await {
+            Ok(response) => {
+                outcome = Some(response.into_inner());
+                break;
+            }
+            Err(status) if status.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("unexpected {status:?}"),
+        }
+    }
+    let outcome = outcome.expect("the server reconnected to Redis");
+    assert_eq!(outcome.awarded_points, 20);
+    app.assert_ties_out().await;
+}
+
 #[tokio::test]
 async fn the_cap_still_holds_after_redis_is_flushed_mid_day() {
     let redis = PrivateRedis::start().await;

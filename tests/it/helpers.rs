@@ -12,7 +12,7 @@ use flash_loyalty::service::Ledger;
 use flash_loyalty::store;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -65,6 +65,9 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server whose settings `customize` may change (a dead Redis, a proxy, …).
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    if let Ok(filter) = std::env::var("FLASH_TEST_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    }
     let database_url = create_database().await;
     let redis_prefix = format!("test:{}:", Uuid::new_v4().simple());
     let mut settings = Settings::defaults();
@@ -357,11 +360,21 @@ pub fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// A TCP proxy in front of a server, that the test can cut and heal.
+/// What the proxy does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyMode {
+    Forward,
+    /// Closes every connection and refuses new ones.
+    Cut,
+    /// Keeps every connection open but forwards nothing, forever: a half-dead network.
+    BlackHole,
+}
+
+/// A TCP proxy in front of a server, that the test can cut, black-hole and heal.
 pub struct Proxy {
     pub address: SocketAddr,
-    up: Arc<AtomicBool>,
-    /// Bumped on every cut, so forwarding tasks of earlier connections stop.
+    mode: Arc<std::sync::Mutex<ProxyMode>>,
+    /// Bumped on every fault, so forwarding tasks of earlier connections stop.
     generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -369,54 +382,74 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
+        let mode = Arc::new(std::sync::Mutex::new(ProxyMode::Forward));
         let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (up_flag, generations) = (up.clone(), generation.clone());
+        let held: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        let (modes, generations) = (mode.clone(), generation.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if !up_flag.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
+                let current = *modes.lock().unwrap();
+                match current {
+                    ProxyMode::Cut => continue,
+                    ProxyMode::BlackHole => {
+                        held.lock().unwrap().push(inbound);
+                        continue;
+                    }
+                    ProxyMode::Forward => {}
                 }
                 let born = generations.load(Ordering::SeqCst);
-                let generations = generations.clone();
+                let (generations, modes, held) = (generations.clone(), modes.clone(), held.clone());
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
                     let (mut inbound, mut outbound) = (inbound, outbound);
-                    let cut = async {
+                    let fault = async {
                         while generations.load(Ordering::SeqCst) == born {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
-                        _ = cut => {},
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        _ = fault => {},
+                    }
+                    if *modes.lock().unwrap() == ProxyMode::BlackHole {
+                        held.lock().unwrap().extend([inbound, outbound]);
                     }
                 });
             }
         });
         Proxy {
             address,
-            up,
+            mode,
             generation,
         }
+    }
+
+    async fn fault(&self, mode: ProxyMode) {
+        *self.mode.lock().unwrap() = mode;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     /// Drops every connection and refuses new ones; returns once the forwarding tasks
     /// have seen the cut.
     pub async fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.fault(ProxyMode::Cut).await;
     }
 
+    /// Stops forwarding without closing anything; connections made before a heal stay
+    /// silent forever.
+    pub async fn black_hole(&self) {
+        self.fault(ProxyMode::BlackHole).await;
+    }
+
+    /// New connections are forwarded again.
     pub fn heal(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        *self.mode.lock().unwrap() = ProxyMode::Forward;
     }
 }
 
