@@ -89,7 +89,7 @@ impl DailyCap {
             })
             .set_policy(ReconnectPolicy::new_constant(0, 200))
             .build()?;
-        client.connect();
+        tokio::spawn(keep_connected(client.clone()));
         Ok(Self {
             client,
             key_prefix: key_prefix.to_owned(),
@@ -183,5 +183,20 @@ impl DailyCap {
             Ok(Err(error)) => tracing::warn!(%error, key = %reservation.key, "cap release failed"),
             Err(_) => tracing::warn!(key = %reservation.key, "cap release timed out"),
         }
+    }
+}
+
+/// Runs the client's connection task, and starts it again whenever it ends. fred retries
+/// lost connections by its reconnect policy, but not a first connection that fails: a
+/// server started while Redis was down would otherwise never reach it (found by chaos
+/// seeds 20 and 30, where a killed server restarted during a Redis outage).
+async fn keep_connected(client: Client) {
+    loop {
+        match client.connect().await {
+            Ok(Ok(())) => return, // the client was closed on purpose
+            Ok(Err(error)) => tracing::warn!(%error, "redis connection ended; retrying"),
+            Err(error) => tracing::warn!(%error, "redis connection task failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -107,6 +107,44 @@ async fn awards_resume_after_redis_connections_go_silent() {
     app.assert_ties_out().await;
 }
 
+/// Regression (chaos seeds 20 and 30): a server started while Redis was unreachable never
+/// connected once Redis came back.
+#[tokio::test]
+async fn a_server_started_while_redis_is_down_connects_when_it_comes_back() {
+    let redis: std::net::SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let proxy = Proxy::start(redis).await;
+    proxy.cut().await;
+    let url = format!("redis://{}", proxy.address);
+    let mut app = spawn_app_with(|settings| settings.redis_url = url).await;
+    app.create_program(capped_rules(500)).await;
+    let member = app.enroll().await;
+    let request = app.purchase(&member, 2_000);
+    let error = app.ledger.award(request.clone()).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+
+    proxy.heal();
+    let mut outcome = None;
+    for _ in 0..100 {
+        match app.ledger.award(request.clone()).await {
+            Ok(response) => {
+                outcome = Some(response.into_inner());
+                break;
+            }
+            Err(status) if status.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("unexpected {status:?}"),
+        }
+    }
+    assert_eq!(
+        outcome
+            .expect("connected once Redis was back")
+            .awarded_points,
+        20
+    );
+    app.assert_ties_out().await;
+}
+
 #[tokio::test]
 async fn the_cap_still_holds_after_redis_is_flushed_mid_day() {
     let redis = PrivateRedis::start().await;

@@ -421,7 +421,10 @@ impl Infra {
             .env("FLASH_DATABASE_URL", self.database_url())
             .env("FLASH_REDIS_URL", self.redis_url())
             .env("FLASH_REDIS_PREFIX", &self.redis_prefix)
-            .env("FLASH_LOG", "warn")
+            .env(
+                "FLASH_LOG",
+                std::env::var("FLASH_CHAOS_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null());
         command
