@@ -12,15 +12,17 @@ const COUNTER_TTL_SECONDS: i64 = 2 * 24 * 60 * 60;
 
 /// Reserves min(want, cap − total) in one atomic call, refreshing the key's expiry.
 /// A missing counter is unknown, not zero: without a seed it answers -1, and the caller
-/// rebuilds the total from PostgreSQL and calls again with it. The generation marks which
+/// rebuilds the total from PostgreSQL and calls again with it. So is a counter kept under
+/// another rules version: awards made while no cap applied were never counted in it
+/// (found by the fuzzer: a cap introduced mid-day let a member earn past it). The generation marks which
 /// incarnation of the counter a reservation came from, so a release after a flush cannot
 /// lower a rebuilt counter (which would let a member earn past the cap).
 const RESERVE: &str = r"
 local key = KEYS[1]
-local want, cap, ttl, seed, generation = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-if redis.call('EXISTS', key) == 0 then
+local want, cap, ttl, seed, generation, version = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'version') ~= version then
   if seed == '' then return {-1, ''} end
-  redis.call('HSET', key, 'total', seed, 'generation', generation)
+  redis.call('HSET', key, 'total', seed, 'generation', generation, 'version', version)
 end
 local total = tonumber(redis.call('HGET', key, 'total'))
 local grant = cap - total
@@ -98,13 +100,16 @@ impl DailyCap {
         })
     }
 
-    /// Reserves up to `want_points` of the member's cap for `day`. `seed_total` is the
-    /// day's total from PostgreSQL, given only after a [`Reserve::CounterUnknown`].
+    /// Reserves up to `want_points` of the member's cap for `day` under the program's
+    /// `rules_version`. `seed_total` is the day's total from PostgreSQL, given only after a
+    /// [`Reserve::CounterUnknown`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn reserve(
         &self,
         program: &ProgramId,
         member: MemberId,
         day: NaiveDate,
+        rules_version: i64,
         want_points: i64,
         cap_points: i64,
         seed_total: Option<i64>,
@@ -120,6 +125,7 @@ impl DailyCap {
             COUNTER_TTL_SECONDS.to_string(),
             seed,
             generation,
+            rules_version.to_string(),
         ];
         let call = self
             .client

@@ -37,7 +37,13 @@ impl Currency {
                     })
             })
             .ok_or_else(|| {
-                InvalidField::new(field, format!("{raw:?} is not a supported ISO 4217 code"))
+                InvalidField::new(
+                    field,
+                    format!(
+                        "{} is not a supported ISO 4217 code",
+                        super::rules::quoted(raw)
+                    ),
+                )
             })
     }
 

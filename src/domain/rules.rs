@@ -50,7 +50,7 @@ impl ProgramRules {
         let timezone: Tz = document.timezone.parse().map_err(|_| {
             InvalidField::new(
                 "rules.timezone",
-                format!("{:?} is not an IANA time zone", document.timezone),
+                format!("{} is not an IANA time zone", quoted(&document.timezone)),
             )
         })?;
         check_range(
@@ -97,6 +97,17 @@ pub fn local_day(instant: DateTime<Utc>, timezone: Tz) -> NaiveDate {
     instant.with_timezone(&timezone).date_naive()
 }
 
+/// A caller's value quoted in a message, cut short: a message must never carry a huge
+/// input back (it travels in a header).
+pub fn quoted(value: &str) -> String {
+    const QUOTED_CHARS_MAX: usize = 40;
+    if value.chars().count() <= QUOTED_CHARS_MAX {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(QUOTED_CHARS_MAX).collect();
+    format!("{head:?}…")
+}
+
 fn check_range(field: &str, value: i64, min: i64, max: i64) -> Result<(), InvalidField> {
     if value < min || value > max {
         return Err(InvalidField::new(
@@ -138,10 +149,10 @@ fn check_tiers(tiers: &[Tier]) -> Result<(), InvalidField> {
             ));
         }
         let name_chars = tier.name.chars().count();
-        if name_chars == 0 || name_chars > 64 {
+        if name_chars == 0 || name_chars > 64 || tier.name.chars().any(char::is_control) {
             return Err(InvalidField::new(
                 field("name"),
-                "must be 1 to 64 characters",
+                "must be 1 to 64 characters without control characters",
             ));
         }
         check_range(

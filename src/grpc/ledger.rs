@@ -197,7 +197,7 @@ impl LedgerRpc for LedgerApi {
         request: Request<proto::AdjustRequest>,
     ) -> Result<Response<proto::AdjustResponse>, Status> {
         let request = request.into_inner();
-        if request.points == 0 || request.points.abs() > MAX_RULE_POINTS {
+        if request.points == 0 || request.points.unsigned_abs() > MAX_RULE_POINTS.unsigned_abs() {
             return Err(Error::invalid(
                 "points",
                 format!("must be non-zero and within ±{MAX_RULE_POINTS}"),

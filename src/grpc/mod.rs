@@ -44,6 +44,10 @@ pub fn code_of(error: &Error) -> Code {
     }
 }
 
+/// The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+/// Everything outside it is refused here, before PostgreSQL would fail on it.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
 /// A required timestamp field.
 fn required_time(
     field: &str,
@@ -63,10 +67,17 @@ fn optional_time(
     let nanos = u32::try_from(timestamp.nanos)
         .ok()
         .filter(|nanos| *nanos < 1_000_000_000);
-    nanos
-        .and_then(|nanos| DateTime::from_timestamp(timestamp.seconds, nanos))
+    let seconds = Some(timestamp.seconds).filter(|seconds| TIMESTAMP_SECONDS.contains(seconds));
+    seconds
+        .zip(nanos)
+        .and_then(|(seconds, nanos)| DateTime::from_timestamp(seconds, nanos))
         .map(Some)
-        .ok_or_else(|| InvalidField::new(field, "is not a valid timestamp"))
+        .ok_or_else(|| {
+            InvalidField::new(
+                field,
+                "is not a valid timestamp (years 0001 to 9999, nanos 0 to 999999999)",
+            )
+        })
 }
 
 fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {

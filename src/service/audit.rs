@@ -63,7 +63,6 @@ impl Ledger {
         let batches = store::batches::all_of_program(&*tx, program).await?;
         let allocations = store::batches::all_allocations(&*tx, program).await?;
         let caps = reports::caps_by_version(&*tx, program).await?;
-        let day_totals = reports::award_day_totals(&*tx, program).await?;
         let mut violations = reports::duplicates(&*tx, program).await?;
         let members: Vec<Uuid> = {
             let rows = tx
@@ -97,15 +96,7 @@ impl Ledger {
         tx.commit().await?;
 
         violations.extend(replay(&entries, &batches, &allocations));
-        for (member, day, total, version) in day_totals {
-            if let Some(Some(cap)) = caps.get(&version) {
-                if total > *cap {
-                    violations.push(format!(
-                        "member {member} on {day}: {total} purchase points exceed the cap {cap}"
-                    ));
-                }
-            }
-        }
+        violations.extend(check_daily_caps(&entries, &caps));
         violations.truncate(VIOLATIONS_MAX);
         Ok(AuditReport {
             program: program.to_string(),
@@ -320,6 +311,33 @@ fn replay(
             violations.push(format!(
                 "member {member}: Σ entries {total} ≠ Σ remaining of batches {held}"
             ));
+        }
+    }
+    violations
+}
+
+/// No award took a member's purchase points of a day past the cap of the rules it was
+/// computed under. Checked award by award in write order, so a cap introduced or lowered
+/// during a day judges only the awards written after it.
+fn check_daily_caps(entries: &[StoredEntry], caps: &HashMap<i64, Option<i64>>) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut day_totals: HashMap<(Uuid, chrono::NaiveDate), i64> = HashMap::new();
+    for entry in entries.iter().filter(|e| e.kind == "award") {
+        let Some(day) = entry.cap_day else {
+            violations.push(format!("award {}: no cap day", entry.entry_id));
+            continue;
+        };
+        let total = day_totals
+            .entry((entry.member_id.as_uuid(), day))
+            .or_default();
+        *total += entry.points;
+        if let Some(Some(cap)) = caps.get(&entry.rules_version) {
+            if entry.points > 0 && *total > *cap {
+                violations.push(format!(
+                    "award {}: member {} reached {total} purchase points on {day}, over the cap {cap}",
+                    entry.entry_id, entry.member_id
+                ));
+            }
         }
     }
     violations

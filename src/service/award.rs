@@ -156,8 +156,14 @@ impl Ledger {
         let cap_day = local_day(now, rules.timezone);
         let reservation = match rules.document.daily_cap_points {
             Some(cap_points) if requested_points > 0 => Some(
-                self.reserve_cap(&tx, cap_day, requested_points, cap_points)
-                    .await?,
+                self.reserve_cap(
+                    &tx,
+                    cap_day,
+                    program.rules_version,
+                    requested_points,
+                    cap_points,
+                )
+                .await?,
             ),
             _ => None,
         };
@@ -240,20 +246,37 @@ impl Ledger {
         &self,
         tx: &MemberTx<'_>,
         day: chrono::NaiveDate,
+        rules_version: i64,
         want_points: i64,
         cap_points: i64,
     ) -> Result<Reservation, Error> {
         let (program, member) = (tx.program(), tx.member());
         let first = self
             .cap
-            .reserve(program, member, day, want_points, cap_points, None)
+            .reserve(
+                program,
+                member,
+                day,
+                rules_version,
+                want_points,
+                cap_points,
+                None,
+            )
             .await?;
         let answer = match first {
             Reserve::Granted(reservation) => return Ok(reservation),
             Reserve::CounterUnknown => {
                 let total = entries::purchase_points_on_day(tx, day).await?;
                 self.cap
-                    .reserve(program, member, day, want_points, cap_points, Some(total))
+                    .reserve(
+                        program,
+                        member,
+                        day,
+                        rules_version,
+                        want_points,
+                        cap_points,
+                        Some(total),
+                    )
                     .await?
             }
         };

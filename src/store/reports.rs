@@ -100,31 +100,6 @@ pub async fn batch_sums(
     })
 }
 
-/// Purchase points per member and cap day, with the newest rules version used that day.
-pub async fn award_day_totals(
-    client: &impl GenericClient,
-    program: &ProgramId,
-) -> Result<Vec<(uuid::Uuid, chrono::NaiveDate, i64, i64)>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT member_id, cap_day, sum(points)::bigint, max(rules_version) \
-             FROM ledger_entries WHERE program_id = $1 AND kind = 'award' \
-             GROUP BY member_id, cap_day",
-            &[&program.as_str()],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get(3)?,
-            ))
-        })
-        .collect()
-}
-
 /// Purchases awarded more than once and keys used more than once (both also refused by
 /// unique indexes; the audit checks them regardless).
 pub async fn duplicates(

@@ -321,6 +321,27 @@ async fn bad_input_gets_a_precise_status_and_writes_nothing() {
                 ..base.clone()
             },
         ),
+        // Regressions found by the fuzzer: before PostgreSQL's first instant (was INTERNAL),
+        // and a huge currency echoed whole into the status header (broke the connection).
+        (
+            "occurred_at",
+            Code::InvalidArgument,
+            proto::AwardRequest {
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: -210_866_803_201,
+                    nanos: 0,
+                }),
+                ..base.clone()
+            },
+        ),
+        (
+            "currency",
+            Code::InvalidArgument,
+            proto::AwardRequest {
+                currency: "X".repeat(70_000),
+                ..base.clone()
+            },
+        ),
         (
             "source",
             Code::InvalidArgument,

@@ -437,105 +437,11 @@ fn call_strategy(seeded: &Arc<Seeded>) -> BoxedStrategy<Call> {
         (6, list_entries(seeded).prop_map(Call::ListEntries).boxed()),
         (5, get_liability().prop_map(Call::GetLiability).boxed()),
     ])
-    .prop_map(one_daily_cap)
-    .prop_map(adjust_points_within_abs)
-    .prop_map(echoed_fields_shortened)
-    .prop_map(tier_names_without_nul)
     .boxed()
 }
 
-/// KNOWN BUG: `Adjust` with `points: i64::MIN` panics in src/grpc/ledger.rs
-/// (`request.points.abs()` overflows: "attempt to negate with overflow" in a debug build,
-/// the client sees CANCELLED; a release build wraps to i64::MIN, which passes the
-/// `> MAX_RULE_POINTS` check and reaches the service). Until it is fixed, i64::MIN is sent
-/// as i64::MIN + 1.
-fn adjust_points_within_abs(mut call: Call) -> Call {
-    if let Call::Adjust(request) = &mut call {
-        if request.points == i64::MIN {
-            request.points = i64::MIN + 1;
-        }
-    }
-    call
-}
-
-/// The longest currency or time zone sent where the server echoes it in the status.
-const ECHOED_CHARS: usize = 300;
-
-/// KNOWN BUG: the INVALID_ARGUMENT message of an unknown currency (`Currency::parse`,
-/// src/domain/money.rs) or time zone (`ProgramRules::parse`, src/domain/rules.rs) quotes
-/// the whole input, so a 20 000-character `currency` makes a `grpc-message` header the
-/// client refuses (INTERNAL "h2 protocol error"), and a 70 000-character one makes the
-/// client's HTTP/2 connection go away (ENHANCE_YOUR_CALM, "header_list_way_too_large"):
-/// every call in flight on that channel fails with RESOURCE_EXHAUSTED. Until it is fixed,
-/// those fields are cut to ECHOED_CHARS characters (still over-long). AwardBatch items
-/// keep the full length: their errors travel in the body.
-fn echoed_fields_shortened(mut call: Call) -> Call {
-    let shorten = |text: &mut String| {
-        if text.chars().count() > ECHOED_CHARS {
-            *text = text.chars().take(ECHOED_CHARS).collect();
-        }
-    };
-    let rules = match &mut call {
-        Call::Award(request) => {
-            shorten(&mut request.currency);
-            None
-        }
-        Call::CreateProgram(request) => request.rules.as_mut(),
-        Call::UpdateProgram(request) => request.rules.as_mut(),
-        _ => None,
-    };
-    if let Some(rules) = rules {
-        shorten(&mut rules.currency);
-        shorten(&mut rules.timezone);
-    }
-    call
-}
-
-/// KNOWN BUG: a tier name with a NUL character (`"Gold\0"`) passes `check_tiers`
-/// (src/domain/rules.rs checks only its length) and PostgreSQL refuses it in the `jsonb`
-/// rules document ("unsupported Unicode escape sequence"), answered INTERNAL by
-/// CreateProgram and UpdateProgram. Until it is fixed, NUL in tier names is sent as U+FFFD;
-/// the other control characters are still sent.
-fn tier_names_without_nul(mut call: Call) -> Call {
-    let rules = match &mut call {
-        Call::CreateProgram(request) => request.rules.as_mut(),
-        Call::UpdateProgram(request) => request.rules.as_mut(),
-        _ => None,
-    };
-    for tier in rules.into_iter().flat_map(|rules| rules.tiers.iter_mut()) {
-        if tier.name.contains('\0') {
-            tier.name = tier.name.replace('\0', "\u{fffd}");
-        }
-    }
-    call
-}
-
-/// The daily cap every program gets, whatever its rules say otherwise.
+/// The daily cap of the seeded program.
 const DAILY_CAP: i64 = 50_000;
-
-/// KNOWN BUG: the audit compares a member's purchase points of a day with the cap of the
-/// latest rules version awarded under that day, so lowering (or introducing) a cap in the
-/// middle of a day reports the points legitimately earned earlier as a cap violation
-/// (`award_day_totals` + `caps_by_version` in src/service/audit.rs). Until it is fixed,
-/// every cap the fuzzer would make the server accept is the one cap of the seeded program;
-/// caps the server must refuse (0, negative, too large) are still sent.
-fn one_daily_cap(mut call: Call) -> Call {
-    let rules = match &mut call {
-        Call::CreateProgram(request) => request.rules.as_mut(),
-        Call::UpdateProgram(request) => request.rules.as_mut(),
-        _ => None,
-    };
-    if let Some(rules) = rules {
-        let acceptable = match rules.daily_cap_points {
-            None => true,
-            Some(cap) => (1..=MAX_RULE_POINTS).contains(&cap),
-        };
-        if acceptable {
-            rules.daily_cap_points = Some(DAILY_CAP);
-        }
-    }
-    call
-}
 
 // --- wild values -------------------------------------------------------------------------
 
@@ -728,30 +634,12 @@ fn wild_timestamp() -> BoxedStrategy<Option<prost_types::Timestamp>> {
         1 => Just(None),
         4 => (seconds, nanos).prop_map(|(seconds, nanos)| {
             Some(prost_types::Timestamp {
-                seconds: before_postgres_is_a_known_bug(seconds),
+                seconds,
                 nanos,
             })
         }),
     ]
     .boxed()
-}
-
-/// The first second PostgreSQL's `timestamptz` holds: 4713-11-24 00:00:00 BC.
-const POSTGRES_MIN_SECONDS: i64 = -210_866_803_200;
-
-/// KNOWN BUG: an instant chrono accepts but PostgreSQL cannot store (before 4713-11-24 BC,
-/// e.g. `seconds: -210866803201`) passes `optional_time` in src/grpc/mod.rs and fails in
-/// SQL with "timestamp out of range", answered INTERNAL — `occurred_at` of Award and
-/// AwardBatch items, `enrolled_at` of EnrollMember, `from`/`to` of GetLiability. Until it
-/// is fixed those seconds are sent as the first second PostgreSQL holds; seconds chrono
-/// itself refuses (e.g. `i64::MIN`) are still sent.
-fn before_postgres_is_a_known_bug(seconds: i64) -> i64 {
-    let chrono_accepts = chrono::DateTime::from_timestamp(seconds, 0).is_some();
-    if chrono_accepts && seconds < POSTGRES_MIN_SECONDS {
-        POSTGRES_MIN_SECONDS
-    } else {
-        seconds
-    }
 }
 
 fn wild_program_id() -> BoxedStrategy<String> {

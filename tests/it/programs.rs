@@ -62,6 +62,11 @@ async fn invalid_rules_are_refused_naming_the_field() {
             "rules.timezone",
             Box::new(|r| r.timezone = "Nowhere/City".into()),
         ),
+        // Regression found by the fuzzer: a NUL in a tier name reached the jsonb column.
+        (
+            "rules.tiers[0].name",
+            Box::new(|r| r.tiers = vec![tier("member\0", 0, 0)]),
+        ),
         ("rules.base_rate_bp", Box::new(|r| r.base_rate_bp = -1)),
         (
             "rules.daily_cap_points",
@@ -163,12 +168,44 @@ async fn awards_record_the_rules_version_they_were_computed_under() {
     app.assert_ties_out().await;
 }
 
-fn tier(code: &str, qualify: i64, maintain: i64) -> proto::Tier {
+fn tier(name: &str, qualify: i64, maintain: i64) -> proto::Tier {
     proto::Tier {
-        code: code.into(),
-        name: code.into(),
+        code: name.trim_end_matches('\0').into(),
+        name: name.into(),
         qualify_points: qualify,
         maintain_points: maintain,
         multiplier_bp: 10_000,
     }
+}
+
+/// Regression found by the fuzzer: a cap counter kept under earlier rules did not count
+/// the awards made while no cap applied, so a cap brought back mid-day let a member earn
+/// past it.
+#[tokio::test]
+async fn a_cap_brought_back_mid_day_counts_the_points_earned_without_one() {
+    let mut app = spawn_app().await;
+    let with_cap = |cap: Option<i64>| {
+        let mut rules = usd_rules();
+        rules.daily_cap_points = cap;
+        proto::UpdateProgramRequest {
+            program_id: PROGRAM.into(),
+            rules: Some(rules),
+            expected_rules_version: 0,
+            name: String::new(),
+        }
+    };
+    let mut first = usd_rules();
+    first.daily_cap_points = Some(2_000);
+    app.create_program(first).await;
+    let member = app.enroll().await;
+    app.earn(&member, 100).await; // counted in Redis under version 1
+    app.programs.update_program(with_cap(None)).await.unwrap();
+    app.earn(&member, 1_000).await; // no cap, not counted in Redis
+    app.programs
+        .update_program(with_cap(Some(500)))
+        .await
+        .unwrap();
+    let after = app.earn(&member, 10).await;
+    assert_eq!((after.awarded_points, after.capped), (0, true));
+    app.assert_ties_out().await;
 }

@@ -384,6 +384,9 @@ async fn adjustments_credit_and_debit_with_reason_and_actor_in_history() {
         app.ledger.adjust(adjust("a4", 0)).await.unwrap_err().code(),
         Code::InvalidArgument
     );
+    // Regression found by the fuzzer: i64::MIN used to panic the handler (abs overflow).
+    let error = app.ledger.adjust(adjust("a6", i64::MIN)).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
     let no_actor = proto::AdjustRequest {
         actor: String::new(),
         ..adjust("a5", 5)

@@ -609,22 +609,22 @@ impl Ctx {
             return;
         };
         match self.send_award(rng, &original.request).await {
-            Answer::Ok(response) => {
+            Answer::Ok(response)
                 if !response.replayed
                     || response.entry_id != original.entry_id
-                    || response.awarded_points != original.awarded_points
-                {
-                    self.stats.fail(format!(
-                        "replay of {}: got entry {} ({} points, replayed={}), acknowledged entry {} ({} points)",
-                        original.request.idempotency_key,
-                        response.entry_id,
-                        response.awarded_points,
-                        response.replayed,
-                        original.entry_id,
-                        original.awarded_points
-                    ));
-                }
+                    || response.awarded_points != original.awarded_points =>
+            {
+                self.stats.fail(format!(
+                    "replay of {}: got entry {} ({} points, replayed={}), acknowledged entry {} ({} points)",
+                    original.request.idempotency_key,
+                    response.entry_id,
+                    response.awarded_points,
+                    response.replayed,
+                    original.entry_id,
+                    original.awarded_points
+                ));
             }
+            Answer::Ok(_) => {}
             Answer::Refused(code, message) => self.stats.fail(format!(
                 "replay of acknowledged {}: {code:?} \"{message}\"",
                 original.request.idempotency_key
@@ -779,15 +779,14 @@ impl Ctx {
             Answer::GaveUp => "no answer".into(),
         };
         match (&a, &b) {
-            (Answer::Ok(x), Answer::Ok(y)) => {
-                if x.entry_id != y.entry_id || x.points != y.points {
-                    self.stats.fail(format!(
-                        "twin spend {key}: two different entries: {} / {}",
-                        describe(&a),
-                        describe(&b)
-                    ));
-                }
+            (Answer::Ok(x), Answer::Ok(y)) if x.entry_id != y.entry_id || x.points != y.points => {
+                self.stats.fail(format!(
+                    "twin spend {key}: two different entries: {} / {}",
+                    describe(&a),
+                    describe(&b)
+                ));
             }
+            (Answer::Ok(_), Answer::Ok(_)) => {}
             (Answer::Ok(done), Answer::Refused(..)) | (Answer::Refused(..), Answer::Ok(done)) => {
                 // Legitimate when the refusal came first (the balance grew in between): a
                 // refusal is not stored. But once acknowledged, the key must replay.
