@@ -66,10 +66,13 @@ expire: build
 SEEDS ?= 100
 SECONDS_PER_RUN ?= 8
 SEED ?=
-chaos:
+# The model-based test runs this many cases after the seeds (256 in `make test`).
+MODEL_CASES ?= 1000
+chaos: bootstrap
 	cargo build --bins
 	if [ -n "$(SEED)" ]; then ./target/debug/flash-chaos --seed $(SEED) --seconds $(SECONDS_PER_RUN); \
 	else ./target/debug/flash-chaos --seeds 1..$(SEEDS) --seconds $(SECONDS_PER_RUN); fi
+	if [ -z "$(SEED)" ]; then FLASH_MODEL_CASES=$(MODEL_CASES) cargo test --test it model; fi
 
 # Request fuzzing: generated requests for every RPC through an in-process server, then the
 # audit; prints the seed and the status-code counts. `make fuzz FUZZ_REQUESTS=20000`,
