@@ -11,6 +11,23 @@ fn capped_rules(cap: i64) -> proto::ProgramRules {
     rules
 }
 
+/// Retries an award with the same key, as a caller would, until Redis answers again.
+async fn award_once_redis_answers(
+    app: &mut crate::helpers::TestApp,
+    request: &proto::AwardRequest,
+) -> proto::AwardResponse {
+    for _ in 0..100 {
+        match app.ledger.award(request.clone()).await {
+            Ok(response) => return response.into_inner(),
+            Err(status) if status.code() == Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("unexpected {status:?}"),
+        }
+    }
+    panic!("the award never went through once Redis was back");
+}
+
 #[tokio::test]
 async fn redis_unreachable_is_unavailable_quickly_and_writes_nothing() {
     let dead = format!("redis://127.0.0.1:{}", free_port());
@@ -50,20 +67,7 @@ async fn an_award_refused_while_redis_was_down_awards_exactly_once_when_it_is_ba
     assert_eq!(app.row_counts().await, (0, 0));
 
     proxy.heal();
-    let mut outcome = None;
-    for _ in 0..100 {
-        match app.ledger.award(request.clone()).await {
-            Ok(response) => {
-                outcome = Some(response.into_inner());
-                break;
-            }
-            Err(status) if status.code() == Code::Unavailable => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("unexpected {status:?}"),
-        }
-    }
-    let outcome = outcome.expect("the award went through once Redis was back");
+    let outcome = award_once_redis_answers(&mut app, &request).await;
     assert_eq!(outcome.awarded_points, 20);
     let replay = app.award(request).await;
     assert!(replay.replayed);
@@ -89,20 +93,7 @@ async fn awards_resume_after_redis_connections_go_silent() {
     assert_eq!(error.code(), Code::Unavailable);
     proxy.heal();
 
-    let mut outcome = None;
-    for _ in 0..100 {
-        match app.ledger.award(request.clone()).await {
-            Ok(response) => {
-                outcome = Some(response.into_inner());
-                break;
-            }
-            Err(status) if status.code() == Code::Unavailable => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("unexpected {status:?}"),
-        }
-    }
-    let outcome = outcome.expect("the server reconnected to Redis");
+    let outcome = award_once_redis_answers(&mut app, &request).await;
     assert_eq!(outcome.awarded_points, 20);
     app.assert_ties_out().await;
 }
@@ -123,25 +114,8 @@ async fn a_server_started_while_redis_is_down_connects_when_it_comes_back() {
     assert_eq!(error.code(), Code::Unavailable);
 
     proxy.heal();
-    let mut outcome = None;
-    for _ in 0..100 {
-        match app.ledger.award(request.clone()).await {
-            Ok(response) => {
-                outcome = Some(response.into_inner());
-                break;
-            }
-            Err(status) if status.code() == Code::Unavailable => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("unexpected {status:?}"),
-        }
-    }
-    assert_eq!(
-        outcome
-            .expect("connected once Redis was back")
-            .awarded_points,
-        20
-    );
+    let outcome = award_once_redis_answers(&mut app, &request).await;
+    assert_eq!(outcome.awarded_points, 20);
     app.assert_ties_out().await;
 }
 
