@@ -10,36 +10,64 @@ use std::time::Duration;
 /// Counters outlive their day by a day, so late releases still find them.
 const COUNTER_TTL_SECONDS: i64 = 2 * 24 * 60 * 60;
 
-/// Reserves min(want, cap − total) in one atomic call, refreshing the key's expiry.
-/// A missing counter is unknown, not zero: without a seed it answers -1, and the caller
-/// rebuilds the total from PostgreSQL and calls again with it. So is a counter kept under
-/// another rules version: awards made while no cap applied were never counted in it
-/// (found by the fuzzer: a cap introduced mid-day let a member earn past it). The generation marks which
-/// incarnation of the counter a reservation came from, so a release after a flush cannot
-/// lower a rebuilt counter (which would let a member earn past the cap).
+/// Reserves min(want, cap − total) against every counter at once (one per zone the day
+/// must hold under, see `domain::cap_zones`), in one atomic call that also refreshes the
+/// keys' expiry. A missing counter is unknown, not zero: without a seed the call answers
+/// -1 and the indexes of the unknown counters, and the caller rebuilds their totals from
+/// PostgreSQL and calls again with them. So is a counter kept under another rules version:
+/// awards made while no cap applied were never counted in it (found by the fuzzer: a cap
+/// introduced mid-day let a member earn past it). The generation marks which incarnation
+/// of a counter a reservation came from, so a release after a flush cannot lower a rebuilt
+/// counter (which would let a member earn past the cap).
+/// ARGV: want, cap, ttl, generation, version, then one seed per key ('' = none).
+/// Answers {grant, generation of each key} or {-1, index of each unknown key}.
 const RESERVE: &str = r"
-local key = KEYS[1]
-local want, cap, ttl, seed, generation, version = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'version') ~= version then
-  if seed == '' then return {-1, ''} end
-  redis.call('HSET', key, 'total', seed, 'generation', generation, 'version', version)
+local want, cap, ttl, generation, version = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local unknown = {-1}
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'version') ~= version then
+    local seed = ARGV[5 + i]
+    if seed == '' then
+      table.insert(unknown, i)
+    else
+      redis.call('HSET', key, 'total', seed, 'generation', generation, 'version', version)
+    end
+  end
 end
-local total = tonumber(redis.call('HGET', key, 'total'))
-local grant = cap - total
-if grant > want then grant = want end
+if #unknown > 1 then return unknown end
+local grant = want
+for _, key in ipairs(KEYS) do
+  local room = cap - tonumber(redis.call('HGET', key, 'total'))
+  if room < grant then grant = room end
+end
 if grant < 0 then grant = 0 end
-if grant > 0 then redis.call('HINCRBY', key, 'total', grant) end
-redis.call('EXPIRE', key, ttl)
-return {grant, redis.call('HGET', key, 'generation')}
+local answer = {grant}
+for _, key in ipairs(KEYS) do
+  if grant > 0 then redis.call('HINCRBY', key, 'total', grant) end
+  redis.call('EXPIRE', key, ttl)
+  table.insert(answer, redis.call('HGET', key, 'generation'))
+end
+return answer
 ";
 
-/// Gives back a reservation whose award was not written, only to the same generation.
+/// Gives back a reservation whose award was not written, to each counter of the same
+/// generation only. ARGV: points, then the generation of each key.
 const RELEASE: &str = r"
-if redis.call('HGET', KEYS[1], 'generation') == ARGV[2] then
-  redis.call('HINCRBY', KEYS[1], 'total', -tonumber(ARGV[1]))
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'generation') == ARGV[1 + i] then
+    redis.call('HINCRBY', key, 'total', -tonumber(ARGV[1]))
+  end
 end
 return 0
 ";
+
+/// One counter a reservation must fit under: a zone's local day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapDay {
+    /// The IANA zone name.
+    pub zone: String,
+    pub day: NaiveDate,
+}
 
 /// Redis could not answer in time: the award must be withheld.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +77,8 @@ pub struct CapUnavailable(String);
 /// Points granted against a member's daily cap, held until the award commits.
 #[derive(Debug, Clone)]
 pub struct Reservation {
-    key: String,
-    generation: String,
+    keys: Vec<String>,
+    generations: Vec<String>,
     pub granted_points: i64,
 }
 
@@ -58,8 +86,9 @@ pub struct Reservation {
 #[derive(Debug)]
 pub enum Reserve {
     Granted(Reservation),
-    /// The counter does not exist: rebuild it from the ledger and call again.
-    CounterUnknown,
+    /// These counters (indexes into the days asked) do not exist: rebuild them from the
+    /// ledger and call again.
+    CountersUnknown(Vec<usize>),
 }
 
 /// The Redis client for daily caps.
@@ -100,38 +129,49 @@ impl DailyCap {
         })
     }
 
-    /// Reserves up to `want_points` of the member's cap for `day` under the program's
-    /// `rules_version`. `seed_total` is the day's total from PostgreSQL, given only after a
-    /// [`Reserve::CounterUnknown`].
+    /// Reserves up to `want_points` of the member's cap on every day of `days` under the
+    /// program's `rules_version`. `seeds` has one entry per day: its total from PostgreSQL,
+    /// given only after a [`Reserve::CountersUnknown`] named it.
     #[allow(clippy::too_many_arguments)]
     pub async fn reserve(
         &self,
         program: &ProgramId,
         member: MemberId,
-        day: NaiveDate,
+        days: &[CapDay],
         rules_version: i64,
         want_points: i64,
         cap_points: i64,
-        seed_total: Option<i64>,
+        seeds: &[Option<i64>],
     ) -> Result<Reserve, CapUnavailable> {
-        let key = format!("{}cap:{program}:{member}:{day}", self.key_prefix);
-        let generation = uuid::Uuid::new_v4().to_string();
-        let seed = seed_total
-            .map(|total| total.to_string())
-            .unwrap_or_default();
-        let args = vec![
+        // One hash tag per member keeps a member's counters in one cluster slot.
+        let keys: Vec<String> = days
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}cap:{{{program}:{member}}}:{}:{}",
+                    self.key_prefix, d.zone, d.day
+                )
+            })
+            .collect();
+        let mut args = vec![
             want_points.to_string(),
             cap_points.to_string(),
             COUNTER_TTL_SECONDS.to_string(),
-            seed,
-            generation,
+            uuid::Uuid::new_v4().to_string(),
             rules_version.to_string(),
         ];
+        args.extend((0..keys.len()).map(|i| {
+            seeds
+                .get(i)
+                .copied()
+                .flatten()
+                .map(|total| total.to_string())
+                .unwrap_or_default()
+        }));
         let call = self
             .client
-            .eval::<(i64, String), _, _, _>(RESERVE, key.clone(), args);
-        let answer = tokio::time::timeout(self.timeout, call).await;
-        let (granted_points, generation) = match answer {
+            .eval::<Vec<String>, _, _, _>(RESERVE, keys.clone(), args);
+        let answer = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(error)) => {
                 if *error.kind() == fred::error::ErrorKind::Timeout {
@@ -144,12 +184,23 @@ impl DailyCap {
                 return Err(CapUnavailable("redis timed out".into()));
             }
         };
+        let malformed = || CapUnavailable(format!("unexpected cap answer {answer:?}"));
+        let (first, rest) = answer.split_first().ok_or_else(malformed)?;
+        let granted_points: i64 = first.parse().map_err(|_| malformed())?;
         if granted_points < 0 {
-            return Ok(Reserve::CounterUnknown);
+            let unknown = rest
+                .iter()
+                .map(|index| index.parse::<usize>().map(|i| i - 1))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| malformed())?;
+            return Ok(Reserve::CountersUnknown(unknown));
+        }
+        if rest.len() != keys.len() {
+            return Err(malformed());
         }
         Ok(Reserve::Granted(Reservation {
-            key,
-            generation,
+            keys,
+            generations: rest.to_vec(),
             granted_points,
         }))
     }
@@ -172,22 +223,22 @@ impl DailyCap {
     }
 
     /// Returns a reservation whose award was certainly not written. A failed release
-    /// leaves the counter high: the member may earn less that day, never more.
+    /// leaves the counters high: the member may earn less that day, never more.
     pub async fn release(&self, reservation: &Reservation) {
         if reservation.granted_points == 0 {
             return;
         }
-        let args = vec![
-            reservation.granted_points.to_string(),
-            reservation.generation.clone(),
-        ];
+        let mut args = vec![reservation.granted_points.to_string()];
+        args.extend(reservation.generations.iter().cloned());
         let call = self
             .client
-            .eval::<i64, _, _, _>(RELEASE, reservation.key.clone(), args);
+            .eval::<i64, _, _, _>(RELEASE, reservation.keys.clone(), args);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::warn!(%error, key = %reservation.key, "cap release failed"),
-            Err(_) => tracing::warn!(key = %reservation.key, "cap release timed out"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, keys = ?reservation.keys, "cap release failed")
+            }
+            Err(_) => tracing::warn!(keys = ?reservation.keys, "cap release timed out"),
         }
     }
 }

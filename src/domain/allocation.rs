@@ -43,13 +43,13 @@ pub fn draw_oldest_first(batches: &[BatchBalance], points: i64, now: DateTime<Ut
     draws
 }
 
-/// Σ of the batches spendable at `now`.
+/// Σ of the batches spendable at `now`; saturates rather than wraps (a balance past
+/// i64::MAX is refused before it is written, so only a corrupted ledger could reach it).
 pub fn spendable_points(batches: &[BatchBalance], now: DateTime<Utc>) -> i64 {
     batches
         .iter()
         .filter(|batch| batch.remaining > 0 && batch.expires_at > now)
-        .map(|batch| batch.remaining)
-        .sum()
+        .fold(0i64, |sum, batch| sum.saturating_add(batch.remaining))
 }
 
 /// Takes back up to `points` for an award reversal: from the award's own batch first,
@@ -121,6 +121,29 @@ pub fn restore_for_spend_reversal(
         }
     }
     (restorations, expired)
+}
+
+/// Keeps back, from the first restorations of a spend reversal, up to `owed` points: the
+/// points of refunded awards that had already been spent, which the member repays before
+/// anything is put back. Returns the restorations left and the points kept back. So a
+/// refund and the cancellation of the redemption that spent its points end at the same
+/// balance in either order.
+pub fn repay_owed(restorations: Vec<Draw>, owed: i64) -> (Vec<Draw>, i64) {
+    let mut left_owed = owed.max(0);
+    let mut repaid = 0;
+    let mut kept = Vec::with_capacity(restorations.len());
+    for draw in restorations {
+        let withheld = left_owed.min(draw.points);
+        left_owed -= withheld;
+        repaid += withheld;
+        if draw.points > withheld {
+            kept.push(Draw {
+                batch_id: draw.batch_id,
+                points: draw.points - withheld,
+            });
+        }
+    }
+    (kept, repaid)
 }
 
 #[cfg(test)]
@@ -234,5 +257,32 @@ mod tests {
             }]
         );
         assert_eq!(expired, 0);
+    }
+
+    #[test]
+    fn owed_points_are_kept_back_from_the_first_restorations() {
+        let restorations = vec![
+            Draw {
+                batch_id: Uuid::from_u128(1),
+                points: 60,
+            },
+            Draw {
+                batch_id: Uuid::from_u128(2),
+                points: 40,
+            },
+        ];
+        let (kept, repaid) = repay_owed(restorations.clone(), 70);
+        assert_eq!(repaid, 70);
+        assert_eq!(
+            kept,
+            [Draw {
+                batch_id: Uuid::from_u128(2),
+                points: 30
+            }]
+        );
+        assert_eq!(repay_owed(restorations.clone(), 0), (restorations, 0));
+        let (kept, repaid) = repay_owed(vec![], 50);
+        assert!(kept.is_empty());
+        assert_eq!(repaid, 0);
     }
 }

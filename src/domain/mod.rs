@@ -6,13 +6,16 @@ mod money;
 mod rules;
 
 pub use allocation::{
-    draw_for_reversal, draw_oldest_first, restore_for_spend_reversal, spendable_points,
+    draw_for_reversal, draw_oldest_first, repay_owed, restore_for_spend_reversal, spendable_points,
     BatchBalance, Draw,
 };
 pub use ids::{EntryId, IdempotencyKey, MemberId, ProgramId};
 pub use lock::member_lock_key;
 pub use money::{purchase_points, Currency, MAX_AMOUNT_MINOR};
-pub use rules::{local_day, ProgramRules, RulesDocument, Tier, MAX_RULE_POINTS};
+pub use rules::{
+    cap_zones, local_day, local_day_bounds, ProgramRules, RulesDocument, Tier, CAP_ZONE_LOOKBACK,
+    MAX_RULE_POINTS,
+};
 
 /// A request field that failed validation; becomes INVALID_ARGUMENT naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

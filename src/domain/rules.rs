@@ -97,6 +97,48 @@ pub fn local_day(instant: DateTime<Utc>, timezone: Tz) -> NaiveDate {
     instant.with_timezone(&timezone).date_naive()
 }
 
+/// The UTC interval `[start, end)` of a local calendar day. A day whose midnight falls in
+/// a daylight-saving gap starts at the first local instant that exists.
+pub fn local_day_bounds(day: NaiveDate, timezone: Tz) -> (DateTime<Utc>, DateTime<Utc>) {
+    (
+        start_of_local_day(day, timezone),
+        start_of_local_day(day.succ_opt().unwrap_or(day), timezone),
+    )
+}
+
+fn start_of_local_day(day: NaiveDate, timezone: Tz) -> DateTime<Utc> {
+    use chrono::TimeZone;
+    let midnight = day.and_time(chrono::NaiveTime::MIN);
+    // No zone skips more than a few hours; try each quarter hour after midnight.
+    (0..=16 * 4)
+        .find_map(|quarter| {
+            let local = midnight + chrono::Duration::minutes(15 * quarter);
+            timezone.from_local_datetime(&local).earliest()
+        })
+        .map_or_else(|| midnight.and_utc(), |start| start.with_timezone(&Utc))
+}
+
+/// How far back a zone that was replaced still bounds today's cap: longer than any local
+/// day, so every zone in force at some instant of the current local day counts.
+pub const CAP_ZONE_LOOKBACK: chrono::Duration = chrono::Duration::hours(48);
+
+/// The zones whose local day containing `now` a daily cap must hold for: the zones of every
+/// rules version in force at some instant of `[now − CAP_ZONE_LOOKBACK, now]`, in version
+/// order without repeats. `history` lists (effective from, zone) oldest first; a version
+/// is in force from its instant until the next one's.
+pub fn cap_zones(history: &[(DateTime<Utc>, Tz)], now: DateTime<Utc>) -> Vec<Tz> {
+    let from = now - CAP_ZONE_LOOKBACK;
+    let mut zones: Vec<Tz> = Vec::new();
+    for (index, (effective, zone)) in history.iter().enumerate() {
+        let until = history.get(index + 1).map(|(next, _)| *next);
+        let in_force = *effective <= now && until.is_none_or(|until| until > from);
+        if in_force && !zones.contains(zone) {
+            zones.push(*zone);
+        }
+    }
+    zones
+}
+
 /// A caller's value quoted in a message, cut short: a message must never carry a huge
 /// input back (it travels in a header).
 pub fn quoted(value: &str) -> String {

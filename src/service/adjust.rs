@@ -1,11 +1,9 @@
 //! Manual adjustments: credits become a new batch, debits draw like a spend; both keep
 //! their reason and actor for the audit.
 use super::spend::{allocation_views, plan_fifo_draw};
-use super::{
-    prior_outcome, program_rules, require_member, run_to_completion, Error, Ledger, Outcome,
-};
-use crate::domain::{spendable_points, EntryId, IdempotencyKey, MemberId, ProgramId};
-use crate::store::{self, batches::AllocationView, entries, MemberTx};
+use super::{run_to_completion, Error, Ledger, Opened, Outcome};
+use crate::domain::{EntryId, IdempotencyKey, MemberId, ProgramId};
+use crate::store::{batches::AllocationView, entries, mutation};
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -48,7 +46,6 @@ impl Ledger {
     pub async fn adjust(&self, command: AdjustCommand) -> Result<AdjustOutcome, Error> {
         let ledger = self.clone();
         run_to_completion(async move {
-            let now = ledger.clock.now();
             let request = json!({
                 "op": "adjust",
                 "member_id": command.member.to_string(),
@@ -57,12 +54,21 @@ impl Ledger {
                 "actor": command.actor,
             });
             let mut client = ledger.db.get().await?;
-            let tx = MemberTx::begin(&mut client, &command.program, command.member).await?;
-            let (program, rules) = program_rules(&*tx, &command.program).await?;
-            if let Some(outcome) = prior_outcome(&tx, &command.idempotency_key, &request).await? {
-                return Ok(outcome);
-            }
-            require_member(&tx).await?;
+            let unit = match ledger
+                .open(
+                    &mut client,
+                    &command.program,
+                    command.member,
+                    &command.idempotency_key,
+                    &request,
+                    None,
+                )
+                .await?
+            {
+                Opened::Replay(outcome) => return Ok(outcome),
+                Opened::Fresh(unit) => unit,
+            };
+            unit.member()?;
             let entry_id = EntryId::generate();
             let mut outcome = AdjustOutcome {
                 entry_id: entry_id.to_string(),
@@ -73,57 +79,45 @@ impl Ledger {
                 replayed: false,
             };
             let mut draws = vec![];
+            let mut credit = None;
             if command.points < 0 {
-                let (planned, batches) = plan_fifo_draw(&tx, -command.points, now).await?;
+                let (planned, batches) = plan_fifo_draw(&unit, -command.points).await?;
                 outcome.allocations = allocation_views(entry_id, &planned, &batches);
-                outcome.balance_points = spendable_points(&batches, now) + command.points;
+                outcome.balance_points = unit.balance_points + command.points;
                 draws = planned;
-            }
-            let mut credited_batch = None;
-            if command.points > 0 {
+            } else {
                 // The batch id is part of the stored outcome, so it is chosen first.
-                let balance = store::batches::balance(&tx, now).await?;
-                let batch_id = Uuid::now_v7();
-                credited_batch = Some(batch_id);
-                outcome.batch_id = Some(batch_id);
-                outcome.balance_points = balance.checked_add(command.points).ok_or_else(|| {
-                    Error::FailedPrecondition("the balance would overflow".into())
-                })?;
+                let validity =
+                    Duration::days(i64::from(unit.rules.rules.document.points_validity_days));
+                let batch = mutation::NewBatch {
+                    batch_id: Uuid::now_v7(),
+                    amount: command.points,
+                    expires_at: unit.now + validity,
+                };
+                outcome.batch_id = Some(batch.batch_id);
+                outcome.balance_points = unit.balance_after_credit(command.points)?;
+                credit = Some(batch);
             }
-            entries::insert(
-                &tx,
-                &entries::NewEntry {
+            let effects = mutation::Effects {
+                entry: entries::NewEntry {
                     entry_id,
                     kind: "adjustment",
                     points: command.points,
                     idempotency_key: &command.idempotency_key,
                     request: &request,
                     outcome: &outcome.to_json(),
-                    rules_version: program.rules_version,
-                    created_at: now,
+                    rules_version: unit.rules.version,
+                    created_at: unit.now,
                     purchase: None,
                     reason: Some(&command.reason),
                     actor: Some(&command.actor),
                     reversal: None,
                 },
-            )
-            .await?;
-            match credited_batch {
-                Some(batch_id) => {
-                    let validity = Duration::days(i64::from(rules.document.points_validity_days));
-                    store::batches::insert_with_id(
-                        &tx,
-                        batch_id,
-                        entry_id,
-                        command.points,
-                        now,
-                        now + validity,
-                    )
-                    .await?;
-                }
-                None => store::batches::apply(&tx, entry_id, &draws).await?,
-            }
-            tx.commit().await?;
+                credit,
+                draws: &draws,
+                owed_delta: 0,
+            };
+            unit.finish(&effects).await?;
             Ok(outcome)
         })
         .await

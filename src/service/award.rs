@@ -1,13 +1,11 @@
 //! The award path: the one function that writes purchase points, for every source.
-use super::{
-    prior_outcome, program_rules, require_member, run_to_completion, Error, Ledger, Outcome,
-    MAX_CLOCK_SKEW,
-};
-use crate::cap::{Reservation, Reserve};
+use super::{run_to_completion, Error, Ledger, Opened, Outcome, Unit, MAX_CLOCK_SKEW};
+use crate::cap::{CapDay, Reservation, Reserve};
 use crate::domain::{
-    local_day, purchase_points, EntryId, IdempotencyKey, MemberId, ProgramId, PurchaseSource,
+    cap_zones, local_day, local_day_bounds, purchase_points, EntryId, IdempotencyKey, MemberId,
+    ProgramId, PurchaseSource,
 };
-use crate::store::{self, entries, MemberTx};
+use crate::store::{entries, mutation};
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -104,20 +102,30 @@ impl Ledger {
     }
 
     async fn award_unit(&self, command: AwardCommand) -> Result<AwardOutcome, Error> {
-        let now = self.clock.now();
-        if command.occurred_at > now + MAX_CLOCK_SKEW {
+        if command.occurred_at > self.clock.now() + MAX_CLOCK_SKEW {
             return Err(Error::invalid("occurred_at", "must not be in the future"));
         }
         let request = command.canonical();
         let mut client = self.db.get().await?;
-        let tx = MemberTx::begin(&mut client, &command.program, command.member).await?;
-
-        let (program, rules) = program_rules(&*tx, &command.program).await?;
-        if let Some(outcome) =
-            prior_outcome::<AwardOutcome>(&tx, &command.idempotency_key, &request).await?
+        let purchase = mutation::PurchaseRef {
+            source: command.source.as_str(),
+            external_ref: &command.external_ref,
+        };
+        let unit = match self
+            .open(
+                &mut client,
+                &command.program,
+                command.member,
+                &command.idempotency_key,
+                &request,
+                Some(purchase),
+            )
+            .await?
         {
-            return Ok(outcome);
-        }
+            Opened::Replay(outcome) => return Ok(outcome),
+            Opened::Fresh(unit) => unit,
+        };
+        let rules = &unit.rules.rules;
         if command.currency != rules.currency.code() {
             return Err(Error::invalid(
                 "currency",
@@ -129,110 +137,40 @@ impl Ledger {
                 ),
             ));
         }
-        let member = require_member(&tx).await?;
-        if let Some(entry) = entries::find_purchase_award(
-            &*tx,
-            &command.program,
-            command.source.as_str(),
-            &command.external_ref,
-        )
-        .await?
-        {
+        let member = unit.member()?;
+        if let Some(entry) = unit.purchase_entry {
             return Err(purchase_already_awarded(&command, entry));
         }
-
         let requested_points = if command.amount_minor < rules.document.min_amount_minor {
             0
         } else {
-            let tier = rules.tier(member.tier_rank);
             purchase_points(
                 command.amount_minor,
                 rules.currency,
                 rules.document.base_rate_bp,
-                tier.multiplier_bp,
+                rules.tier(member.tier_rank).multiplier_bp,
             )
             .map_err(|_| Error::invalid("amount_minor", "the points it earns overflow"))?
         };
-        let cap_day = local_day(now, rules.timezone);
         let reservation = match rules.document.daily_cap_points {
             Some(cap_points) if requested_points > 0 => Some(
-                self.reserve_cap(
-                    &tx,
-                    cap_day,
-                    program.rules_version,
-                    requested_points,
-                    cap_points,
-                )
-                .await?,
+                self.reserve_cap(&unit, requested_points, cap_points)
+                    .await?,
             ),
             _ => None,
         };
         let awarded_points = reservation
             .as_ref()
             .map_or(requested_points, |r| r.granted_points);
-
-        let written = async {
-            let entry_id = EntryId::generate();
-            let balance_before = store::batches::balance(&tx, now).await?;
-            let outcome = AwardOutcome {
-                entry_id: entry_id.to_string(),
-                requested_points,
-                awarded_points,
-                capped: awarded_points < requested_points,
-                replayed: false,
-                balance_points: balance_before.checked_add(awarded_points).ok_or_else(|| {
-                    Error::FailedPrecondition("the balance would overflow".into())
-                })?,
-                rules_version: program.rules_version,
-            };
-            let stored_outcome = outcome.to_json();
-            entries::insert(
-                &tx,
-                &entries::NewEntry {
-                    entry_id,
-                    kind: "award",
-                    points: awarded_points,
-                    idempotency_key: &command.idempotency_key,
-                    request: &request,
-                    outcome: &stored_outcome,
-                    rules_version: program.rules_version,
-                    created_at: now,
-                    purchase: Some(entries::Purchase {
-                        source: command.source.as_str(),
-                        external_ref: &command.external_ref,
-                        amount_minor: command.amount_minor,
-                        currency: &command.currency,
-                        occurred_at: command.occurred_at,
-                        requested_points,
-                        cap_day,
-                        capped: outcome.capped,
-                    }),
-                    reason: None,
-                    actor: None,
-                    reversal: None,
-                },
-            )
-            .await?;
-            if awarded_points > 0 {
-                let expires_at =
-                    now + Duration::days(i64::from(rules.document.points_validity_days));
-                store::batches::insert(&tx, entry_id, awarded_points, now, expires_at).await?;
-            }
-            Ok::<_, Error>(outcome)
-        }
-        .await;
-
-        match written {
-            Ok(outcome) => {
+        match self
+            .write_award(unit, &command, &request, requested_points, awarded_points)
+            .await
+        {
+            Ok(outcome) => Ok(outcome),
+            Err((error, committed_maybe)) => {
                 // A failed commit may still have committed: the reservation is kept, so
                 // the member can earn less that day but never more.
-                tx.commit().await?;
-                Ok(outcome)
-            }
-            Err(error) => {
-                let _ = tx.rollback().await;
-                drop(client);
-                if let Some(reservation) = &reservation {
+                if let (Some(reservation), false) = (&reservation, committed_maybe) {
                     self.cap.release(reservation).await;
                 }
                 Err(error)
@@ -240,52 +178,123 @@ impl Ledger {
         }
     }
 
-    /// Reserves cap for today, rebuilding a lost counter from the ledger first. Runs under
-    /// the member lock, so the rebuilt total includes every committed award of the member.
+    /// Writes the award entry and its batch and commits. On failure, says whether the
+    /// commit was sent (so the award may have been written).
+    async fn write_award(
+        &self,
+        unit: Unit<'_>,
+        command: &AwardCommand,
+        request: &serde_json::Value,
+        requested_points: i64,
+        awarded_points: i64,
+    ) -> Result<AwardOutcome, (Error, bool)> {
+        let (now, rules) = (unit.now, &unit.rules);
+        let entry_id = EntryId::generate();
+        let outcome = AwardOutcome {
+            entry_id: entry_id.to_string(),
+            requested_points,
+            awarded_points,
+            capped: awarded_points < requested_points,
+            replayed: false,
+            balance_points: unit
+                .balance_after_credit(awarded_points)
+                .map_err(|error| (error, false))?,
+            rules_version: rules.version,
+        };
+        let validity = Duration::days(i64::from(rules.rules.document.points_validity_days));
+        let effects = mutation::Effects {
+            entry: entries::NewEntry {
+                entry_id,
+                kind: "award",
+                points: awarded_points,
+                idempotency_key: &command.idempotency_key,
+                request,
+                outcome: &outcome.to_json(),
+                rules_version: rules.version,
+                created_at: now,
+                purchase: Some(entries::Purchase {
+                    source: command.source.as_str(),
+                    external_ref: &command.external_ref,
+                    amount_minor: command.amount_minor,
+                    currency: &command.currency,
+                    occurred_at: command.occurred_at,
+                    requested_points,
+                    cap_day: local_day(now, rules.rules.timezone),
+                    capped: outcome.capped,
+                }),
+                reason: None,
+                actor: None,
+                reversal: None,
+            },
+            credit: (awarded_points > 0).then(|| mutation::NewBatch {
+                batch_id: uuid::Uuid::now_v7(),
+                amount: awarded_points,
+                expires_at: now + validity,
+            }),
+            draws: &[],
+            owed_delta: 0,
+        };
+        mutation::write(&unit.tx, &effects)
+            .await
+            .map_err(|error| (error.into(), false))?;
+        unit.tx
+            .commit()
+            .await
+            .map_err(|error| (error.into(), true))?;
+        Ok(outcome)
+    }
+
+    /// Reserves cap on every zone's local day the award must fit under (usually one; more
+    /// for two days after the program changed its time zone), rebuilding lost counters
+    /// from the ledger first. Runs under the member lock, so a rebuilt total includes
+    /// every committed award of the member.
     async fn reserve_cap(
         &self,
-        tx: &MemberTx<'_>,
-        day: chrono::NaiveDate,
-        rules_version: i64,
+        unit: &Unit<'_>,
         want_points: i64,
         cap_points: i64,
     ) -> Result<Reservation, Error> {
-        let (program, member) = (tx.program(), tx.member());
-        let first = self
-            .cap
-            .reserve(
-                program,
-                member,
-                day,
-                rules_version,
-                want_points,
-                cap_points,
-                None,
-            )
-            .await?;
-        let answer = match first {
-            Reserve::Granted(reservation) => return Ok(reservation),
-            Reserve::CounterUnknown => {
-                let total = entries::purchase_points_on_day(tx, day).await?;
-                self.cap
-                    .reserve(
-                        program,
-                        member,
-                        day,
-                        rules_version,
-                        want_points,
-                        cap_points,
-                        Some(total),
-                    )
-                    .await?
-            }
-        };
-        match answer {
-            Reserve::Granted(reservation) => Ok(reservation),
-            Reserve::CounterUnknown => Err(Error::Unexpected(anyhow::anyhow!(
-                "cap counter still unknown after seeding"
-            ))),
+        let (program, member, now) = (unit.tx.program(), unit.tx.member(), unit.now);
+        let mut zones = cap_zones(&unit.rules.zone_history, now);
+        if zones.is_empty() {
+            zones.push(unit.rules.rules.timezone);
         }
+        let days: Vec<CapDay> = zones
+            .iter()
+            .map(|zone| CapDay {
+                zone: zone.name().to_owned(),
+                day: local_day(now, *zone),
+            })
+            .collect();
+        let mut seeds = vec![None; days.len()];
+        for _attempt in 0..2 {
+            let answer = self
+                .cap
+                .reserve(
+                    program,
+                    member,
+                    &days,
+                    unit.rules.version,
+                    want_points,
+                    cap_points,
+                    &seeds,
+                )
+                .await?;
+            let unknown = match answer {
+                Reserve::Granted(reservation) => return Ok(reservation),
+                Reserve::CountersUnknown(unknown) => unknown,
+            };
+            for index in unknown {
+                let (zone, day) = (zones[index], days[index].day);
+                let (start, end) = local_day_bounds(day, zone);
+                let around = (day - chrono::Days::new(2), day + chrono::Days::new(2));
+                let total = entries::purchase_points_between(&unit.tx, around, start, end).await?;
+                seeds[index] = Some(i64::try_from(total).unwrap_or(i64::MAX));
+            }
+        }
+        Err(Error::Unexpected(anyhow::anyhow!(
+            "cap counter still unknown after seeding"
+        )))
     }
 }
 

@@ -1,9 +1,9 @@
 //! The expiry sweep: writes off the points of batches past their expiry, member by member
 //! under each member's lock. Balances never count expired batches even before it runs;
 //! the sweep makes the books say so.
-use super::{program_rules, run_to_completion, Error, Ledger};
+use super::{run_to_completion, Error, Ledger};
 use crate::domain::{Draw, EntryId, IdempotencyKey, MemberId, ProgramId};
-use crate::store::{self, entries, MemberTx};
+use crate::store::{self, entries, mutation, MemberTx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
@@ -81,7 +81,9 @@ impl Ledger {
             if due.is_empty() {
                 return Ok(0);
             }
-            let (stored_program, _) = program_rules(&*tx, &program).await?;
+            let stored_program = store::programs::get(&*tx, &program)
+                .await?
+                .ok_or_else(|| super::members::program_not_found(&program))?;
             let draws: Vec<Draw> = due
                 .iter()
                 .map(|batch| Draw {
@@ -94,9 +96,8 @@ impl Ledger {
             let key = IdempotencyKey::parse(&format!("expiry/{entry_id}"))?;
             let as_of_text = as_of.to_rfc3339();
             let record = json!({ "op": "expiry", "as_of": as_of_text, "points": points });
-            entries::insert(
-                &tx,
-                &entries::NewEntry {
+            let effects = mutation::Effects {
+                entry: entries::NewEntry {
                     entry_id,
                     kind: "expiry",
                     points: -points,
@@ -110,9 +111,11 @@ impl Ledger {
                     actor: None,
                     reversal: None,
                 },
-            )
-            .await?;
-            store::batches::apply(&tx, entry_id, &draws).await?;
+                credit: None,
+                draws: &draws,
+                owed_delta: 0,
+            };
+            mutation::write(&tx, &effects).await?;
             tx.commit().await?;
             Ok(points)
         })

@@ -24,11 +24,14 @@ pub use spend::{SpendCommand, SpendOutcome};
 
 use crate::cap::{CapUnavailable, DailyCap};
 use crate::clock::Clock;
-use crate::domain::{IdempotencyKey, InvalidField, ProgramId, ProgramRules};
-use crate::store::{self, classify, entries, DbFailure, MemberTx};
-use deadpool_postgres::Pool;
+use crate::domain::{IdempotencyKey, InvalidField, MemberId, ProgramId, ProgramRules};
+use crate::store::{self, classify, mutation, DbFailure, MemberTx};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use deadpool_postgres::{Client, Pool};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// How far in the future a caller's timestamp may be, for clock skew between services.
 pub const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
@@ -102,6 +105,15 @@ impl From<deadpool_postgres::PoolError> for Error {
     }
 }
 
+impl From<mutation::WriteError> for Error {
+    fn from(error: mutation::WriteError) -> Self {
+        match error {
+            mutation::WriteError::Db(error) => error.into(),
+            other => Self::Unexpected(anyhow::Error::new(other).context("writing an entry")),
+        }
+    }
+}
+
 impl From<CapUnavailable> for Error {
     fn from(error: CapUnavailable) -> Self {
         tracing::warn!(%error, "award withheld");
@@ -119,11 +131,174 @@ pub struct Ledger {
     db: Pool,
     cap: DailyCap,
     clock: Arc<dyn Clock>,
+    /// Rules versions never change once written: read once per process.
+    rules: RulesCache,
 }
 
 impl Ledger {
     pub fn new(db: Pool, cap: DailyCap, clock: Arc<dyn Clock>) -> Self {
-        Self { db, cap, clock }
+        Self {
+            db,
+            cap,
+            clock,
+            rules: RulesCache::default(),
+        }
+    }
+}
+
+/// A program's rules at one version, with what the daily cap needs of its history.
+#[derive(Debug)]
+struct RulesAt {
+    pub version: i64,
+    pub rules: ProgramRules,
+    /// (in force from, zone) of every version up to this one, oldest first.
+    pub zone_history: Vec<(DateTime<Utc>, Tz)>,
+}
+
+/// The most rules versions kept in memory; past it the cache starts again.
+const RULES_CACHE_MAX: usize = 4096;
+
+/// Rules by (program, version), shared by every clone of the ledger.
+#[derive(Clone, Default)]
+struct RulesCache(Arc<Mutex<RulesByVersion>>);
+
+type RulesByVersion = HashMap<(ProgramId, i64), Arc<RulesAt>>;
+
+impl RulesCache {
+    async fn get(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        program: &ProgramId,
+        version: i64,
+    ) -> Result<Arc<RulesAt>, Error> {
+        let cache_key = (program.clone(), version);
+        if let Some(found) = self.lock().get(&cache_key) {
+            return Ok(found.clone());
+        }
+        let history = store::programs::rules_history(client, program, version).await?;
+        let mut zone_history = Vec::with_capacity(history.len());
+        let mut current = None;
+        for (stored_version, effective, document) in history {
+            let rules = ProgramRules::parse(document).map_err(|error| {
+                Error::Unexpected(anyhow::anyhow!("stored rules invalid: {error}"))
+            })?;
+            zone_history.push((effective, rules.timezone));
+            if stored_version == version {
+                current = Some(rules);
+            }
+        }
+        let rules = current.ok_or_else(|| {
+            Error::Unexpected(anyhow::anyhow!(
+                "rules version {version} of {program} missing"
+            ))
+        })?;
+        let found = Arc::new(RulesAt {
+            version,
+            rules,
+            zone_history,
+        });
+        let mut cache = self.lock();
+        if cache.len() >= RULES_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(cache_key, found.clone());
+        Ok(found)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RulesByVersion> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A mutation's unit of work, opened: the member's lock held, its rules, row and balance
+/// read. Every mutation — award, spend, reversal, adjustment, and every later credit —
+/// starts with [`Ledger::open`], so the round trips are counted and fixed in one place.
+struct Unit<'c> {
+    pub tx: MemberTx<'c>,
+    pub now: DateTime<Utc>,
+    pub rules: Arc<RulesAt>,
+    member: Option<store::members::StoredMember>,
+    /// Spendable at `now`, before this mutation.
+    pub balance_points: i64,
+    /// The award that already credited the purchase asked about, if any.
+    pub purchase_entry: Option<crate::domain::EntryId>,
+}
+
+impl Unit<'_> {
+    /// The locked member's row; NOT_FOUND when it is not enrolled.
+    pub fn member(&self) -> Result<&store::members::StoredMember, Error> {
+        self.member.as_ref().ok_or_else(|| {
+            Error::NotFound(format!(
+                "member {} is not enrolled in program {}",
+                self.tx.member(),
+                self.tx.program()
+            ))
+        })
+    }
+
+    /// The balance after crediting `points`; FAILED_PRECONDITION when it would pass
+    /// i64::MAX (so every balance and every stored figure stays an i64).
+    pub fn balance_after_credit(&self, points: i64) -> Result<i64, Error> {
+        self.balance_points
+            .checked_add(points)
+            .ok_or_else(|| Error::FailedPrecondition("the balance would overflow".into()))
+    }
+
+    /// Writes the mutation and commits.
+    pub async fn finish(self, effects: &mutation::Effects<'_>) -> Result<(), Error> {
+        mutation::write(&self.tx, effects).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// What opening a mutation found: the stored answer of a replay, or the unit to go on with.
+enum Opened<'c, T> {
+    Replay(T),
+    Fresh(Unit<'c>),
+}
+
+impl Ledger {
+    /// Opens a mutation: begins the transaction, takes the member's lock and reads, in one
+    /// statement, the rules version, the member, the entry under the key (a replay returns
+    /// its stored outcome; a different request under it is ALREADY_EXISTS naming the
+    /// fields), the purchase's earlier award and the balance.
+    async fn open<'c, T: Outcome>(
+        &self,
+        client: &'c mut Client,
+        program: &ProgramId,
+        member: MemberId,
+        key: &IdempotencyKey,
+        request: &serde_json::Value,
+        purchase: Option<mutation::PurchaseRef<'_>>,
+    ) -> Result<Opened<'c, T>, Error> {
+        let now = self.clock.now();
+        let tx = MemberTx::begin(client, program, member).await?;
+        let opening = mutation::open(&tx, key.as_str(), purchase, now)
+            .await?
+            .ok_or_else(|| members::program_not_found(program))?;
+        if let Some(prior) = &opening.prior {
+            let mut outcome: T = replay_or_conflict(key, prior, request)?;
+            outcome.mark_replayed();
+            return Ok(Opened::Replay(outcome));
+        }
+        let rules = self.rules.get(&*tx, program, opening.rules_version).await?;
+        let balance_points = i64::try_from(opening.balance_points).map_err(|_| {
+            Error::Unexpected(anyhow::anyhow!(
+                "member {member} holds {} points, past i64",
+                opening.balance_points
+            ))
+        })?;
+        Ok(Opened::Fresh(Unit {
+            tx,
+            now,
+            rules,
+            member: opening.member,
+            balance_points,
+            purchase_entry: opening.purchase_entry,
+        }))
     }
 }
 
@@ -184,47 +359,6 @@ trait Outcome: serde::Serialize + serde::de::DeserializeOwned {
     fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).expect("outcomes serialize to JSON")
     }
-}
-
-/// The program and its validated rules.
-async fn program_rules(
-    client: &impl tokio_postgres::GenericClient,
-    program: &ProgramId,
-) -> Result<(store::programs::StoredProgram, ProgramRules), Error> {
-    let stored = store::programs::get(client, program)
-        .await?
-        .ok_or_else(|| members::program_not_found(program))?;
-    let rules = ProgramRules::parse(stored.rules.clone())
-        .map_err(|error| Error::Unexpected(anyhow::anyhow!("stored rules invalid: {error}")))?;
-    Ok((stored, rules))
-}
-
-/// Under the member lock: the original outcome if this key was used before for the same
-/// request, ALREADY_EXISTS if for another, None if it is new.
-async fn prior_outcome<T: Outcome>(
-    tx: &MemberTx<'_>,
-    key: &IdempotencyKey,
-    request: &serde_json::Value,
-) -> Result<Option<T>, Error> {
-    let Some(prior) = entries::find_by_key(&**tx, tx.program(), key).await? else {
-        return Ok(None);
-    };
-    let mut outcome: T = replay_or_conflict(key, &prior, request)?;
-    outcome.mark_replayed();
-    Ok(Some(outcome))
-}
-
-/// The locked member's row; NOT_FOUND when it is not enrolled.
-async fn require_member(tx: &MemberTx<'_>) -> Result<store::members::StoredMember, Error> {
-    store::members::get(&**tx, tx.program(), tx.member())
-        .await?
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "member {} is not enrolled in program {}",
-                tx.member(),
-                tx.program()
-            ))
-        })
 }
 
 #[cfg(test)]

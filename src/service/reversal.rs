@@ -1,12 +1,12 @@
 //! Refunds and cancelled redemptions: reversing an award takes its points back, reversing
 //! a spend puts them back into the very batches they came from.
 use super::spend::allocation_views;
-use super::{prior_outcome, program_rules, run_to_completion, Error, Ledger, Outcome};
+use super::{run_to_completion, Error, Ledger, Opened, Outcome, Unit};
 use crate::domain::{
-    draw_for_reversal, restore_for_spend_reversal, spendable_points, BatchBalance, EntryId,
+    draw_for_reversal, repay_owed, restore_for_spend_reversal, BatchBalance, EntryId,
     IdempotencyKey, ProgramId,
 };
-use crate::store::{self, batches::AllocationView, entries, entries::StoredEntry, MemberTx};
+use crate::store::{self, batches::AllocationView, entries, entries::StoredEntry, mutation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -86,6 +86,10 @@ pub struct ReverseSpendOutcome {
     pub reversed_points: i64,
     pub restored_points: i64,
     pub expired_points: i64,
+    /// Kept back to repay points of refunded awards that had already been spent.
+    /// Absent from outcomes stored before it existed.
+    #[serde(default)]
+    pub repaid_points: i64,
     pub allocations: Vec<AllocationView>,
     pub balance_points: i64,
     #[serde(skip)]
@@ -118,18 +122,27 @@ impl Ledger {
             let award = ledger
                 .referenced_entry(&command.program, &command.award, "award")
                 .await?;
-            let now = ledger.clock.now();
             let mut client = ledger.db.get().await?;
-            let tx = MemberTx::begin(&mut client, &command.program, award.member_id).await?;
-            let (program, _) = program_rules(&*tx, &command.program).await?;
-            if let Some(outcome) = prior_outcome(&tx, &command.idempotency_key, &request).await? {
-                return Ok(outcome);
-            }
-            let already = entries::reversed_so_far(&tx, award.entry_id).await?;
+            let unit = match ledger
+                .open(
+                    &mut client,
+                    &command.program,
+                    award.member_id,
+                    &command.idempotency_key,
+                    &request,
+                    None,
+                )
+                .await?
+            {
+                Opened::Replay(outcome) => return Ok(outcome),
+                Opened::Fresh(unit) => unit,
+            };
+            let (tx, now) = (&unit.tx, unit.now);
+            let already = entries::reversed_so_far(tx, award.entry_id).await?;
             let reversible = award.points - already;
             let points = points_to_reverse(command.points, reversible, "award")?;
-            let own_batch = store::batches::credited_by(&tx, award.entry_id).await?;
-            let batches = store::batches::held_for_update(&tx).await?;
+            let own_batch = store::batches::credited_by(tx, award.entry_id).await?;
+            let batches = store::batches::held_for_update(tx).await?;
             let draws = draw_for_reversal(
                 &batches,
                 own_batch.as_ref().map(|batch| batch.batch_id),
@@ -137,6 +150,7 @@ impl Ledger {
                 now,
             );
             let recovered: i64 = draws.iter().map(|draw| -draw.points).sum();
+            let unrecovered = points - recovered;
             let entry_id = EntryId::generate();
             let outcome = ReverseAwardOutcome {
                 entry_id: entry_id.to_string(),
@@ -144,22 +158,21 @@ impl Ledger {
                 member_id: award.member_id.to_string(),
                 reversed_points: points,
                 recovered_points: recovered,
-                unrecovered_points: points - recovered,
+                unrecovered_points: unrecovered,
                 allocations: allocation_views(entry_id, &draws, &batches),
                 remaining_reversible_points: reversible - points,
-                balance_points: spendable_points(&batches, now) - recovered,
+                balance_points: unit.balance_points - recovered,
                 replayed: false,
             };
-            entries::insert(
-                &tx,
-                &entries::NewEntry {
+            let effects = mutation::Effects {
+                entry: entries::NewEntry {
                     entry_id,
                     kind: "award_reversal",
                     points: -recovered,
                     idempotency_key: &command.idempotency_key,
                     request: &request,
                     outcome: &outcome.to_json(),
-                    rules_version: program.rules_version,
+                    rules_version: unit.rules.version,
                     created_at: now,
                     purchase: None,
                     reason: command.reason.as_deref(),
@@ -167,13 +180,17 @@ impl Ledger {
                     reversal: Some(entries::Reversal {
                         entry_id: award.entry_id,
                         reversed_points: points,
-                        unrecovered_points: Some(points - recovered),
+                        unrecovered_points: Some(unrecovered),
+                        repaid_points: None,
                     }),
                 },
-            )
-            .await?;
-            store::batches::apply(&tx, entry_id, &draws).await?;
-            tx.commit().await?;
+                credit: None,
+                draws: &draws,
+                // Points already spent are owed, and repaid by a later cancellation of
+                // the spend that took them (see `reverse_spend`).
+                owed_delta: unrecovered,
+            };
+            unit.finish(&effects).await?;
             Ok(outcome)
         })
         .await
@@ -198,20 +215,29 @@ impl Ledger {
             let spend = ledger
                 .referenced_entry(&command.program, &command.spend, "spend")
                 .await?;
-            let now = ledger.clock.now();
             let mut client = ledger.db.get().await?;
-            let tx = MemberTx::begin(&mut client, &command.program, spend.member_id).await?;
-            let (program, _) = program_rules(&*tx, &command.program).await?;
-            if let Some(outcome) = prior_outcome(&tx, &command.idempotency_key, &request).await? {
-                return Ok(outcome);
-            }
-            let already = entries::reversed_so_far(&tx, spend.entry_id).await?;
+            let unit = match ledger
+                .open(
+                    &mut client,
+                    &command.program,
+                    spend.member_id,
+                    &command.idempotency_key,
+                    &request,
+                    None,
+                )
+                .await?
+            {
+                Opened::Replay(outcome) => return Ok(outcome),
+                Opened::Fresh(unit) => unit,
+            };
+            let already = entries::reversed_so_far(&unit.tx, spend.entry_id).await?;
             let points = points_to_reverse(command.points, -spend.points - already, "spend")?;
-            let spend_draws = spend_draws(&tx, spend.entry_id).await?;
-            let (restorations, expired) =
-                restore_for_spend_reversal(&spend_draws, already, points, now);
+            let spend_draws = spend_draws(&unit, spend.entry_id).await?;
+            let (restorable, expired) =
+                restore_for_spend_reversal(&spend_draws, already, points, unit.now);
+            let owed = unit.member()?.points_owed;
+            let (restorations, repaid) = repay_owed(restorable, owed);
             let restored: i64 = restorations.iter().map(|draw| draw.points).sum();
-            let balance_before = store::batches::balance(&tx, now).await?;
             let entry_id = EntryId::generate();
             let outcome = ReverseSpendOutcome {
                 entry_id: entry_id.to_string(),
@@ -220,21 +246,21 @@ impl Ledger {
                 reversed_points: points,
                 restored_points: restored,
                 expired_points: expired,
+                repaid_points: repaid,
                 allocations: allocation_views(entry_id, &restorations, &spend_draws),
-                balance_points: balance_before + restored,
+                balance_points: unit.balance_after_credit(restored)?,
                 replayed: false,
             };
-            entries::insert(
-                &tx,
-                &entries::NewEntry {
+            let effects = mutation::Effects {
+                entry: entries::NewEntry {
                     entry_id,
                     kind: "spend_reversal",
                     points: restored,
                     idempotency_key: &command.idempotency_key,
                     request: &request,
                     outcome: &outcome.to_json(),
-                    rules_version: program.rules_version,
-                    created_at: now,
+                    rules_version: unit.rules.version,
+                    created_at: unit.now,
                     purchase: None,
                     reason: command.reason.as_deref(),
                     actor: None,
@@ -242,12 +268,14 @@ impl Ledger {
                         entry_id: spend.entry_id,
                         reversed_points: points,
                         unrecovered_points: None,
+                        repaid_points: Some(repaid),
                     }),
                 },
-            )
-            .await?;
-            store::batches::apply(&tx, entry_id, &restorations).await?;
-            tx.commit().await?;
+                credit: None,
+                draws: &restorations,
+                owed_delta: -repaid,
+            };
+            unit.finish(&effects).await?;
             Ok(outcome)
         })
         .await
@@ -302,7 +330,8 @@ fn points_to_reverse(requested: Option<i64>, left: i64, what: &str) -> Result<i6
 
 /// A spend's draws in the order they were made (its batches oldest first), as batches
 /// holding the drawn points.
-async fn spend_draws(tx: &MemberTx<'_>, spend: EntryId) -> Result<Vec<BatchBalance>, Error> {
+async fn spend_draws(unit: &Unit<'_>, spend: EntryId) -> Result<Vec<BatchBalance>, Error> {
+    let tx = &unit.tx;
     let allocations =
         store::batches::allocations_of(&**tx, tx.program(), &[spend.as_uuid()]).await?;
     let ids: Vec<_> = allocations.iter().map(|a| a.batch_id).collect();

@@ -1,13 +1,10 @@
 //! Spending: points leave the oldest unexpired batches first, every draw recorded.
-use super::{
-    prior_outcome, program_rules, require_member, run_to_completion, Error, Ledger, Outcome,
-};
+use super::{run_to_completion, Error, Ledger, Opened, Outcome, Unit};
 use crate::domain::{
     draw_oldest_first, spendable_points, BatchBalance, Draw, EntryId, IdempotencyKey, MemberId,
     ProgramId,
 };
-use crate::store::{self, batches::AllocationView, entries, MemberTx};
-use chrono::{DateTime, Utc};
+use crate::store::{self, batches::AllocationView, entries, mutation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -47,7 +44,6 @@ impl Ledger {
     pub async fn spend(&self, command: SpendCommand) -> Result<SpendOutcome, Error> {
         let ledger = self.clone();
         run_to_completion(async move {
-            let now = ledger.clock.now();
             let request = json!({
                 "op": "spend",
                 "member_id": command.member.to_string(),
@@ -55,42 +51,50 @@ impl Ledger {
                 "reference": command.reference,
             });
             let mut client = ledger.db.get().await?;
-            let tx = MemberTx::begin(&mut client, &command.program, command.member).await?;
-            let (program, _) = program_rules(&*tx, &command.program).await?;
-            if let Some(outcome) = prior_outcome(&tx, &command.idempotency_key, &request).await? {
-                return Ok(outcome);
-            }
-            require_member(&tx).await?;
-            let (draws, batches) = plan_fifo_draw(&tx, command.points, now).await?;
+            let unit = match ledger
+                .open(
+                    &mut client,
+                    &command.program,
+                    command.member,
+                    &command.idempotency_key,
+                    &request,
+                    None,
+                )
+                .await?
+            {
+                Opened::Replay(outcome) => return Ok(outcome),
+                Opened::Fresh(unit) => unit,
+            };
+            unit.member()?;
+            let (draws, batches) = plan_fifo_draw(&unit, command.points).await?;
             let entry_id = EntryId::generate();
-            let balance_before = spendable_points(&batches, now);
             let outcome = SpendOutcome {
                 entry_id: entry_id.to_string(),
                 points: command.points,
                 allocations: allocation_views(entry_id, &draws, &batches),
-                balance_points: balance_before - command.points,
+                balance_points: unit.balance_points - command.points,
                 replayed: false,
             };
-            entries::insert(
-                &tx,
-                &entries::NewEntry {
+            let effects = mutation::Effects {
+                entry: entries::NewEntry {
                     entry_id,
                     kind: "spend",
                     points: -command.points,
                     idempotency_key: &command.idempotency_key,
                     request: &request,
                     outcome: &outcome.to_json(),
-                    rules_version: program.rules_version,
-                    created_at: now,
+                    rules_version: unit.rules.version,
+                    created_at: unit.now,
                     purchase: None,
                     reason: Some(&command.reference),
                     actor: None,
                     reversal: None,
                 },
-            )
-            .await?;
-            store::batches::apply(&tx, entry_id, &draws).await?;
-            tx.commit().await?;
+                credit: None,
+                draws: &draws,
+                owed_delta: 0,
+            };
+            unit.finish(&effects).await?;
             Ok(outcome)
         })
         .await
@@ -100,11 +104,11 @@ impl Ledger {
 /// Locks the member's batches and plans a FIFO draw of `points`. FAILED_PRECONDITION,
 /// naming the available balance, when the unexpired batches hold fewer.
 pub(super) async fn plan_fifo_draw(
-    tx: &MemberTx<'_>,
+    unit: &Unit<'_>,
     points: i64,
-    now: DateTime<Utc>,
 ) -> Result<(Vec<Draw>, Vec<BatchBalance>), Error> {
-    let batches = store::batches::held_for_update(tx).await?;
+    let now = unit.now;
+    let batches = store::batches::held_for_update(&unit.tx).await?;
     let available = spendable_points(&batches, now);
     if available < points {
         return Err(Error::FailedPrecondition(format!(

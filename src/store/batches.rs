@@ -1,6 +1,6 @@
 //! Point batches and their allocations: where credited points live until spent,
 //! reversed or expired, and the trace of every draw.
-use crate::domain::{BatchBalance, Draw, EntryId, ProgramId};
+use crate::domain::{BatchBalance, EntryId, ProgramId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::{GenericClient, Row};
@@ -19,67 +19,20 @@ pub struct AllocationView {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Credits a new batch to the member, created by `entry`.
-pub async fn insert(
-    tx: &MemberTx<'_>,
-    entry: EntryId,
-    amount: i64,
-    earned_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-) -> Result<Uuid, tokio_postgres::Error> {
-    let batch_id = Uuid::now_v7();
-    insert_with_id(tx, batch_id, entry, amount, earned_at, expires_at).await?;
-    Ok(batch_id)
-}
-
-/// Credits a new batch whose id the caller chose (to put it in a stored outcome).
-pub async fn insert_with_id(
-    tx: &MemberTx<'_>,
-    batch_id: Uuid,
-    entry: EntryId,
-    amount: i64,
-    earned_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
-        "INSERT INTO point_batches \
-             (program_id, batch_id, member_id, entry_id, amount, remaining, earned_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
-        &[
-            &tx.program().as_str(),
-            &batch_id,
-            &tx.member().as_uuid(),
-            &entry.as_uuid(),
-            &amount,
-            &earned_at,
-            &expires_at,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// The member's spendable balance at `now`, read under its lock.
-pub async fn balance(tx: &MemberTx<'_>, now: DateTime<Utc>) -> Result<i64, tokio_postgres::Error> {
-    let row = tx
-        .query_one(
-            "SELECT COALESCE(sum(remaining), 0)::bigint FROM point_batches \
-             WHERE program_id = $1 AND member_id = $2 AND remaining > 0 AND expires_at > $3",
-            &[&tx.program().as_str(), &tx.member().as_uuid(), &now],
-        )
-        .await?;
-    row.try_get(0)
-}
+/// The member's batches that still hold points (expired or not), locked, oldest first:
+/// what a spend, a debit or a reversal draws from.
+pub const HELD_FOR_UPDATE: &str = "SELECT batch_id, remaining, earned_at, expires_at \
+     FROM point_batches WHERE program_id = $1 AND member_id = $2 AND remaining > 0 \
+     ORDER BY earned_at, batch_id FOR UPDATE";
 
 /// The member's batches that still hold points (expired or not), locked, oldest first.
 pub async fn held_for_update(
     tx: &MemberTx<'_>,
 ) -> Result<Vec<BatchBalance>, tokio_postgres::Error> {
+    let statement = tx.prepared(HELD_FOR_UPDATE).await?;
     let rows = tx
         .query(
-            "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
-             WHERE program_id = $1 AND member_id = $2 AND remaining > 0 \
-             ORDER BY earned_at, batch_id FOR UPDATE",
+            &statement,
             &[&tx.program().as_str(), &tx.member().as_uuid()],
         )
         .await?;
@@ -91,12 +44,14 @@ pub async fn credited_by(
     tx: &MemberTx<'_>,
     entry: EntryId,
 ) -> Result<Option<BatchBalance>, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
+    let statement = tx
+        .prepared(
             "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
              WHERE program_id = $1 AND entry_id = $2 FOR UPDATE",
-            &[&tx.program().as_str(), &entry.as_uuid()],
         )
+        .await?;
+    let row = tx
+        .query_opt(&statement, &[&tx.program().as_str(), &entry.as_uuid()])
         .await?;
     row.as_ref().map(batch_balance).transpose()
 }
@@ -106,42 +61,16 @@ pub async fn by_ids_for_update(
     tx: &MemberTx<'_>,
     batch_ids: &[Uuid],
 ) -> Result<Vec<BatchBalance>, tokio_postgres::Error> {
-    let rows = tx
-        .query(
+    let statement = tx
+        .prepared(
             "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
              WHERE program_id = $1 AND batch_id = ANY($2) ORDER BY earned_at, batch_id FOR UPDATE",
-            &[&tx.program().as_str(), &batch_ids],
         )
+        .await?;
+    let rows = tx
+        .query(&statement, &[&tx.program().as_str(), &batch_ids])
         .await?;
     rows.iter().map(batch_balance).collect()
-}
-
-/// Applies draws to their batches and records each as an allocation of `entry`.
-pub async fn apply(
-    tx: &MemberTx<'_>,
-    entry: EntryId,
-    draws: &[Draw],
-) -> Result<(), tokio_postgres::Error> {
-    for draw in draws {
-        tx.execute(
-            "UPDATE point_batches SET remaining = remaining + $3 \
-             WHERE program_id = $1 AND batch_id = $2",
-            &[&tx.program().as_str(), &draw.batch_id, &draw.points],
-        )
-        .await?;
-        tx.execute(
-            "INSERT INTO allocations (program_id, entry_id, batch_id, points) \
-             VALUES ($1, $2, $3, $4)",
-            &[
-                &tx.program().as_str(),
-                &entry.as_uuid(),
-                &draw.batch_id,
-                &draw.points,
-            ],
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// The allocations of the given entries, each entry's in FIFO order of its batches.

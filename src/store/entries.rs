@@ -34,8 +34,10 @@ pub struct Reversal {
     pub entry_id: EntryId,
     /// How much of the reversed entry this reversal covers.
     pub reversed_points: i64,
-    /// Award reversals only: the part that could not be taken back.
+    /// Award reversals only: the part that could not be taken back (now owed).
     pub unrecovered_points: Option<i64>,
+    /// Spend reversals only: the part kept back to repay owed points.
+    pub repaid_points: Option<i64>,
 }
 
 /// A new ledger entry.
@@ -161,12 +163,14 @@ pub async fn reversed_so_far(
     tx: &MemberTx<'_>,
     entry: EntryId,
 ) -> Result<i64, tokio_postgres::Error> {
-    let row = tx
-        .query_one(
+    let statement = tx
+        .prepared(
             "SELECT COALESCE(sum(reversed_points), 0)::bigint FROM ledger_entries \
              WHERE program_id = $1 AND reversed_entry_id = $2",
-            &[&tx.program().as_str(), &entry.as_uuid()],
         )
+        .await?;
+    let row = tx
+        .query_one(&statement, &[&tx.program().as_str(), &entry.as_uuid()])
         .await?;
     row.try_get(0)
 }
@@ -195,75 +199,34 @@ pub async fn find_by_key(
     .transpose()
 }
 
-/// The award entry that already credited this purchase, if any.
-pub async fn find_purchase_award(
-    client: &impl GenericClient,
-    program: &ProgramId,
-    source: &str,
-    external_ref: &str,
-) -> Result<Option<EntryId>, tokio_postgres::Error> {
-    let row = client
-        .query_opt(
-            "SELECT entry_id FROM ledger_entries \
-             WHERE program_id = $1 AND kind = 'award' AND source = $2 AND external_ref = $3",
-            &[&program.as_str(), &source, &external_ref],
-        )
-        .await?;
-    row.map(|row| Ok(EntryId::from_uuid(row.try_get(0)?)))
-        .transpose()
-}
+/// Purchase points credited to the member in `[start, end)`: the truth a lost Redis cap
+/// counter is rebuilt from. `days` bounds the scan to the member's awards whose cap day
+/// (their local date under the zone of their time) can fall in the interval, so one index
+/// serves it.
+pub const PURCHASE_POINTS_BETWEEN: &str = "SELECT COALESCE(sum(points), 0)::text \
+     FROM ledger_entries WHERE program_id = $1 AND member_id = $2 AND kind = 'award' \
+     AND cap_day BETWEEN $3 AND $4 AND created_at >= $5 AND created_at < $6";
 
-/// Purchase points already credited to the member against a day's cap: the truth a lost
-/// Redis counter is rebuilt from.
-pub async fn purchase_points_on_day(
+pub async fn purchase_points_between(
     tx: &MemberTx<'_>,
-    day: NaiveDate,
-) -> Result<i64, tokio_postgres::Error> {
+    days: (NaiveDate, NaiveDate),
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<i128, tokio_postgres::Error> {
+    let statement = tx.prepared(PURCHASE_POINTS_BETWEEN).await?;
     let row = tx
         .query_one(
-            "SELECT COALESCE(sum(points), 0)::bigint FROM ledger_entries \
-             WHERE program_id = $1 AND member_id = $2 AND kind = 'award' AND cap_day = $3",
-            &[&tx.program().as_str(), &tx.member().as_uuid(), &day],
+            &statement,
+            &[
+                &tx.program().as_str(),
+                &tx.member().as_uuid(),
+                &days.0,
+                &days.1,
+                &start,
+                &end,
+            ],
         )
         .await?;
-    row.try_get(0)
-}
-
-pub async fn insert(tx: &MemberTx<'_>, entry: &NewEntry<'_>) -> Result<(), tokio_postgres::Error> {
-    let purchase = entry.purchase.as_ref();
-    tx.execute(
-        "INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points, \
-             idempotency_key, request, outcome, rules_version, created_at, source, \
-             external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped, \
-             reason, actor, reversed_entry_id, reversed_points, unrecovered_points) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-                 $19, $20, $21, $22, $23)",
-        &[
-            &tx.program().as_str(),
-            &entry.entry_id.as_uuid(),
-            &tx.member().as_uuid(),
-            &entry.kind,
-            &entry.points,
-            &entry.idempotency_key.as_str(),
-            entry.request,
-            entry.outcome,
-            &entry.rules_version,
-            &entry.created_at,
-            &purchase.map(|p| p.source),
-            &purchase.map(|p| p.external_ref),
-            &purchase.map(|p| p.amount_minor),
-            &purchase.map(|p| p.currency),
-            &purchase.map(|p| p.occurred_at),
-            &purchase.map(|p| p.requested_points),
-            &purchase.map(|p| p.cap_day),
-            &purchase.is_some_and(|p| p.capped),
-            &entry.reason,
-            &entry.actor,
-            &entry.reversal.map(|r| r.entry_id.as_uuid()),
-            &entry.reversal.map(|r| r.reversed_points),
-            &entry.reversal.and_then(|r| r.unrecovered_points),
-        ],
-    )
-    .await?;
-    Ok(())
+    let total: String = row.try_get(0)?;
+    Ok(total.parse().unwrap_or(i128::MAX))
 }

@@ -2,7 +2,12 @@
 use crate::domain::{member_lock_key, MemberId, ProgramId};
 use deadpool_postgres::{Client, Transaction};
 use std::ops::Deref;
-use tokio_postgres::IsolationLevel;
+use tokio_postgres::{IsolationLevel, Statement};
+
+/// Takes the member's lock until the transaction ends. Always its own statement: a
+/// statement's snapshot is taken before it waits, so reads in the same statement could
+/// miss what the previous holder committed.
+pub const LOCK_MEMBER: &str = "SELECT pg_advisory_xact_lock($1)";
 
 /// The only handle balance-changing store functions accept: a READ COMMITTED transaction
 /// that has taken `pg_advisory_xact_lock` on the member. Under READ COMMITTED every
@@ -25,11 +30,9 @@ impl<'a> MemberTx<'a> {
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .await?;
+        let lock = transaction.prepare_cached(LOCK_MEMBER).await?;
         transaction
-            .execute(
-                "SELECT pg_advisory_xact_lock($1)",
-                &[&member_lock_key(program, member)],
-            )
+            .execute(&lock, &[&member_lock_key(program, member)])
             .await?;
         Ok(Self {
             transaction,
@@ -44,6 +47,11 @@ impl<'a> MemberTx<'a> {
 
     pub fn member(&self) -> MemberId {
         self.member
+    }
+
+    /// The statement prepared once per connection: the hot path never parses SQL twice.
+    pub async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        self.transaction.prepare_cached(sql).await
     }
 
     pub async fn commit(self) -> Result<(), tokio_postgres::Error> {

@@ -10,6 +10,8 @@ pub struct StoredMember {
     pub birthday: Option<NaiveDate>,
     pub enrolled_at: DateTime<Utc>,
     pub tier_rank: usize,
+    /// Points of refunded awards that had been spent; repaid by later spend reversals.
+    pub points_owed: i64,
 }
 
 /// A member's points at an instant, derived from the ledger (never stored).
@@ -39,7 +41,7 @@ pub async fn upsert(
              VALUES ($1, $2, $3, $4) \
              ON CONFLICT (program_id, member_id) \
              DO UPDATE SET birthday = COALESCE(EXCLUDED.birthday, members.birthday) \
-             RETURNING member_id, birthday, enrolled_at, tier_rank, (xmax <> 0) AS existed",
+             RETURNING member_id, birthday, enrolled_at, tier_rank, points_owed, (xmax <> 0) AS existed",
             &[
                 &program.as_str(),
                 &member.as_uuid(),
@@ -58,7 +60,7 @@ pub async fn get(
 ) -> Result<Option<StoredMember>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT member_id, birthday, enrolled_at, tier_rank FROM members \
+            "SELECT member_id, birthday, enrolled_at, tier_rank, points_owed FROM members \
              WHERE program_id = $1 AND member_id = $2",
             &[&program.as_str(), &member.as_uuid()],
         )
@@ -106,5 +108,6 @@ fn from_row(row: &Row) -> Result<StoredMember, tokio_postgres::Error> {
         birthday: row.try_get("birthday")?,
         enrolled_at: row.try_get("enrolled_at")?,
         tier_rank: usize::try_from(tier_rank).unwrap_or(0),
+        points_owed: row.try_get("points_owed")?,
     })
 }

@@ -82,6 +82,30 @@ pub async fn update(
     Ok(())
 }
 
+/// Every rules version of a program up to `version`, oldest first, with the instant each
+/// took effect. Versions never change once written, so callers may cache the answer.
+pub async fn rules_history(
+    client: &impl GenericClient,
+    program: &ProgramId,
+    version: i64,
+) -> Result<Vec<(i64, DateTime<Utc>, RulesDocument)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT version, created_at, rules FROM program_rules \
+             WHERE program_id = $1 AND version <= $2 ORDER BY version",
+            &[&program.as_str(), &version],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let document: serde_json::Value = row.try_get("rules")?;
+            // The stored document was validated before it was written.
+            let rules = serde_json::from_value(document).expect("stored rules are a RulesDocument");
+            Ok((row.try_get("version")?, row.try_get("created_at")?, rules))
+        })
+        .collect()
+}
+
 /// Every program id, for commands that walk all programs.
 pub async fn list_ids(client: &impl GenericClient) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
