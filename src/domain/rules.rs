@@ -317,4 +317,33 @@ mod tests {
         let paris = local_day(instant, "Europe/Paris".parse().unwrap());
         assert_eq!(paris, NaiveDate::from_ymd_opt(2026, 3, 2).unwrap());
     }
+
+    #[test]
+    fn a_zone_replaced_within_two_days_still_bounds_the_cap() {
+        use chrono::TimeZone;
+        let utc: Tz = "UTC".parse().unwrap();
+        let kiritimati: Tz = "Pacific/Kiritimati".parse().unwrap();
+        let created = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+        let changed = Utc.with_ymd_and_hms(2026, 3, 1, 11, 0, 0).unwrap();
+        let history = [(created, utc), (changed, kiritimati)];
+        assert_eq!(cap_zones(&history, changed), [utc, kiritimati]);
+        let later = changed + CAP_ZONE_LOOKBACK + chrono::Duration::seconds(1);
+        assert_eq!(cap_zones(&history, later), [kiritimati]);
+        assert_eq!(cap_zones(&history[..1], changed), [utc]);
+    }
+
+    #[test]
+    fn a_local_day_starts_at_local_midnight_or_the_first_instant_after_a_gap() {
+        use chrono::TimeZone;
+        let kiritimati: Tz = "Pacific/Kiritimati".parse().unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 3, 2).unwrap();
+        let (start, end) = local_day_bounds(day, kiritimati);
+        assert_eq!(start, Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap());
+        assert_eq!(end, Utc.with_ymd_and_hms(2026, 3, 2, 10, 0, 0).unwrap());
+        // Havana springs forward at midnight: 8 March 2026 starts at 01:00 local.
+        let havana: Tz = "America/Havana".parse().unwrap();
+        let day = NaiveDate::from_ymd_opt(2026, 3, 8).unwrap();
+        let (start, _) = local_day_bounds(day, havana);
+        assert_eq!(start, Utc.with_ymd_and_hms(2026, 3, 8, 5, 0, 0).unwrap());
+    }
 }

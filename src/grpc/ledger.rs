@@ -186,6 +186,7 @@ impl LedgerRpc for LedgerApi {
             reversed_points: outcome.reversed_points,
             restored_points: outcome.restored_points,
             expired_points: outcome.expired_points,
+            repaid_points: outcome.repaid_points,
             allocations: allocation_messages(&outcome.allocations),
             balance_points: outcome.balance_points,
             replayed: outcome.replayed,

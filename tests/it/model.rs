@@ -1172,7 +1172,7 @@ async fn run_case(
                 let keys: Vec<String> = model
                     .members
                     .iter()
-                    .map(|member| format!("{prefix}cap:{program}:{member}:{day}"))
+                    .map(|member| format!("{prefix}cap:{{{program}:{member}}}:Asia/Tokyo:{day}"))
                     .collect();
                 redis
                     .del::<i64, _>(keys)

@@ -209,3 +209,66 @@ async fn a_cap_brought_back_mid_day_counts_the_points_earned_without_one() {
     assert_eq!((after.awarded_points, after.capped), (0, true));
     app.assert_ties_out().await;
 }
+
+fn capped_in(timezone: &str) -> proto::ProgramRules {
+    let mut rules = usd_rules();
+    rules.timezone = timezone.into();
+    rules.daily_cap_points = Some(500);
+    rules
+}
+
+async fn change_zone(app: &mut crate::helpers::TestApp, timezone: &str) {
+    app.programs
+        .update_program(proto::UpdateProgramRequest {
+            program_id: PROGRAM.into(),
+            rules: Some(capped_in(timezone)),
+            expected_rules_version: 0,
+            name: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Regression (outside review): moving a UTC program to Pacific/Kiritimati, where it is
+/// already the next day, let a member earn the cap again within minutes.
+#[tokio::test]
+async fn a_time_zone_change_never_opens_a_second_cap_in_one_local_day() {
+    let mut app = spawn_app().await;
+    app.create_program(capped_in("UTC")).await;
+    let member = app.enroll().await;
+    assert_eq!(app.earn(&member, 600).await.awarded_points, 500);
+    change_zone(&mut app, "Pacific/Kiritimati").await;
+    let after = app.earn(&member, 600).await;
+    assert_eq!((after.awarded_points, after.capped), (0, true));
+    app.assert_ties_out().await;
+}
+
+/// After a zone change the cap holds for the local day of every zone in force that day:
+/// the old zone's day still counts what was earned under it, the new zone's day counts
+/// what was earned in its hours before the change, and two days later only the new
+/// zone remains.
+#[tokio::test]
+async fn after_a_zone_change_the_cap_holds_under_the_old_and_the_new_zone() {
+    let mut app = spawn_app().await;
+    let day = crate::helpers::start_of_test().date_naive();
+    let at = |hour: u32, days: u64| {
+        (day + chrono::Days::new(days))
+            .and_hms_opt(hour, 0, 0)
+            .unwrap()
+            .and_utc()
+    };
+    app.clock.set(at(5, 0)); // 19:00 of the same day in Kiritimati
+    app.create_program(capped_in("UTC")).await;
+    let member = app.enroll().await;
+    assert_eq!(app.earn(&member, 300).await.awarded_points, 300);
+    app.clock.set(at(11, 0)); // 01:00 of the next day in Kiritimati
+    change_zone(&mut app, "Pacific/Kiritimati").await;
+    // A new Kiritimati day, but the UTC day holds 300 already.
+    assert_eq!(app.earn(&member, 600).await.awarded_points, 200);
+    app.clock.set(at(0, 1) + chrono::Duration::minutes(30)); // 14:30 in Kiritimati
+                                                             // A new UTC day, but the Kiritimati day holds 200 already.
+    assert_eq!(app.earn(&member, 600).await.awarded_points, 300);
+    app.clock.set(at(12, 2)); // 49 hours after the change: Kiritimati alone
+    assert_eq!(app.earn(&member, 600).await.awarded_points, 500);
+    app.assert_ties_out().await;
+}

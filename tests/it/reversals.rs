@@ -446,3 +446,176 @@ async fn adjustments_credit_and_debit_with_reason_and_actor_in_history() {
     assert!(older.next_page_token.is_empty());
     app.assert_ties_out().await;
 }
+
+/// Award 100, spend 100, then the refund and the cancelled redemption, in one order or
+/// the other; returns the balance and what each reversal answered.
+async fn refund_and_cancel(
+    refund_first: bool,
+) -> (
+    i64,
+    proto::ReverseAwardResponse,
+    proto::ReverseSpendResponse,
+) {
+    let (mut app, member) = app_with_member().await;
+    let award = app.earn(&member, 100).await;
+    let spend = app.spend(&member, 100).await;
+    let refund = reverse_award("refund", &award.entry_id, None);
+    let cancel = reverse_spend("cancel", &spend.entry_id, None);
+    let (refunded, cancelled) = if refund_first {
+        let refunded = app.ledger.reverse_award(refund).await.unwrap().into_inner();
+        let cancelled = app.ledger.reverse_spend(cancel).await.unwrap().into_inner();
+        (refunded, cancelled)
+    } else {
+        let cancelled = app.ledger.reverse_spend(cancel).await.unwrap().into_inner();
+        let refunded = app.ledger.reverse_award(refund).await.unwrap().into_inner();
+        (refunded, cancelled)
+    };
+    let balance = app.member(&member).await.balance_points;
+    app.assert_ties_out().await;
+    (balance, refunded, cancelled)
+}
+
+#[tokio::test]
+async fn a_refund_then_the_cancelled_redemption_leave_no_refunded_points_behind() {
+    let (balance, refunded, cancelled) = refund_and_cancel(true).await;
+    assert_eq!(
+        (refunded.recovered_points, refunded.unrecovered_points),
+        (0, 100)
+    );
+    assert_eq!(
+        (
+            cancelled.reversed_points,
+            cancelled.restored_points,
+            cancelled.repaid_points,
+            cancelled.expired_points
+        ),
+        (100, 0, 100, 0),
+        "the cancelled spend repays the refunded points it had spent"
+    );
+    assert!(cancelled.allocations.is_empty());
+    assert_eq!(balance, 0);
+}
+
+#[tokio::test]
+async fn the_cancelled_redemption_then_the_refund_end_at_the_same_balance() {
+    let (balance, refunded, cancelled) = refund_and_cancel(false).await;
+    assert_eq!(
+        (cancelled.restored_points, cancelled.repaid_points),
+        (100, 0)
+    );
+    assert_eq!(
+        (refunded.recovered_points, refunded.unrecovered_points),
+        (100, 0)
+    );
+    assert_eq!(balance, 0);
+}
+
+#[tokio::test]
+async fn owed_points_are_repaid_only_up_to_what_is_owed() {
+    let (mut app, member) = app_with_member().await;
+    let award = app.earn(&member, 100).await;
+    app.clock.advance(Duration::days(1));
+    app.earn(&member, 50).await;
+    // Takes all 100 of the award and 20 of the second batch.
+    let spend = app.spend(&member, 120).await;
+    let refunded = app
+        .ledger
+        .reverse_award(reverse_award("refund", &award.entry_id, Some(60)))
+        .await
+        .unwrap()
+        .into_inner();
+    // 30 left in the second batch are taken back; 30 could not be.
+    assert_eq!(
+        (refunded.recovered_points, refunded.unrecovered_points),
+        (30, 30)
+    );
+    let cancelled = app
+        .ledger
+        .reverse_spend(reverse_spend("cancel", &spend.entry_id, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (cancelled.restored_points, cancelled.repaid_points),
+        (90, 30)
+    );
+    // Credited 150, refunded 60, spent 120 then cancelled: 90 left.
+    assert_eq!(app.member(&member).await.balance_points, 90);
+    // Nothing more is owed: a second purchase's cancellation restores in full.
+    app.earn(&member, 10).await;
+    let spend = app.spend(&member, 10).await;
+    let cancelled = app
+        .ledger
+        .reverse_spend(reverse_spend("cancel-2", &spend.entry_id, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (cancelled.restored_points, cancelled.repaid_points),
+        (10, 0)
+    );
+    app.assert_ties_out().await;
+}
+
+/// A JPY program at 100 points per yen with a 10x tier: one allowed award earns 10^18.
+fn jumbo_rules() -> proto::ProgramRules {
+    let mut rules = usd_rules();
+    rules.currency = "JPY".into();
+    rules.base_rate_bp = 1_000_000;
+    rules.min_amount_minor = 0;
+    rules.tiers = vec![proto::Tier {
+        code: "member".into(),
+        name: "Member".into(),
+        qualify_points: 0,
+        maintain_points: 0,
+        multiplier_bp: 100_000,
+    }];
+    rules
+}
+
+/// Awards until the member holds `points` (at 1,000 points per yen).
+async fn earn_jumbo(app: &mut TestApp, member: &str, mut points: i64) {
+    while points > 0 {
+        let yen = (points / 1_000).min(flash_loyalty::domain::MAX_AMOUNT_MINOR);
+        let mut request = app.purchase(member, yen);
+        request.currency = "JPY".into();
+        points -= app.award(request).await.awarded_points;
+    }
+}
+
+#[tokio::test]
+async fn a_spend_reversal_that_would_take_the_balance_past_i64_is_refused_and_writes_nothing() {
+    let mut app = spawn_app().await;
+    app.create_program(jumbo_rules()).await;
+    let member = app.enroll().await;
+    earn_jumbo(&mut app, &member, i64::MAX - 807).await;
+    let spend = app.spend(&member, 1_000_000_000_000).await;
+    app.ledger
+        .adjust(proto::AdjustRequest {
+            program_id: PROGRAM.into(),
+            member_id: member.clone(),
+            idempotency_key: "top-up".into(),
+            points: 1_000_000_000_000,
+            reason: "goodwill".into(),
+            actor: "support".into(),
+        })
+        .await
+        .unwrap();
+    let before = app.row_counts().await;
+    let refused = app
+        .ledger
+        .reverse_spend(reverse_spend("cancel", &spend.entry_id, None))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("overflow"), "{refused:?}");
+    // An award past it is refused the same way.
+    let mut request = app.purchase(&member, 1);
+    request.currency = "JPY".into();
+    let refused = app.ledger.award(request).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(app.row_counts().await, before);
+    let held = app.member(&member).await;
+    assert_eq!(held.balance_points, i64::MAX - 807);
+    app.assert_ties_out().await;
+}
