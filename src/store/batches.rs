@@ -39,17 +39,19 @@ pub async fn held_for_update(
     rows.iter().map(batch_balance).collect()
 }
 
+pub const CREDITED_BY_FOR_UPDATE: &str = "SELECT batch_id, remaining, earned_at, expires_at \
+     FROM point_batches WHERE program_id = $1 AND entry_id = $2 FOR UPDATE";
+
+pub const BY_IDS_FOR_UPDATE: &str = "SELECT batch_id, remaining, earned_at, expires_at \
+     FROM point_batches WHERE program_id = $1 AND batch_id = ANY($2) \
+     ORDER BY earned_at, batch_id FOR UPDATE";
+
 /// The batch an entry credited, locked.
 pub async fn credited_by(
     tx: &MemberTx<'_>,
     entry: EntryId,
 ) -> Result<Option<BatchBalance>, tokio_postgres::Error> {
-    let statement = tx
-        .prepared(
-            "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
-             WHERE program_id = $1 AND entry_id = $2 FOR UPDATE",
-        )
-        .await?;
+    let statement = tx.prepared(CREDITED_BY_FOR_UPDATE).await?;
     let row = tx
         .query_opt(&statement, &[&tx.program().as_str(), &entry.as_uuid()])
         .await?;
@@ -61,12 +63,7 @@ pub async fn by_ids_for_update(
     tx: &MemberTx<'_>,
     batch_ids: &[Uuid],
 ) -> Result<Vec<BatchBalance>, tokio_postgres::Error> {
-    let statement = tx
-        .prepared(
-            "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
-             WHERE program_id = $1 AND batch_id = ANY($2) ORDER BY earned_at, batch_id FOR UPDATE",
-        )
-        .await?;
+    let statement = tx.prepared(BY_IDS_FOR_UPDATE).await?;
     let rows = tx
         .query(&statement, &[&tx.program().as_str(), &batch_ids])
         .await?;

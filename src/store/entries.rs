@@ -158,17 +158,15 @@ pub async fn all_in_order(
     rows.iter().map(stored_entry).collect()
 }
 
+pub const REVERSED_SO_FAR: &str = "SELECT COALESCE(sum(reversed_points), 0)::bigint \
+     FROM ledger_entries WHERE program_id = $1 AND reversed_entry_id = $2";
+
 /// How much of an entry earlier reversals already cover.
 pub async fn reversed_so_far(
     tx: &MemberTx<'_>,
     entry: EntryId,
 ) -> Result<i64, tokio_postgres::Error> {
-    let statement = tx
-        .prepared(
-            "SELECT COALESCE(sum(reversed_points), 0)::bigint FROM ledger_entries \
-             WHERE program_id = $1 AND reversed_entry_id = $2",
-        )
-        .await?;
+    let statement = tx.prepared(REVERSED_SO_FAR).await?;
     let row = tx
         .query_one(&statement, &[&tx.program().as_str(), &entry.as_uuid()])
         .await?;

@@ -8,6 +8,7 @@ mod fuzz;
 mod helpers;
 mod liability;
 mod model;
+mod plans;
 mod programs;
 mod reversals;
 mod server;

@@ -1,0 +1,200 @@
+//! The hot path's plans do not depend on statistics: every statement a mutation runs is an
+//! index lookup bounded by the member, the key or the entry, with stale statistics (the
+//! tables were analyzed empty, then filled, as after a fresh import with autovacuum off),
+//! with fresh ones, and as the generic plan a cached prepared statement switches to.
+use crate::helpers::{spawn_app, TestApp};
+use flash_loyalty::store::{batches, entries, mutation, LOCK_MEMBER};
+
+/// Each hot statement with literal arguments of the right types.
+fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
+    let member = "'00000000-0000-0000-0000-000000000007'::uuid";
+    let now = "'2026-03-01T12:00:00Z'::timestamptz";
+    vec![
+        ("lock", LOCK_MEMBER, "42"),
+        (
+            "open an award",
+            mutation::OPEN,
+            "'big', MEMBER, 'k-7', 'receipt', 'r-7', NOW",
+        ),
+        (
+            "open",
+            mutation::OPEN,
+            "'big', MEMBER, 'k-7', NULL, NULL, NOW",
+        ),
+        (
+            "write",
+            mutation::WRITE,
+            "'big', gen_random_uuid(), MEMBER, 'spend', -1, 'k', '{}', '{}', 1, NOW, NULL, NULL, \
+             NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+             NULL, ARRAY[gen_random_uuid()], ARRAY[-1::bigint], 0",
+        ),
+        (
+            "batches to draw from",
+            batches::HELD_FOR_UPDATE,
+            "'big', MEMBER",
+        ),
+        (
+            "the batch of an award",
+            batches::CREDITED_BY_FOR_UPDATE,
+            "'big', gen_random_uuid()",
+        ),
+        (
+            "the batches of a spend",
+            batches::BY_IDS_FOR_UPDATE,
+            "'big', ARRAY[gen_random_uuid()]",
+        ),
+        (
+            "reversed so far",
+            entries::REVERSED_SO_FAR,
+            "'big', gen_random_uuid()",
+        ),
+        (
+            "rebuilding a cap counter",
+            entries::PURCHASE_POINTS_BETWEEN,
+            "'big', MEMBER, '2026-02-27'::date, '2026-03-03'::date, NOW - interval '1 day', NOW",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, sql, args)| {
+        let args: &'static str = Box::leak(
+            args.replace("MEMBER", member)
+                .replace("NOW", now)
+                .into_boxed_str(),
+        );
+        (name, sql, args)
+    })
+    .collect()
+}
+
+/// A program of 2,000 members with 40,000 awards, batches and spends, written by SQL
+/// without ANALYZE (the migration analyzed the tables while they were empty).
+async fn fill(app: &TestApp) {
+    let client = app.db.get().await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO programs VALUES ('big', 'Big', 1, now(), now());
+             INSERT INTO program_rules VALUES ('big', 1, '{}', now());
+             INSERT INTO members (program_id, member_id, enrolled_at)
+               SELECT 'big', ('00000000-0000-0000-0000-' || lpad(i::text, 12, '0'))::uuid, now()
+               FROM generate_series(1, 2000) i;
+             INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points,
+                 idempotency_key, request, outcome, rules_version, created_at, source,
+                 external_ref, amount_minor, currency, occurred_at, requested_points, cap_day)
+               SELECT 'big', gen_random_uuid(),
+                 ('00000000-0000-0000-0000-' || lpad((i % 2000 + 1)::text, 12, '0'))::uuid,
+                 'award', 10, 'k-' || i, '{}', '{}', 1, now() - (i || ' minutes')::interval,
+                 'receipt', 'r-' || i, 1000, 'USD', now(), 10, current_date
+               FROM generate_series(1, 40000) i;
+             INSERT INTO point_batches
+               SELECT program_id, gen_random_uuid(), member_id, entry_id, 10, 10, created_at,
+                 created_at + interval '365 days'
+               FROM ledger_entries WHERE program_id = 'big';",
+        )
+        .await
+        .unwrap();
+}
+
+/// Every table scan in the plan reads an index with a condition naming one of the
+/// columns that bound it to a member, a key or an entry.
+fn unbounded_scans(plan: &serde_json::Value, found: &mut Vec<String>) {
+    if let Some(relation) = plan.get("Relation Name").and_then(|r| r.as_str()) {
+        let node = plan["Node Type"].as_str().unwrap_or_default();
+        let condition = plan
+            .get("Index Cond")
+            .or_else(|| plan.get("Recheck Cond"))
+            .and_then(|c| c.as_str())
+            .unwrap_or_default();
+        let bounded = [
+            "member_id",
+            "idempotency_key",
+            "external_ref",
+            "entry_id",
+            "batch_id",
+            "reversed_entry_id",
+        ]
+        .iter()
+        .any(|column| condition.contains(column))
+            || (relation == "programs" && condition.contains("program_id"));
+        let writes = matches!(node, "ModifyTable");
+        if !writes && !bounded {
+            found.push(format!("{node} on {relation} ({condition:?})"));
+        }
+    }
+    for child in plan
+        .get("Plans")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+    {
+        unbounded_scans(child, found);
+    }
+}
+
+async fn unbounded_plans(app: &TestApp, generic: bool) -> Vec<String> {
+    let client = app.db.get().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "SET enable_seqscan = off; SET plan_cache_mode = {}",
+            if generic {
+                "force_generic_plan"
+            } else {
+                "force_custom_plan"
+            }
+        ))
+        .await
+        .unwrap();
+    let mut problems = Vec::new();
+    for (index, (name, sql, args)) in hot_statements().into_iter().enumerate() {
+        client
+            .batch_execute(&format!("PREPARE hot_{index} AS {sql}"))
+            .await
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        let row = client
+            .query_one(
+                &format!("EXPLAIN (FORMAT JSON) EXECUTE hot_{index}({args})"),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        let plan: serde_json::Value = row.get(0);
+        let mut found = Vec::new();
+        unbounded_scans(&plan[0]["Plan"], &mut found);
+        problems.extend(found.into_iter().map(|scan| format!("{name}: {scan}")));
+        client
+            .batch_execute(&format!("DEALLOCATE hot_{index}"))
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute("RESET enable_seqscan; RESET plan_cache_mode")
+        .await
+        .unwrap();
+    problems
+}
+
+#[tokio::test]
+async fn every_hot_statement_is_an_index_lookup_bounded_by_member_or_key_without_statistics() {
+    let app = spawn_app().await;
+    fill(&app).await;
+    for generic in [false, true] {
+        let problems = unbounded_plans(&app, generic).await;
+        assert!(problems.is_empty(), "generic={generic}: {problems:#?}");
+    }
+}
+
+#[tokio::test]
+async fn every_hot_statement_is_an_index_lookup_bounded_by_member_or_key_with_statistics() {
+    let app = spawn_app().await;
+    fill(&app).await;
+    app.db
+        .get()
+        .await
+        .unwrap()
+        .batch_execute("ANALYZE")
+        .await
+        .unwrap();
+    for generic in [false, true] {
+        let problems = unbounded_plans(&app, generic).await;
+        assert!(problems.is_empty(), "generic={generic}: {problems:#?}");
+    }
+}
