@@ -61,7 +61,6 @@ impl Ledger {
                     command.member,
                     &command.idempotency_key,
                     &request,
-                    None,
                 )
                 .await?
             {
@@ -83,7 +82,7 @@ impl Ledger {
             if command.points < 0 {
                 let (planned, batches) = plan_fifo_draw(&unit, -command.points).await?;
                 outcome.allocations = allocation_views(entry_id, &planned, &batches);
-                outcome.balance_points = unit.balance_points + command.points;
+                outcome.balance_points = unit.balance_points() + command.points;
                 draws = planned;
             } else {
                 // The batch id is part of the stored outcome, so it is chosen first.

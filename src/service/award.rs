@@ -1,5 +1,8 @@
 //! The award path: the one function that writes purchase points, for every source.
-use super::{run_to_completion, Error, Ledger, Opened, Outcome, Unit, MAX_CLOCK_SKEW};
+use super::{
+    replay_or_conflict, replayed, run_to_completion, Error, ItemOpening, Ledger, Outcome, Unit,
+    MAX_CLOCK_SKEW,
+};
 use crate::cap::{CapDay, Reservation, Reserve};
 use crate::domain::{
     cap_zones, local_day, local_day_bounds, purchase_points, EntryId, IdempotencyKey, MemberId,
@@ -10,11 +13,16 @@ use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::collections::HashMap;
 
 /// The most awards one `AwardBatch` call may carry.
 pub const AWARD_BATCH_MAX: usize = 500;
-/// How many awards of one batch run at once; more would only queue on the pool.
-const AWARD_BATCH_CONCURRENCY: usize = 8;
+/// The most awards written in one transaction. Larger groups hold more members' locks
+/// for longer; smaller ones pay more round trips per award.
+const AWARD_GROUP_MAX: usize = 100;
+/// How many groups of one batch run at once. Groups lock their members in the one
+/// global order, so two groups sharing a member wait for each other, never deadlock.
+const AWARD_GROUP_CONCURRENCY: usize = 2;
 
 /// A purchase to credit, parsed at the edge.
 #[derive(Debug, Clone)]
@@ -70,11 +78,17 @@ impl Ledger {
     #[tracing::instrument(name = "award", skip_all, fields(program = %command.program, member = %command.member, key = command.idempotency_key.as_str()))]
     pub async fn award(&self, command: AwardCommand) -> Result<AwardOutcome, Error> {
         let ledger = self.clone();
-        run_to_completion(async move { ledger.award_unit(command).await }).await
+        let mut results =
+            run_to_completion(async move { Ok(ledger.award_group(vec![command]).await) }).await?;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(Error::Unexpected(anyhow::anyhow!("an award went missing"))))
     }
 
-    /// Runs up to [`AWARD_BATCH_MAX`] awards; each succeeds or fails on its own, and the
-    /// results keep the request order.
+    /// Runs up to [`AWARD_BATCH_MAX`] awards of one program; each succeeds or fails on its
+    /// own, and the results keep the request order. The awards go through the same path
+    /// as a single one, [`AWARD_GROUP_MAX`] to a transaction: a back-fill of a million
+    /// orders is thousands of transactions, not a million.
     pub async fn award_batch(
         &self,
         commands: Vec<Result<AwardCommand, Error>>,
@@ -88,43 +102,190 @@ impl Ledger {
                 ),
             ));
         }
-        let results = futures::stream::iter(commands)
-            .map(|command| async move {
-                match command {
-                    Ok(command) => self.award(command).await,
-                    Err(error) => Err(error),
+        let mut results: Vec<Option<Result<AwardOutcome, Error>>> = Vec::new();
+        let mut valid: Vec<(usize, AwardCommand)> = Vec::new();
+        for (index, command) in commands.into_iter().enumerate() {
+            match command {
+                Ok(command) => {
+                    results.push(None);
+                    valid.push((index, command));
                 }
+                Err(error) => results.push(Some(Err(error))),
+            }
+        }
+        let mut groups = Vec::new();
+        while !valid.is_empty() {
+            let rest = valid.split_off(valid.len().min(AWARD_GROUP_MAX));
+            groups.push(std::mem::replace(&mut valid, rest));
+        }
+        let done: Vec<Result<Vec<IndexedResult>, Error>> = futures::stream::iter(groups)
+            .map(|group| {
+                let ledger = self.clone();
+                run_to_completion(async move {
+                    let (indexes, commands): (Vec<usize>, Vec<AwardCommand>) =
+                        group.into_iter().unzip();
+                    let outcomes = ledger.award_group(commands).await;
+                    Ok(indexes.into_iter().zip(outcomes).collect())
+                })
             })
-            .buffered(AWARD_BATCH_CONCURRENCY)
+            .buffered(AWARD_GROUP_CONCURRENCY)
             .collect()
             .await;
-        Ok(results)
+        for group in done {
+            for (index, result) in group? {
+                results[index] = Some(result);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(Error::Unexpected(anyhow::anyhow!("an award went missing")))
+                })
+            })
+            .collect())
     }
 
-    async fn award_unit(&self, command: AwardCommand) -> Result<AwardOutcome, Error> {
-        if command.occurred_at > self.clock.now() + MAX_CLOCK_SKEW {
-            return Err(Error::invalid("occurred_at", "must not be in the future"));
+    /// Awards a group of purchases of one program in one transaction under their members'
+    /// locks; each gets its own result. When the group cannot commit, a group of several
+    /// is run again one award at a time, so one award's trouble (a key raced by another
+    /// member's call) never fails the others.
+    async fn award_group(&self, commands: Vec<AwardCommand>) -> Vec<Result<AwardOutcome, Error>> {
+        match self.try_award_group(&commands).await {
+            Ok(results) => results,
+            Err(Error::Unavailable(message)) => commands
+                .iter()
+                .map(|_| Err(Error::Unavailable(message.clone())))
+                .collect(),
+            Err(error) if commands.len() == 1 => vec![Err(error)],
+            Err(_) => {
+                let mut results = Vec::with_capacity(commands.len());
+                for command in commands {
+                    let mut alone = Box::pin(self.award_group(vec![command])).await;
+                    results.push(alone.pop().unwrap_or_else(|| {
+                        Err(Error::Unexpected(anyhow::anyhow!("an award went missing")))
+                    }));
+                }
+                results
+            }
         }
-        let request = command.canonical();
+    }
+
+    /// One transaction for a group of awards: open every item in one statement, plan each
+    /// in request order (replays, refusals, points, cap), write them all in one statement.
+    async fn try_award_group(
+        &self,
+        commands: &[AwardCommand],
+    ) -> Result<Vec<Result<AwardOutcome, Error>>, Error> {
+        let Some(program) = commands.first().map(|c| c.program.clone()) else {
+            return Ok(vec![]);
+        };
+        let latest = self.clock.now() + MAX_CLOCK_SKEW;
+        let requests: Vec<serde_json::Value> = commands.iter().map(|c| c.canonical()).collect();
+        let mut results: Vec<Option<Result<AwardOutcome, Error>>> = commands
+            .iter()
+            .map(|c| {
+                (c.occurred_at > latest)
+                    .then(|| Err(Error::invalid("occurred_at", "must not be in the future")))
+            })
+            .collect();
+        let asked: Vec<usize> = (0..commands.len())
+            .filter(|&i| results[i].is_none())
+            .collect();
+        if asked.is_empty() {
+            return Ok(results.into_iter().flatten().collect());
+        }
+        let asks: Vec<mutation::Ask<'_>> = asked
+            .iter()
+            .map(|&i| mutation::Ask {
+                member: commands[i].member,
+                key: commands[i].idempotency_key.as_str(),
+                purchase: Some(mutation::PurchaseRef {
+                    source: commands[i].source.as_str(),
+                    external_ref: &commands[i].external_ref,
+                }),
+            })
+            .collect();
         let mut client = self.db.get().await?;
-        let purchase = mutation::PurchaseRef {
-            source: command.source.as_str(),
-            external_ref: &command.external_ref,
-        };
-        let unit = match self
-            .open(
-                &mut client,
-                &command.program,
-                command.member,
-                &command.idempotency_key,
-                &request,
-                Some(purchase),
-            )
-            .await?
-        {
-            Opened::Replay(outcome) => return Ok(outcome),
-            Opened::Fresh(unit) => unit,
-        };
+        let (mut unit, items) = self.open_many(&mut client, &program, &asks).await?;
+        let mut plan = GroupPlan::default();
+        for (&i, item) in asked.iter().zip(&items) {
+            let result = self
+                .plan_award(&mut unit, &mut plan, i, &commands[i], &requests[i], item)
+                .await;
+            results[i] = result.err().map(Err);
+        }
+        let written = self.write_group(unit, &plan, commands, &requests).await;
+        match written {
+            Ok(()) => {}
+            Err((error, committed_maybe)) => {
+                // A failed commit may still have committed: the reservations are kept, so
+                // members can earn less that day but never more.
+                if !committed_maybe {
+                    for reservation in &plan.reservations {
+                        self.cap.release(reservation).await;
+                    }
+                }
+                return Err(error);
+            }
+        }
+        for (i, outcome) in plan.outcomes {
+            results[i] = Some(Ok(outcome));
+        }
+        for (i, first) in plan.replays {
+            let result = match &results[first] {
+                Some(Ok(outcome)) => Ok(AwardOutcome {
+                    replayed: true,
+                    ..outcome.clone()
+                }),
+                _ => Err(Error::Unexpected(anyhow::anyhow!(
+                    "a replayed award went missing"
+                ))),
+            };
+            results[i] = Some(result);
+        }
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    Err(Error::Unexpected(anyhow::anyhow!(
+                        "an award was not planned"
+                    )))
+                })
+            })
+            .collect())
+    }
+
+    /// Decides one award of a group: a replay, a refusal, or points to credit (reserved
+    /// against the daily cap and added to the member's running balance).
+    async fn plan_award(
+        &self,
+        unit: &mut Unit<'_>,
+        plan: &mut GroupPlan,
+        index: usize,
+        command: &AwardCommand,
+        request: &serde_json::Value,
+        item: &ItemOpening,
+    ) -> Result<(), Error> {
+        let key = &command.idempotency_key;
+        if let Some(prior) = &item.prior {
+            let outcome: AwardOutcome = replayed(key, prior, request)?;
+            plan.outcomes.push((index, outcome));
+            return Ok(());
+        }
+        if let Some(&(first, ref first_request, entry)) = plan.keys.get(key.as_str()) {
+            // The same key earlier in this group: a replay of it, or a conflict.
+            let prior = entries::KeyedEntry {
+                entry_id: entry,
+                member_id: command.member,
+                kind: "award".into(),
+                request: first_request.clone(),
+                outcome: serde_json::Value::Null,
+            };
+            replay_or_conflict::<serde_json::Value>(key, &prior, request)?;
+            plan.replays.push((index, first));
+            return Ok(());
+        }
         let rules = &unit.rules.rules;
         if command.currency != rules.currency.code() {
             return Err(Error::invalid(
@@ -137,9 +298,16 @@ impl Ledger {
                 ),
             ));
         }
-        let member = unit.member()?;
-        if let Some(entry) = unit.purchase_entry {
-            return Err(purchase_already_awarded(&command, entry));
+        let tier_rank = unit.member_row(command.member)?.tier_rank;
+        let purchase = (
+            command.source.as_str().to_owned(),
+            command.external_ref.clone(),
+        );
+        if let Some(entry) = item
+            .purchase_entry
+            .or_else(|| plan.purchases.get(&purchase).copied())
+        {
+            return Err(purchase_already_awarded(command, entry));
         }
         let requested_points = if command.amount_minor < rules.document.min_amount_minor {
             0
@@ -148,13 +316,13 @@ impl Ledger {
                 command.amount_minor,
                 rules.currency,
                 rules.document.base_rate_bp,
-                rules.tier(member.tier_rank).multiplier_bp,
+                rules.tier(tier_rank).multiplier_bp,
             )
             .map_err(|_| Error::invalid("amount_minor", "the points it earns overflow"))?
         };
         let reservation = match rules.document.daily_cap_points {
             Some(cap_points) if requested_points > 0 => Some(
-                self.reserve_cap(&unit, requested_points, cap_points)
+                self.reserve_cap(unit, command.member, requested_points, cap_points)
                     .await?,
             ),
             _ => None,
@@ -162,86 +330,91 @@ impl Ledger {
         let awarded_points = reservation
             .as_ref()
             .map_or(requested_points, |r| r.granted_points);
-        match self
-            .write_award(unit, &command, &request, requested_points, awarded_points)
-            .await
-        {
-            Ok(outcome) => Ok(outcome),
-            Err((error, committed_maybe)) => {
-                // A failed commit may still have committed: the reservation is kept, so
-                // the member can earn less that day but never more.
-                if let (Some(reservation), false) = (&reservation, committed_maybe) {
+        let balance_points = match unit.credit_balance(command.member, awarded_points) {
+            Ok(balance) => balance,
+            Err(error) => {
+                if let Some(reservation) = &reservation {
                     self.cap.release(reservation).await;
                 }
-                Err(error)
+                return Err(error);
             }
-        }
+        };
+        let entry_id = EntryId::generate();
+        plan.reservations.extend(reservation);
+        plan.keys
+            .insert(key.as_str().to_owned(), (index, request.clone(), entry_id));
+        plan.purchases.insert(purchase, entry_id);
+        plan.outcomes.push((
+            index,
+            AwardOutcome {
+                entry_id: entry_id.to_string(),
+                requested_points,
+                awarded_points,
+                capped: awarded_points < requested_points,
+                replayed: false,
+                balance_points,
+                rules_version: unit.rules.version,
+            },
+        ));
+        plan.fresh.push((index, entry_id));
+        Ok(())
     }
 
-    /// Writes the award entry and its batch and commits. On failure, says whether the
-    /// commit was sent (so the award may have been written).
-    async fn write_award(
+    /// Writes the group's new awards and their batches in one statement and commits. On
+    /// failure, says whether the commit was sent (so the awards may have been written).
+    async fn write_group(
         &self,
         unit: Unit<'_>,
-        command: &AwardCommand,
-        request: &serde_json::Value,
-        requested_points: i64,
-        awarded_points: i64,
-    ) -> Result<AwardOutcome, (Error, bool)> {
+        plan: &GroupPlan,
+        commands: &[AwardCommand],
+        requests: &[serde_json::Value],
+    ) -> Result<(), (Error, bool)> {
+        if plan.fresh.is_empty() {
+            return Ok(());
+        }
         let (now, rules) = (unit.now, &unit.rules);
-        let entry_id = EntryId::generate();
-        let outcome = AwardOutcome {
-            entry_id: entry_id.to_string(),
-            requested_points,
-            awarded_points,
-            capped: awarded_points < requested_points,
-            replayed: false,
-            balance_points: unit
-                .balance_after_credit(awarded_points)
-                .map_err(|error| (error, false))?,
-            rules_version: rules.version,
-        };
         let validity = Duration::days(i64::from(rules.rules.document.points_validity_days));
-        let effects = mutation::Effects {
-            entry: entries::NewEntry {
-                entry_id,
-                kind: "award",
-                points: awarded_points,
-                idempotency_key: &command.idempotency_key,
-                request,
-                outcome: &outcome.to_json(),
-                rules_version: rules.version,
-                created_at: now,
-                purchase: Some(entries::Purchase {
-                    source: command.source.as_str(),
-                    external_ref: &command.external_ref,
-                    amount_minor: command.amount_minor,
-                    currency: &command.currency,
-                    occurred_at: command.occurred_at,
-                    requested_points,
-                    cap_day: local_day(now, rules.rules.timezone),
-                    capped: outcome.capped,
-                }),
-                reason: None,
-                actor: None,
-                reversal: None,
-            },
-            credit: (awarded_points > 0).then(|| mutation::NewBatch {
-                batch_id: uuid::Uuid::now_v7(),
-                amount: awarded_points,
-                expires_at: now + validity,
-            }),
-            draws: &[],
-            owed_delta: 0,
-        };
-        mutation::write(&unit.tx, &effects)
+        let cap_day = local_day(now, rules.rules.timezone);
+        let outcomes: HashMap<usize, &AwardOutcome> =
+            plan.outcomes.iter().map(|(i, o)| (*i, o)).collect();
+        let awards: Vec<mutation::NewAward<'_>> = plan
+            .fresh
+            .iter()
+            .filter_map(|&(i, entry_id)| {
+                let (command, outcome) = (&commands[i], outcomes.get(&i)?);
+                Some(mutation::NewAward {
+                    entry_id,
+                    member: command.member,
+                    points: outcome.awarded_points,
+                    idempotency_key: command.idempotency_key.as_str(),
+                    request: &requests[i],
+                    outcome: outcome.to_json(),
+                    purchase: entries::Purchase {
+                        source: command.source.as_str(),
+                        external_ref: &command.external_ref,
+                        amount_minor: command.amount_minor,
+                        currency: &command.currency,
+                        occurred_at: command.occurred_at,
+                        requested_points: outcome.requested_points,
+                        cap_day,
+                        capped: outcome.capped,
+                    },
+                    credit: (outcome.awarded_points > 0).then(|| mutation::NewBatch {
+                        batch_id: uuid::Uuid::now_v7(),
+                        amount: outcome.awarded_points,
+                        expires_at: now + validity,
+                    }),
+                })
+            })
+            .collect();
+        mutation::write_awards(&unit.tx, rules.version, now, &awards)
             .await
             .map_err(|error| (error.into(), false))?;
         unit.tx
             .commit()
             .await
             .map_err(|error| (error.into(), true))?;
-        Ok(outcome)
+        Ok(())
     }
 
     /// Reserves cap on every zone's local day the award must fit under (usually one; more
@@ -251,10 +424,11 @@ impl Ledger {
     async fn reserve_cap(
         &self,
         unit: &Unit<'_>,
+        member: MemberId,
         want_points: i64,
         cap_points: i64,
     ) -> Result<Reservation, Error> {
-        let (program, member, now) = (unit.tx.program(), unit.tx.member(), unit.now);
+        let (program, now) = (unit.tx.program(), unit.now);
         let mut zones = cap_zones(&unit.rules.zone_history, now);
         if zones.is_empty() {
             zones.push(unit.rules.rules.timezone);
@@ -288,7 +462,8 @@ impl Ledger {
                 let (zone, day) = (zones[index], days[index].day);
                 let (start, end) = local_day_bounds(day, zone);
                 let around = (day - chrono::Days::new(2), day + chrono::Days::new(2));
-                let total = entries::purchase_points_between(&unit.tx, around, start, end).await?;
+                let total =
+                    entries::purchase_points_between(&unit.tx, member, around, start, end).await?;
                 seeds[index] = Some(i64::try_from(total).unwrap_or(i64::MAX));
             }
         }
@@ -296,6 +471,26 @@ impl Ledger {
             "cap counter still unknown after seeding"
         )))
     }
+}
+
+/// An award's result with its index in the batch.
+type IndexedResult = (usize, Result<AwardOutcome, Error>);
+
+/// What a group's planning decided, item by item (indexes into the group's commands).
+#[derive(Default)]
+struct GroupPlan {
+    /// Outcomes to answer: fresh awards and replays of earlier calls.
+    outcomes: Vec<(usize, AwardOutcome)>,
+    /// Fresh awards to write, with their entry ids.
+    fresh: Vec<(usize, EntryId)>,
+    /// Items repeating an earlier item's key and request: they answer its outcome.
+    replays: Vec<(usize, usize)>,
+    /// Keys of fresh awards in this group: (item, canonical request, entry).
+    keys: HashMap<String, (usize, serde_json::Value, EntryId)>,
+    /// Purchases credited by fresh awards in this group.
+    purchases: HashMap<(String, String), EntryId>,
+    /// Cap reservations of the fresh awards, released if the group does not commit.
+    reservations: Vec<Reservation>,
 }
 
 fn purchase_already_awarded(command: &AwardCommand, entry: EntryId) -> Error {

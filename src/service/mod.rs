@@ -212,59 +212,90 @@ impl RulesCache {
     }
 }
 
-/// A mutation's unit of work, opened: the member's lock held, its rules, row and balance
-/// read. Every mutation — award, spend, reversal, adjustment, and every later credit —
-/// starts with [`Ledger::open`], so the round trips are counted and fixed in one place.
+/// A mutation's unit of work, opened: the members' locks held, the rules, their rows and
+/// balances read. Every mutation — award, spend, reversal, adjustment, and every later
+/// credit — starts with [`Ledger::open`] (one member) or [`Ledger::open_many`] (a batch),
+/// so the round trips are counted and fixed in one place.
 struct Unit<'c> {
-    pub tx: MemberTx<'c>,
-    pub now: DateTime<Utc>,
-    pub rules: Arc<RulesAt>,
-    member: Option<store::members::StoredMember>,
-    /// Spendable at `now`, before this mutation.
-    pub balance_points: i64,
-    /// The award that already credited the purchase asked about, if any.
-    pub purchase_entry: Option<crate::domain::EntryId>,
+    tx: MemberTx<'c>,
+    now: DateTime<Utc>,
+    rules: Arc<RulesAt>,
+    /// Each locked member's row (None: not enrolled) and spendable balance at `now`.
+    members: HashMap<MemberId, (Option<store::members::StoredMember>, i64)>,
 }
 
 impl Unit<'_> {
-    /// The locked member's row; NOT_FOUND when it is not enrolled.
-    pub fn member(&self) -> Result<&store::members::StoredMember, Error> {
-        self.member.as_ref().ok_or_else(|| {
-            Error::NotFound(format!(
-                "member {} is not enrolled in program {}",
-                self.tx.member(),
-                self.tx.program()
-            ))
-        })
+    /// The row of a member of the unit; NOT_FOUND when it is not enrolled.
+    fn member_row(&self, member: MemberId) -> Result<&store::members::StoredMember, Error> {
+        self.members
+            .get(&member)
+            .and_then(|(row, _)| row.as_ref())
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "member {member} is not enrolled in program {}",
+                    self.tx.program()
+                ))
+            })
     }
 
-    /// The balance after crediting `points`; FAILED_PRECONDITION when it would pass
-    /// i64::MAX (so every balance and every stored figure stays an i64).
-    pub fn balance_after_credit(&self, points: i64) -> Result<i64, Error> {
-        self.balance_points
+    /// The row of the unit's one member; NOT_FOUND when it is not enrolled.
+    fn member(&self) -> Result<&store::members::StoredMember, Error> {
+        self.member_row(self.tx.member())
+    }
+
+    /// The spendable balance of the unit's one member, before this mutation.
+    fn balance_points(&self) -> i64 {
+        self.members
+            .get(&self.tx.member())
+            .map_or(0, |(_, balance)| *balance)
+    }
+
+    /// Credits `points` to a member's running balance and returns the new balance;
+    /// FAILED_PRECONDITION when it would pass i64::MAX (so every balance and every stored
+    /// figure stays an i64).
+    fn credit_balance(&mut self, member: MemberId, points: i64) -> Result<i64, Error> {
+        let (_, balance) = self.members.entry(member).or_insert((None, 0));
+        *balance = balance
+            .checked_add(points)
+            .ok_or_else(|| Error::FailedPrecondition("the balance would overflow".into()))?;
+        Ok(*balance)
+    }
+
+    /// The balance of the unit's one member after crediting `points`, without recording it.
+    fn balance_after_credit(&self, points: i64) -> Result<i64, Error> {
+        self.balance_points()
             .checked_add(points)
             .ok_or_else(|| Error::FailedPrecondition("the balance would overflow".into()))
     }
 
     /// Writes the mutation and commits.
-    pub async fn finish(self, effects: &mutation::Effects<'_>) -> Result<(), Error> {
+    async fn finish(self, effects: &mutation::Effects<'_>) -> Result<(), Error> {
         mutation::write(&self.tx, effects).await?;
         self.tx.commit().await?;
         Ok(())
     }
 }
 
-/// What opening a mutation found: the stored answer of a replay, or the unit to go on with.
+/// What opening a single mutation found: the stored answer of a replay, or the unit to go
+/// on with.
 enum Opened<'c, T> {
     Replay(T),
     Fresh(Unit<'c>),
 }
 
+/// What opening found for one item of a batch, besides the members' rows.
+struct ItemOpening {
+    /// The entry already written under the item's key.
+    prior: Option<store::entries::KeyedEntry>,
+    /// The award that already credited the item's purchase.
+    purchase_entry: Option<crate::domain::EntryId>,
+}
+
 impl Ledger {
-    /// Opens a mutation: begins the transaction, takes the member's lock and reads, in one
-    /// statement, the rules version, the member, the entry under the key (a replay returns
-    /// its stored outcome; a different request under it is ALREADY_EXISTS naming the
-    /// fields), the purchase's earlier award and the balance.
+    /// Opens a mutation of one member: begins the transaction, takes the member's lock and
+    /// reads, in one statement, the rules version, the member, the entry under the key (a
+    /// replay returns its stored outcome; a different request under it is ALREADY_EXISTS
+    /// naming the fields) and the balance. Awards open through [`Ledger::open_many`].
     async fn open<'c, T: Outcome>(
         &self,
         client: &'c mut Client,
@@ -272,34 +303,75 @@ impl Ledger {
         member: MemberId,
         key: &IdempotencyKey,
         request: &serde_json::Value,
-        purchase: Option<mutation::PurchaseRef<'_>>,
     ) -> Result<Opened<'c, T>, Error> {
-        let now = self.clock.now();
-        let tx = MemberTx::begin(client, program, member).await?;
-        let opening = mutation::open(&tx, key.as_str(), purchase, now)
-            .await?
+        let ask = mutation::Ask {
+            member,
+            key: key.as_str(),
+            purchase: None,
+        };
+        let (unit, mut items) = self.open_many(client, program, &[ask]).await?;
+        let item = items
+            .pop()
             .ok_or_else(|| members::program_not_found(program))?;
-        if let Some(prior) = &opening.prior {
-            let mut outcome: T = replay_or_conflict(key, prior, request)?;
-            outcome.mark_replayed();
-            return Ok(Opened::Replay(outcome));
+        if let Some(prior) = &item.prior {
+            return Ok(Opened::Replay(replayed(key, prior, request)?));
         }
-        let rules = self.rules.get(&*tx, program, opening.rules_version).await?;
-        let balance_points = i64::try_from(opening.balance_points).map_err(|_| {
-            Error::Unexpected(anyhow::anyhow!(
-                "member {member} holds {} points, past i64",
-                opening.balance_points
-            ))
-        })?;
-        Ok(Opened::Fresh(Unit {
+        Ok(Opened::Fresh(unit))
+    }
+
+    /// Opens a mutation of several items (a batch of awards): locks every member in the
+    /// one global order, then reads every item in one statement. NOT_FOUND when the
+    /// program does not exist.
+    async fn open_many<'c>(
+        &self,
+        client: &'c mut Client,
+        program: &ProgramId,
+        asks: &[mutation::Ask<'_>],
+    ) -> Result<(Unit<'c>, Vec<ItemOpening>), Error> {
+        let now = self.clock.now();
+        let members: Vec<MemberId> = asks.iter().map(|ask| ask.member).collect();
+        let tx = MemberTx::begin_many(client, program, &members).await?;
+        let openings = mutation::open(&tx, asks, now).await?;
+        let Some(first) = openings.first() else {
+            return Err(members::program_not_found(program));
+        };
+        let rules = self.rules.get(&*tx, program, first.rules_version).await?;
+        let mut states = HashMap::new();
+        let mut items = Vec::with_capacity(openings.len());
+        for (ask, opening) in asks.iter().zip(openings) {
+            let balance = i64::try_from(opening.balance_points).map_err(|_| {
+                Error::Unexpected(anyhow::anyhow!(
+                    "member {} holds {} points, past i64",
+                    ask.member,
+                    opening.balance_points
+                ))
+            })?;
+            states.insert(ask.member, (opening.member, balance));
+            items.push(ItemOpening {
+                prior: opening.prior,
+                purchase_entry: opening.purchase_entry,
+            });
+        }
+        let unit = Unit {
             tx,
             now,
             rules,
-            member: opening.member,
-            balance_points,
-            purchase_entry: opening.purchase_entry,
-        }))
+            members: states,
+        };
+        Ok((unit, items))
     }
+}
+
+/// The stored outcome of a key's earlier request, marked as a replay; ALREADY_EXISTS
+/// naming the differing fields when the request differs.
+fn replayed<T: Outcome>(
+    key: &IdempotencyKey,
+    prior: &store::entries::KeyedEntry,
+    request: &serde_json::Value,
+) -> Result<T, Error> {
+    let mut outcome: T = replay_or_conflict(key, prior, request)?;
+    outcome.mark_replayed();
+    Ok(outcome)
 }
 
 /// Runs a unit of work in its own task and waits for it. If the caller's future is

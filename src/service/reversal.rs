@@ -130,7 +130,6 @@ impl Ledger {
                     award.member_id,
                     &command.idempotency_key,
                     &request,
-                    None,
                 )
                 .await?
             {
@@ -161,7 +160,7 @@ impl Ledger {
                 unrecovered_points: unrecovered,
                 allocations: allocation_views(entry_id, &draws, &batches),
                 remaining_reversible_points: reversible - points,
-                balance_points: unit.balance_points - recovered,
+                balance_points: unit.balance_points() - recovered,
                 replayed: false,
             };
             let effects = mutation::Effects {
@@ -223,7 +222,6 @@ impl Ledger {
                     spend.member_id,
                     &command.idempotency_key,
                     &request,
-                    None,
                 )
                 .await?
             {

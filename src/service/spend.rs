@@ -58,7 +58,6 @@ impl Ledger {
                     command.member,
                     &command.idempotency_key,
                     &request,
-                    None,
                 )
                 .await?
             {
@@ -72,7 +71,7 @@ impl Ledger {
                 entry_id: entry_id.to_string(),
                 points: command.points,
                 allocations: allocation_views(entry_id, &draws, &batches),
-                balance_points: unit.balance_points - command.points,
+                balance_points: unit.balance_points() - command.points,
                 replayed: false,
             };
             let effects = mutation::Effects {

@@ -207,6 +207,7 @@ pub const PURCHASE_POINTS_BETWEEN: &str = "SELECT COALESCE(sum(points), 0)::text
 
 pub async fn purchase_points_between(
     tx: &MemberTx<'_>,
+    member: MemberId,
     days: (NaiveDate, NaiveDate),
     start: DateTime<Utc>,
     end: DateTime<Utc>,
@@ -217,7 +218,7 @@ pub async fn purchase_points_between(
             &statement,
             &[
                 &tx.program().as_str(),
-                &tx.member().as_uuid(),
+                &member.as_uuid(),
                 &days.0,
                 &days.1,
                 &start,

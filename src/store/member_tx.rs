@@ -1,4 +1,4 @@
-//! A transaction that holds one member's advisory lock.
+//! A transaction that holds its members' advisory locks.
 use crate::domain::{member_lock_key, MemberId, ProgramId};
 use deadpool_postgres::{Client, Transaction};
 use std::ops::Deref;
@@ -9,6 +9,12 @@ use tokio_postgres::{IsolationLevel, Statement};
 /// miss what the previous holder committed.
 pub const LOCK_MEMBER: &str = "SELECT pg_advisory_xact_lock($1)";
 
+/// Takes several members' locks, one after the other in the order of the array, which
+/// callers sort by lock key: every transaction that holds more than one member's lock
+/// takes them in that one global order, so two of them can never deadlock.
+pub const LOCK_MEMBERS: &str =
+    "SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k";
+
 /// The only handle balance-changing store functions accept: a READ COMMITTED transaction
 /// that has taken `pg_advisory_xact_lock` on the member. Under READ COMMITTED every
 /// statement after the lock sees rows committed by the previous holder; the lock goes
@@ -16,7 +22,8 @@ pub const LOCK_MEMBER: &str = "SELECT pg_advisory_xact_lock($1)";
 pub struct MemberTx<'a> {
     transaction: Transaction<'a>,
     program: ProgramId,
-    member: MemberId,
+    /// The locked members, in lock-key order; never empty.
+    members: Vec<MemberId>,
 }
 
 impl<'a> MemberTx<'a> {
@@ -25,19 +32,38 @@ impl<'a> MemberTx<'a> {
         program: &ProgramId,
         member: MemberId,
     ) -> Result<Self, tokio_postgres::Error> {
+        Self::begin_many(client, program, &[member]).await
+    }
+
+    /// Locks every member given (at least one), in lock-key order.
+    pub async fn begin_many(
+        client: &'a mut Client,
+        program: &ProgramId,
+        members: &[MemberId],
+    ) -> Result<Self, tokio_postgres::Error> {
+        let mut keyed: Vec<(i64, MemberId)> = members
+            .iter()
+            .map(|member| (member_lock_key(program, *member), *member))
+            .collect();
+        keyed.sort();
+        keyed.dedup();
         let transaction = client
             .build_transaction()
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .await?;
-        let lock = transaction.prepare_cached(LOCK_MEMBER).await?;
-        transaction
-            .execute(&lock, &[&member_lock_key(program, member)])
-            .await?;
+        if let [(key, _)] = keyed.as_slice() {
+            let lock = transaction.prepare_cached(LOCK_MEMBER).await?;
+            transaction.execute(&lock, &[key]).await?;
+        } else {
+            let keys: Vec<i64> = keyed.iter().map(|(key, _)| *key).collect();
+            let lock = transaction.prepare_cached(LOCK_MEMBERS).await?;
+            transaction.execute(&lock, &[&keys]).await?;
+        }
         Ok(Self {
             transaction,
             program: program.clone(),
-            member,
+            members: keyed.into_iter().map(|(_, member)| member).collect(),
         })
     }
 
@@ -45,8 +71,14 @@ impl<'a> MemberTx<'a> {
         &self.program
     }
 
+    /// The member of a single-member unit of work (the first locked otherwise).
     pub fn member(&self) -> MemberId {
-        self.member
+        self.members[0]
+    }
+
+    /// Every locked member, in lock order.
+    pub fn members(&self) -> &[MemberId] {
+        &self.members
     }
 
     /// The statement prepared once per connection: the hot path never parses SQL twice.

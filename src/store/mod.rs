@@ -10,7 +10,7 @@ pub mod programs;
 pub mod reports;
 
 pub use error::{classify, DbFailure};
-pub use member_tx::{MemberTx, LOCK_MEMBER};
+pub use member_tx::{MemberTx, LOCK_MEMBER, LOCK_MEMBERS};
 
 use anyhow::Context;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};

@@ -9,26 +9,42 @@ use crate::domain::{Draw, EntryId, MemberId};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-/// Under the member's lock, in one statement: the program's current rules version, the
-/// member's row, the entry already written under the key, the award that already credited
-/// the purchase, and the spendable balance. Every lookup is bounded by the key or by the
-/// member, through exactly one index each (tests/it/plans.rs checks the plans with empty
-/// statistics). `$4`/`$5` are NULL when the mutation is not a purchase award.
-pub const OPEN: &str = "SELECT p.rules_version, \
+/// Under the members' locks, in one statement, for each asked item (a member, a key and,
+/// for a purchase award, the purchase): the program's current rules version, the member's
+/// row, the entry already written under the key, the award that already credited the
+/// purchase, and the member's spendable balance. Every lookup is bounded by the key or by
+/// the member, through exactly one index each (tests/it/plans.rs checks the plans with
+/// empty statistics; the lookups are lateral subqueries that cannot be flattened, so they
+/// run once per item by index, never as a join over the whole program). An item's source
+/// and external ref are NULL when it is not an award.
+pub const OPEN: &str = "SELECT i.n, p.rules_version, \
        m.member_id, m.birthday, m.enrolled_at, m.tier_rank, m.points_owed, \
        k.entry_id AS key_entry_id, k.member_id AS key_member_id, k.kind AS key_kind, \
        k.request AS key_request, k.outcome AS key_outcome, \
-       (SELECT a.entry_id FROM ledger_entries a \
-         WHERE a.program_id = $1 AND a.source = $4 AND a.external_ref = $5) AS purchase_entry_id, \
+       (SELECT a.entry_id FROM ledger_entries a WHERE a.program_id = $1 \
+           AND a.source = i.source AND a.external_ref = i.external_ref) AS purchase_entry_id, \
        (SELECT COALESCE(sum(b.remaining), 0)::text FROM point_batches b \
-         WHERE b.program_id = $1 AND b.member_id = $2 AND b.remaining > 0 \
+         WHERE b.program_id = $1 AND b.member_id = i.member_id AND b.remaining > 0 \
            AND b.expires_at > $6) AS balance \
      FROM programs p \
-     LEFT JOIN members m ON m.program_id = p.program_id AND m.member_id = $2 \
-     LEFT JOIN ledger_entries k ON k.program_id = p.program_id AND k.idempotency_key = $3 \
-     WHERE p.program_id = $1";
+     CROSS JOIN unnest($2::uuid[], $3::text[], $4::text[], $5::text[]) \
+       WITH ORDINALITY AS i(member_id, idempotency_key, source, external_ref, n) \
+     LEFT JOIN LATERAL (SELECT * FROM members \
+         WHERE program_id = $1 AND member_id = i.member_id OFFSET 0) m ON true \
+     LEFT JOIN LATERAL (SELECT * FROM ledger_entries \
+         WHERE program_id = $1 AND idempotency_key = i.idempotency_key OFFSET 0) k ON true \
+     WHERE p.program_id = $1 ORDER BY i.n";
 
-/// What [`OPEN`] read.
+/// One item [`open`] asks about.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub member: MemberId,
+    pub key: &'a str,
+    /// The purchase of an award, for the purchase check.
+    pub purchase: Option<PurchaseRef<'a>>,
+}
+
+/// What [`OPEN`] read for one item.
 #[derive(Debug, Clone)]
 pub struct Opening {
     pub rules_version: i64,
@@ -50,30 +66,38 @@ pub struct PurchaseRef<'a> {
     pub external_ref: &'a str,
 }
 
-/// Reads what a mutation needs, under the lock; None when the program does not exist.
+/// Reads what the items of a mutation need, under the lock, in item order; empty when the
+/// program does not exist.
 pub async fn open(
     tx: &MemberTx<'_>,
-    key: &str,
-    purchase: Option<PurchaseRef<'_>>,
+    asks: &[Ask<'_>],
     now: DateTime<Utc>,
-) -> Result<Option<Opening>, tokio_postgres::Error> {
+) -> Result<Vec<Opening>, tokio_postgres::Error> {
+    let members: Vec<Uuid> = asks.iter().map(|ask| ask.member.as_uuid()).collect();
+    let keys: Vec<&str> = asks.iter().map(|ask| ask.key).collect();
+    let sources: Vec<Option<&str>> = asks.iter().map(|a| a.purchase.map(|p| p.source)).collect();
+    let refs: Vec<Option<&str>> = asks
+        .iter()
+        .map(|a| a.purchase.map(|p| p.external_ref))
+        .collect();
     let statement = tx.prepared(OPEN).await?;
-    let row = tx
-        .query_opt(
+    let rows = tx
+        .query(
             &statement,
             &[
                 &tx.program().as_str(),
-                &tx.member().as_uuid(),
-                &key,
-                &purchase.map(|p| p.source),
-                &purchase.map(|p| p.external_ref),
+                &members,
+                &keys,
+                &sources,
+                &refs,
                 &now,
             ],
         )
         .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
+    rows.iter().map(opening).collect()
+}
+
+fn opening(row: &tokio_postgres::Row) -> Result<Opening, tokio_postgres::Error> {
     let member = match row.try_get::<_, Option<Uuid>>("member_id")? {
         Some(member_id) => {
             let tier_rank: i32 = row.try_get("tier_rank")?;
@@ -99,14 +123,14 @@ pub async fn open(
     };
     let purchase_entry: Option<Uuid> = row.try_get("purchase_entry_id")?;
     let balance: String = row.try_get("balance")?;
-    Ok(Some(Opening {
+    Ok(Opening {
         rules_version: row.try_get("rules_version")?,
         member,
         prior,
         purchase_entry: purchase_entry.map(EntryId::from_uuid),
         // sum() of bigints is a numeric printed as an integer.
         balance_points: balance.parse().unwrap_or(i128::MAX),
-    }))
+    })
 }
 
 /// Writes the entry and all its effects in one statement: the new batch of a credit, the
@@ -140,6 +164,115 @@ pub const WRITE: &str = "WITH entry AS ( \
        UPDATE members SET points_owed = points_owed + $30::bigint \
        WHERE $30::bigint <> 0 AND program_id = $1 AND member_id = $3 RETURNING member_id) \
      SELECT (SELECT count(*) FROM applied) AS applied, (SELECT count(*) FROM credit) AS credited";
+
+/// Writes purchase awards, of one member or many, each with its batch when it earned
+/// points: the award path's one write, whether the call carried one award or a batch.
+pub const WRITE_AWARDS: &str = "WITH entry AS ( \
+       INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points, \
+         idempotency_key, request, outcome, rules_version, created_at, source, \
+         external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped) \
+       SELECT $1, e.entry_id, e.member_id, 'award', e.points, e.idempotency_key, e.request, \
+         e.outcome, $2, $3, e.source, e.external_ref, e.amount_minor, e.currency, \
+         e.occurred_at, e.requested_points, e.cap_day, e.capped \
+       FROM unnest($4::uuid[], $5::uuid[], $6::bigint[], $7::text[], $8::jsonb[], $9::jsonb[], \
+         $10::text[], $11::text[], $12::bigint[], $13::text[], $14::timestamptz[], \
+         $15::bigint[], $16::date[], $17::bool[]) \
+         AS e(entry_id, member_id, points, idempotency_key, request, outcome, source, \
+           external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped) \
+       RETURNING entry_id), \
+     credit AS ( \
+       INSERT INTO point_batches \
+         (program_id, batch_id, member_id, entry_id, amount, remaining, earned_at, expires_at) \
+       SELECT $1, c.batch_id, c.member_id, c.entry_id, c.amount, c.amount, $3, c.expires_at \
+       FROM unnest($18::uuid[], $19::uuid[], $20::uuid[], $21::bigint[], $22::timestamptz[]) \
+         AS c(batch_id, member_id, entry_id, amount, expires_at) \
+       RETURNING batch_id) \
+     SELECT (SELECT count(*) FROM entry) AS entries, (SELECT count(*) FROM credit) AS credits";
+
+/// One award to write with [`write_awards`].
+#[derive(Debug, Clone)]
+pub struct NewAward<'a> {
+    pub entry_id: EntryId,
+    pub member: MemberId,
+    pub points: i64,
+    pub idempotency_key: &'a str,
+    pub request: &'a serde_json::Value,
+    pub outcome: serde_json::Value,
+    pub purchase: super::entries::Purchase<'a>,
+    /// The batch holding the points, when any were awarded.
+    pub credit: Option<NewBatch>,
+}
+
+/// Records awards made at `created_at` under `rules_version`, in one statement.
+pub async fn write_awards(
+    tx: &MemberTx<'_>,
+    rules_version: i64,
+    created_at: DateTime<Utc>,
+    awards: &[NewAward<'_>],
+) -> Result<(), WriteError> {
+    let entry_ids: Vec<Uuid> = awards.iter().map(|a| a.entry_id.as_uuid()).collect();
+    let members: Vec<Uuid> = awards.iter().map(|a| a.member.as_uuid()).collect();
+    let points: Vec<i64> = awards.iter().map(|a| a.points).collect();
+    let keys: Vec<&str> = awards.iter().map(|a| a.idempotency_key).collect();
+    let requests: Vec<&serde_json::Value> = awards.iter().map(|a| a.request).collect();
+    let outcomes: Vec<&serde_json::Value> = awards.iter().map(|a| &a.outcome).collect();
+    let sources: Vec<&str> = awards.iter().map(|a| a.purchase.source).collect();
+    let refs: Vec<&str> = awards.iter().map(|a| a.purchase.external_ref).collect();
+    let amounts: Vec<i64> = awards.iter().map(|a| a.purchase.amount_minor).collect();
+    let currencies: Vec<&str> = awards.iter().map(|a| a.purchase.currency).collect();
+    let occurred: Vec<DateTime<Utc>> = awards.iter().map(|a| a.purchase.occurred_at).collect();
+    let requested: Vec<i64> = awards.iter().map(|a| a.purchase.requested_points).collect();
+    let cap_days: Vec<chrono::NaiveDate> = awards.iter().map(|a| a.purchase.cap_day).collect();
+    let capped: Vec<bool> = awards.iter().map(|a| a.purchase.capped).collect();
+    let credited: Vec<(&NewAward<'_>, &NewBatch)> = awards
+        .iter()
+        .filter_map(|a| a.credit.as_ref().map(|c| (a, c)))
+        .collect();
+    let batch_ids: Vec<Uuid> = credited.iter().map(|(_, c)| c.batch_id).collect();
+    let batch_members: Vec<Uuid> = credited.iter().map(|(a, _)| a.member.as_uuid()).collect();
+    let batch_entries: Vec<Uuid> = credited.iter().map(|(a, _)| a.entry_id.as_uuid()).collect();
+    let batch_amounts: Vec<i64> = credited.iter().map(|(_, c)| c.amount).collect();
+    let batch_expiries: Vec<DateTime<Utc>> = credited.iter().map(|(_, c)| c.expires_at).collect();
+    let statement = tx.prepared(WRITE_AWARDS).await?;
+    let row = tx
+        .query_one(
+            &statement,
+            &[
+                &tx.program().as_str(),
+                &rules_version,
+                &created_at,
+                &entry_ids,
+                &members,
+                &points,
+                &keys,
+                &requests,
+                &outcomes,
+                &sources,
+                &refs,
+                &amounts,
+                &currencies,
+                &occurred,
+                &requested,
+                &cap_days,
+                &capped,
+                &batch_ids,
+                &batch_members,
+                &batch_entries,
+                &batch_amounts,
+                &batch_expiries,
+            ],
+        )
+        .await?;
+    let written: i64 = row.try_get("entries")?;
+    if written != i64::try_from(awards.len()).unwrap_or(i64::MAX) {
+        return Err(WriteError::RowsMissed {
+            what: "awards",
+            expected: awards.len(),
+            written,
+        });
+    }
+    Ok(())
+}
 
 /// A batch a credit creates; its id is chosen first because outcomes name it.
 #[derive(Debug, Clone, Copy)]
@@ -207,10 +340,10 @@ pub async fn write(tx: &MemberTx<'_>, effects: &Effects<'_>) -> Result<(), Write
         .await?;
     let applied: i64 = row.try_get("applied")?;
     if applied != i64::try_from(effects.draws.len()).unwrap_or(i64::MAX) {
-        // A draw on a batch of another member or program: a bug, never a caller's error.
-        return Err(WriteError::DrawsMissed {
+        return Err(WriteError::RowsMissed {
+            what: "draws",
             expected: effects.draws.len(),
-            applied,
+            written: applied,
         });
     }
     Ok(())
@@ -221,6 +354,12 @@ pub async fn write(tx: &MemberTx<'_>, effects: &Effects<'_>) -> Result<(), Write
 pub enum WriteError {
     #[error(transparent)]
     Db(#[from] tokio_postgres::Error),
-    #[error("{applied} of {expected} draws found their batch")]
-    DrawsMissed { expected: usize, applied: i64 },
+    /// A draw on a batch of another member or program, or a row the statement did not
+    /// write: a bug, never a caller's error.
+    #[error("{written} of {expected} {what} written")]
+    RowsMissed {
+        what: &'static str,
+        expected: usize,
+        written: i64,
+    },
 }

@@ -3,23 +3,40 @@
 //! tables were analyzed empty, then filled, as after a fresh import with autovacuum off),
 //! with fresh ones, and as the generic plan a cached prepared statement switches to.
 use crate::helpers::{spawn_app, TestApp};
-use flash_loyalty::store::{batches, entries, mutation, LOCK_MEMBER};
+use flash_loyalty::store::{batches, entries, mutation, LOCK_MEMBER, LOCK_MEMBERS};
 
 /// Each hot statement with literal arguments of the right types.
 fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
     let member = "'00000000-0000-0000-0000-000000000007'::uuid";
+    let other = "'00000000-0000-0000-0000-000000000008'::uuid";
     let now = "'2026-03-01T12:00:00Z'::timestamptz";
     vec![
         ("lock", LOCK_MEMBER, "42"),
+        ("lock many", LOCK_MEMBERS, "ARRAY[42, 43]::bigint[]"),
         (
             "open an award",
             mutation::OPEN,
-            "'big', MEMBER, 'k-7', 'receipt', 'r-7', NOW",
+            "'big', ARRAY[MEMBER], ARRAY['k-7'], ARRAY['receipt'], ARRAY['r-7'], NOW",
+        ),
+        (
+            "open a batch of awards",
+            mutation::OPEN,
+            "'big', ARRAY[MEMBER, OTHER], ARRAY['k-7', 'k-8'], ARRAY['receipt', 'receipt'], \
+             ARRAY['r-7', 'r-8'], NOW",
         ),
         (
             "open",
             mutation::OPEN,
-            "'big', MEMBER, 'k-7', NULL, NULL, NOW",
+            "'big', ARRAY[MEMBER], ARRAY['k-7'], ARRAY[NULL], ARRAY[NULL], NOW",
+        ),
+        (
+            "write awards",
+            mutation::WRITE_AWARDS,
+            "'big', 1, NOW, ARRAY[gen_random_uuid()], ARRAY[MEMBER], ARRAY[10], ARRAY['k'], \
+             ARRAY['{}'::jsonb], ARRAY['{}'::jsonb], ARRAY['receipt'], ARRAY['r'], ARRAY[1000], \
+             ARRAY['USD'], ARRAY[NOW], ARRAY[10], ARRAY['2026-03-01'::date], ARRAY[false], \
+             ARRAY[gen_random_uuid()], ARRAY[MEMBER], ARRAY[gen_random_uuid()], ARRAY[10], \
+             ARRAY[NOW + interval '1 year']",
         ),
         (
             "write",
@@ -58,6 +75,7 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
     .map(|(name, sql, args)| {
         let args: &'static str = Box::leak(
             args.replace("MEMBER", member)
+                .replace("OTHER", other)
                 .replace("NOW", now)
                 .into_boxed_str(),
         );
@@ -148,14 +166,14 @@ async fn unbounded_plans(app: &TestApp, generic: bool) -> Vec<String> {
         client
             .batch_execute(&format!("PREPARE hot_{index} AS {sql}"))
             .await
-            .unwrap_or_else(|error| panic!("{name}: {error}"));
+            .unwrap_or_else(|error| panic!("{name}: {error:?}"));
         let row = client
             .query_one(
                 &format!("EXPLAIN (FORMAT JSON) EXECUTE hot_{index}({args})"),
                 &[],
             )
             .await
-            .unwrap_or_else(|error| panic!("{name}: {error}"));
+            .unwrap_or_else(|error| panic!("{name}: {error:?}"));
         let plan: serde_json::Value = row.get(0);
         let mut found = Vec::new();
         unbounded_scans(&plan[0]["Plan"], &mut found);
