@@ -1,5 +1,6 @@
 # Flash Loyalty: `make run` serves the API with a demo program, `make test` runs every test,
-# `make lint` runs the checks CI runs. Debug builds everywhere: they compile much faster.
+# `make lint` runs the checks CI runs. Debug builds everywhere (they compile much faster),
+# except `make bench`, which measures a release server.
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := build
@@ -81,3 +82,23 @@ FUZZ_REQUESTS ?= 1000000
 .PHONY: fuzz
 fuzz: bootstrap
 	FLASH_FUZZ_REQUESTS=$(FUZZ_REQUESTS) cargo test --test it fuzz -- --nocapture
+
+# A benchmark, never a pass/fail test, and not part of `make test`: seeds its own database
+# (flash_bench, dropped and created again) through a release `flash serve`, then measures
+# award, spend, mixed 80/20 and hot-member workloads beside pgbench running the same SQL
+# (src/store/hot_path.rs). Award and spend are measured first at each smaller history size.
+# The report goes to target/bench/report.md. A quick run:
+# `make bench BENCH_MEMBERS=20000 BENCH_ENTRIES=100000 BENCH_SECONDS=5`.
+BENCH_MEMBERS ?= 100000
+BENCH_ENTRIES ?= 1000000
+BENCH_SECONDS ?= 10
+BENCH_CLIENTS ?= 1,4,16,64
+BENCH_HISTORY_SIZES ?= 10000
+# More flash-bench flags, e.g. `BENCH_ARGS=--analyze` (see `flash-bench --help`).
+BENCH_ARGS ?=
+.PHONY: bench
+bench: bootstrap
+	cargo build --release --bins
+	./target/release/flash-bench --members $(BENCH_MEMBERS) --entries $(BENCH_ENTRIES) \
+	  --seconds $(BENCH_SECONDS) --clients $(BENCH_CLIENTS) \
+	  --history-sizes $(BENCH_HISTORY_SIZES) $(BENCH_ARGS)

@@ -3,7 +3,8 @@
 #   - PostgreSQL on 127.0.0.1:5432, user postgres trusted over TCP (tests connect without a password),
 #   - Redis on 127.0.0.1:6379,
 #   - the application database named by FLASH_DATABASE_URL,
-#   - the tools `make lint` and `make test` need: a C linker, rustfmt, clippy, Node.js and npm (for buf).
+#   - the tools `make lint` and `make test` need: a C linker, rustfmt, clippy, Node.js and npm (for buf),
+#   - pgbench, the baseline `make bench` measures the service against.
 #
 # Written for a Debian machine where we are root, without Docker or systemd: missing packages come
 # from apt-get, servers are started directly (pg_ctlcluster, redis-server --daemonize).
@@ -126,6 +127,14 @@ ensure_postgres() {
 }
 
 # Creates the database FLASH_DATABASE_URL names, connecting to the `postgres` database beside it.
+# pgbench ships with the server package on Debian 12 (postgresql-15) and with the client one
+# (postgresql-client-N) elsewhere; /usr/bin/pgbench is a wrapper that fails without either.
+ensure_pgbench() {
+  if pgbench --version >/dev/null 2>&1; then return 0; fi
+  apt_install postgresql-client postgresql
+  pgbench --version >/dev/null 2>&1 || die "pgbench is still missing after installing PostgreSQL"
+}
+
 ensure_database() {
   local base=${database_url%%\?*}
   local query=${database_url:${#base}}
@@ -189,5 +198,6 @@ ensure_tools() {
 
 ensure_tools
 ensure_postgres
+ensure_pgbench
 ensure_redis
 ensure_database

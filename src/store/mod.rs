@@ -3,6 +3,7 @@
 pub mod batches;
 pub mod entries;
 mod error;
+pub mod hot_path;
 mod member_tx;
 pub mod members;
 pub mod mutation;

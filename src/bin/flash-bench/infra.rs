@@ -1,0 +1,252 @@
+//! What one run owns outside itself: its database (dropped and created again on every
+//! run), the migrated schema, one release `flash serve` process, and what `/proc` says
+//! about that process.
+use anyhow::{bail, ensure, Context};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The prefix every benchmark database name must start with: the run drops the database
+/// it is given, so it refuses any name that could belong to the application or the tests.
+const DATABASE_PREFIX: &str = "flash_bench";
+/// How long `flash serve` may take to listen.
+const SERVER_START_MAX: Duration = Duration::from_secs(60);
+
+/// The benchmark database: its URL and the admin URL (database `postgres`) beside it.
+pub struct Database {
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+}
+
+impl Database {
+    pub fn parse(url: &str) -> anyhow::Result<Database> {
+        let base = url.split('?').next().unwrap_or(url);
+        let query = &url[base.len()..];
+        let (server, name) = base
+            .rsplit_once('/')
+            .context("the benchmark database URL has no database name")?;
+        ensure!(
+            name.starts_with(DATABASE_PREFIX)
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "the benchmark drops its database, so its name must start with `{DATABASE_PREFIX}` \
+             and hold only letters, digits and `_`; got `{name}`"
+        );
+        Ok(Database {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            admin_url: format!("{server}/postgres{query}"),
+        })
+    }
+
+    pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let mut config: tokio_postgres::Config = url.parse().context("a PostgreSQL URL")?;
+        config.application_name("flash-bench");
+        config.connect_timeout(Duration::from_secs(5));
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Drops the database of an earlier run (with its connections) and creates it empty.
+    pub async fn recreate(&self) -> anyhow::Result<()> {
+        let admin = Self::connect(&self.admin_url).await?;
+        let name = &self.name;
+        // One statement per call: several in one simple query run as one transaction,
+        // which DROP DATABASE refuses.
+        for statement in [
+            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            format!("CREATE DATABASE \"{name}\""),
+        ] {
+            admin
+                .batch_execute(&statement)
+                .await
+                .with_context(|| format!("recreating database {name}: {statement}"))?;
+        }
+        Ok(())
+    }
+
+    /// Fresh planner statistics, for the `--analyze` variant.
+    pub async fn analyze(&self) -> anyhow::Result<()> {
+        Self::connect(&self.url)
+            .await?
+            .batch_execute("ANALYZE")
+            .await?;
+        Ok(())
+    }
+
+    /// How many ledger entries the database holds.
+    pub async fn entry_count(&self) -> anyhow::Result<u64> {
+        let row = Self::connect(&self.url)
+            .await?
+            .query_one("SELECT count(*) FROM ledger_entries", &[])
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+}
+
+/// The `flash` binary next to this executable: `make bench` builds both in target/release.
+pub fn flash_binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("FLASH_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let me = std::env::current_exe()?;
+    let flash = me
+        .parent()
+        .context("executable has no directory")?
+        .join("flash");
+    ensure!(
+        flash.exists(),
+        "no `flash` binary next to {} (run `cargo build --release --bins`)",
+        me.display()
+    );
+    Ok(flash)
+}
+
+/// The environment every `flash` command of the run gets.
+pub struct FlashEnv {
+    pub binary: PathBuf,
+    pub database_url: String,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    /// `FLASH_DB_POOL_SIZE`; None keeps the server's default.
+    pub pool_size: Option<usize>,
+}
+
+impl FlashEnv {
+    fn command(&self, subcommand: &str) -> Command {
+        let mut command = Command::new(&self.binary);
+        command
+            .arg(subcommand)
+            .env("FLASH_DATABASE_URL", &self.database_url)
+            .env("FLASH_REDIS_URL", &self.redis_url)
+            .env("FLASH_REDIS_PREFIX", &self.redis_prefix)
+            .env("FLASH_LOG", "warn")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdin(Stdio::null());
+        if let Some(size) = self.pool_size {
+            command.env("FLASH_DB_POOL_SIZE", size.to_string());
+        }
+        command
+    }
+
+    /// `flash migrate`: the schema exactly as the service creates it.
+    pub fn migrate(&self) -> anyhow::Result<()> {
+        let output = self
+            .command("migrate")
+            .output()
+            .context("running flash migrate")?;
+        ensure!(
+            output.status.success(),
+            "flash migrate failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    }
+
+    /// Starts `flash serve` on a free port and waits until it listens.
+    pub fn serve(&self, log: &Path) -> anyhow::Result<Server> {
+        let port = free_port()?;
+        let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = self
+            .command("serve")
+            .env("FLASH_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting flash serve")?;
+        let mut server = Server { child, port };
+        let started = Instant::now();
+        while started.elapsed() < SERVER_START_MAX {
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "flash serve exited at start ({status}); see {}",
+                    log.display()
+                );
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("flash serve did not listen on {port} within {SERVER_START_MAX:?}")
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The running server; killed when dropped, also on failure.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads what the kernel accounts for one process.
+pub struct ProcStats {
+    ticks_per_second: u64,
+}
+
+impl ProcStats {
+    pub fn new() -> ProcStats {
+        let ticks_per_second = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100);
+        ProcStats { ticks_per_second }
+    }
+
+    /// User + system CPU time the process has used so far.
+    pub fn cpu_time(&self, pid: u32) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces; the fields after it are space-separated:
+        // state is field 3, utime field 14, stime field 15.
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let user: u64 = fields.get(11)?.parse().ok()?;
+        let system: u64 = fields.get(12)?.parse().ok()?;
+        Some(Duration::from_secs_f64(
+            (user + system) as f64 / self.ticks_per_second as f64,
+        ))
+    }
+
+    /// The process's peak resident set (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self, pid: u32) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|line| line.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
