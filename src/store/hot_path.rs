@@ -3,9 +3,8 @@
 //!
 //! Why a list and not only the functions that run it: `flash-bench` turns each list into a
 //! pgbench script, so the database's own limit is measured on exactly the SQL the service
-//! issues, and both figures move together when the SQL changes. The store is meant to run
-//! these same constants; until it does, a test below checks that every text here is still
-//! written, byte for byte, in the store module it was copied from.
+//! issues, and both figures move together when the SQL changes: the texts are the very
+//! constants the store runs (`mutation::OPEN`, `mutation::WRITE_AWARDS`, …).
 //!
 //! Each [`Statement`] names what every `$n` placeholder carries ([`Param`]), so a tool can
 //! supply realistic values without knowing the service.
@@ -82,6 +81,20 @@ pub enum Param {
         statement: &'static str,
         column: &'static str,
     },
+    /// A one-element array of the value: the batch statements (`mutation::OPEN`,
+    /// `mutation::WRITE_AWARDS`) take one array per column, and a single call sends one.
+    One(&'static Param),
+}
+
+impl Param {
+    /// The statement and column of a row this value comes from, if any.
+    pub fn from_row(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Param::FromRow { statement, column } => Some((statement, column)),
+            Param::One(inner) => inner.from_row(),
+            _ => None,
+        }
+    }
 }
 
 impl Statement {
@@ -142,121 +155,80 @@ const COMMIT: Statement = Statement {
 /// `MemberTx::begin`.
 const MEMBER_LOCK: Statement = Statement {
     name: "member_lock",
-    sql: "SELECT pg_advisory_xact_lock($1)",
+    sql: super::LOCK_MEMBER,
     params: &[Param::LockKey],
 };
 
-/// `programs::get`.
-const PROGRAM_RULES: Statement = Statement {
-    name: "program_rules",
-    sql: "SELECT p.program_id, p.name, p.rules_version, r.rules, \
-     p.created_at, p.updated_at \
-     FROM programs p JOIN program_rules r \
-       ON r.program_id = p.program_id AND r.version = p.rules_version \
-     WHERE p.program_id = $1",
-    params: &[Param::ProgramId],
-};
-
-/// `entries::find_by_key`.
-const KEY_PROBE: Statement = Statement {
-    name: "key_probe",
-    sql: "SELECT entry_id, member_id, kind, request, outcome FROM ledger_entries \
-             WHERE program_id = $1 AND idempotency_key = $2",
-    params: &[Param::ProgramId, Param::IdempotencyKey],
-};
-
-/// `members::get`.
-const MEMBER: Statement = Statement {
-    name: "member",
-    sql: "SELECT member_id, birthday, enrolled_at, tier_rank FROM members \
-             WHERE program_id = $1 AND member_id = $2",
-    params: &[Param::ProgramId, Param::MemberId],
-};
-
-/// `entries::find_purchase_award`.
-const PURCHASE_PROBE: Statement = Statement {
-    name: "purchase_probe",
-    sql: "SELECT entry_id FROM ledger_entries \
-             WHERE program_id = $1 AND kind = 'award' AND source = $2 AND external_ref = $3",
-    params: &[Param::ProgramId, Param::PurchaseSource, Param::ExternalRef],
-};
-
-/// `batches::balance`.
-const BALANCE: Statement = Statement {
-    name: "balance",
-    sql: "SELECT COALESCE(sum(remaining), 0)::bigint FROM point_batches \
-             WHERE program_id = $1 AND member_id = $2 AND remaining > 0 AND expires_at > $3",
-    params: &[Param::ProgramId, Param::MemberId, Param::Now],
-};
-
-/// `entries::insert`.
-const ENTRY_INSERT_SQL: &str =
-    "INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points, \
-             idempotency_key, request, outcome, rules_version, created_at, source, \
-             external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped, \
-             reason, actor, reversed_entry_id, reversed_points, unrecovered_points) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-                 $19, $20, $21, $22, $23)";
-
-const AWARD_ENTRY_INSERT: Statement = Statement {
-    name: "entry_insert",
-    sql: ENTRY_INSERT_SQL,
+/// `mutation::open` for an award: rules version, member, key probe, purchase probe and
+/// balance in one statement.
+const OPEN_AWARD: Statement = Statement {
+    name: "open",
+    sql: super::mutation::OPEN,
     params: &[
         Param::ProgramId,
-        Param::EntryId,
-        Param::MemberId,
-        Param::Fixed("'award'"),
-        Param::AwardedPoints,
-        Param::IdempotencyKey,
-        Param::Request,
-        Param::Outcome,
-        Param::RulesVersion,
+        Param::One(&Param::MemberId),
+        Param::One(&Param::IdempotencyKey),
+        Param::One(&Param::PurchaseSource),
+        Param::One(&Param::ExternalRef),
         Param::Now,
-        Param::PurchaseSource,
-        Param::ExternalRef,
-        Param::AmountMinor,
-        Param::Currency,
-        Param::OccurredAt,
-        Param::RequestedPoints,
-        Param::CapDay,
-        Param::Fixed("false"),
-        Param::Null,
-        Param::Null,
-        Param::Null,
-        Param::Null,
-        Param::Null,
     ],
 };
 
-/// `batches::insert_with_id`.
-const BATCH_INSERT: Statement = Statement {
-    name: "batch_insert",
-    sql: "INSERT INTO point_batches \
-             (program_id, batch_id, member_id, entry_id, amount, remaining, earned_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7)",
+/// `mutation::write_awards` of one award: the entry and its batch.
+const WRITE_AWARD: Statement = Statement {
+    name: "write_awards",
+    sql: super::mutation::WRITE_AWARDS,
     params: &[
         Param::ProgramId,
-        Param::BatchId,
-        Param::MemberId,
-        Param::EntryId,
-        Param::AwardedPoints,
+        Param::RulesVersion,
         Param::Now,
-        Param::ExpiresAt,
+        Param::One(&Param::EntryId),
+        Param::One(&Param::MemberId),
+        Param::One(&Param::AwardedPoints),
+        Param::One(&Param::IdempotencyKey),
+        Param::One(&Param::Request),
+        Param::One(&Param::Outcome),
+        Param::One(&Param::PurchaseSource),
+        Param::One(&Param::ExternalRef),
+        Param::One(&Param::AmountMinor),
+        Param::One(&Param::Currency),
+        Param::One(&Param::OccurredAt),
+        Param::One(&Param::RequestedPoints),
+        Param::One(&Param::CapDay),
+        Param::One(&Param::Fixed("false")),
+        Param::One(&Param::BatchId),
+        Param::One(&Param::MemberId),
+        Param::One(&Param::EntryId),
+        Param::One(&Param::AwardedPoints),
+        Param::One(&Param::ExpiresAt),
+    ],
+};
+
+/// `mutation::open` for any other mutation: no purchase to probe.
+const OPEN_SPEND: Statement = Statement {
+    name: "open",
+    sql: super::mutation::OPEN,
+    params: &[
+        Param::ProgramId,
+        Param::One(&Param::MemberId),
+        Param::One(&Param::IdempotencyKey),
+        Param::One(&Param::Null),
+        Param::One(&Param::Null),
+        Param::Now,
     ],
 };
 
 /// `batches::held_for_update`: the rows the spend's FIFO draw is planned from.
 const HELD_BATCHES: Statement = Statement {
     name: "held_batches",
-    sql: "SELECT batch_id, remaining, earned_at, expires_at FROM point_batches \
-             WHERE program_id = $1 AND member_id = $2 AND remaining > 0 \
-             ORDER BY earned_at, batch_id FOR UPDATE",
+    sql: super::batches::HELD_FOR_UPDATE,
     params: &[Param::ProgramId, Param::MemberId],
 };
 
-const SPEND_ENTRY_INSERT: Statement = Statement {
-    name: "entry_insert",
-    sql: ENTRY_INSERT_SQL,
+/// `mutation::write` of a spend with one draw: the entry, the batch and its allocation.
+const WRITE_SPEND: Statement = Statement {
+    name: "write",
+    sql: super::mutation::WRITE,
     params: &[
         Param::ProgramId,
         Param::EntryId,
@@ -268,6 +240,7 @@ const SPEND_ENTRY_INSERT: Statement = Statement {
         Param::Outcome,
         Param::RulesVersion,
         Param::Now,
+        // No purchase ($11–$17), not capped, the reference, no actor, no reversal.
         Param::Null,
         Param::Null,
         Param::Null,
@@ -281,68 +254,33 @@ const SPEND_ENTRY_INSERT: Statement = Statement {
         Param::Null,
         Param::Null,
         Param::Null,
-    ],
-};
-
-/// `batches::apply`, first of the two statements of one draw.
-const DRAW_APPLY: Statement = Statement {
-    name: "draw_apply",
-    sql: "UPDATE point_batches SET remaining = remaining + $3 \
-             WHERE program_id = $1 AND batch_id = $2",
-    params: &[
-        Param::ProgramId,
-        Param::FromRow {
+        Param::Null,
+        // No new batch ($25–$27).
+        Param::Null,
+        Param::Null,
+        Param::Null,
+        // One draw, no change to owed points.
+        Param::One(&Param::FromRow {
             statement: "held_batches",
             column: "batch_id",
-        },
-        Param::DrawPoints,
+        }),
+        Param::One(&Param::DrawPoints),
+        Param::Fixed("0"),
     ],
 };
 
-/// `batches::apply`, second of the two statements of one draw.
-const ALLOCATION_INSERT: Statement = Statement {
-    name: "allocation_insert",
-    sql: "INSERT INTO allocations (program_id, entry_id, batch_id, points) \
-             VALUES ($1, $2, $3, $4)",
-    params: &[
-        Param::ProgramId,
-        Param::EntryId,
-        Param::FromRow {
-            statement: "held_batches",
-            column: "batch_id",
-        },
-        Param::DrawPoints,
-    ],
-};
+/// One award of a purchase (`Ledger::award`, no daily cap): lock; rules version, key,
+/// member, purchase and balance; entry and batch.
+pub const AWARD: &[Statement] = &[BEGIN, MEMBER_LOCK, OPEN_AWARD, WRITE_AWARD, COMMIT];
 
-/// One award of a purchase (`Ledger::award`, no daily cap): lock, program and rules, key
-/// probe, member, purchase probe, balance, entry, batch.
-pub const AWARD: &[Statement] = &[
-    BEGIN,
-    MEMBER_LOCK,
-    PROGRAM_RULES,
-    KEY_PROBE,
-    MEMBER,
-    PURCHASE_PROBE,
-    BALANCE,
-    AWARD_ENTRY_INSERT,
-    BATCH_INSERT,
-    COMMIT,
-];
-
-/// One spend drawing from a single batch (`Ledger::spend`): lock, program and rules, key
-/// probe, member, the held batches locked, entry, then per draw the batch update and the
-/// allocation.
+/// One spend drawing from a single batch (`Ledger::spend`): lock; rules version, key,
+/// member and balance; the held batches locked; entry, draw and allocation.
 pub const SPEND: &[Statement] = &[
     BEGIN,
     MEMBER_LOCK,
-    PROGRAM_RULES,
-    KEY_PROBE,
-    MEMBER,
+    OPEN_SPEND,
     HELD_BATCHES,
-    SPEND_ENTRY_INSERT,
-    DRAW_APPLY,
-    ALLOCATION_INSERT,
+    WRITE_SPEND,
     COMMIT,
 ];
 
@@ -377,53 +315,15 @@ mod tests {
         for list in [AWARD, SPEND] {
             for (index, statement) in list.iter().enumerate() {
                 for param in statement.params {
-                    if let Param::FromRow {
-                        statement: from, ..
-                    } = param
-                    {
+                    if let Some((from, _)) = param.from_row() {
                         assert!(
-                            list[..index].iter().any(|earlier| earlier.name == *from),
+                            list[..index].iter().any(|earlier| earlier.name == from),
                             "`{}` reads a row of `{from}`, which does not run before it",
                             statement.name
                         );
                     }
                 }
             }
-        }
-    }
-
-    /// The store's source as the compiler reads its string literals: a `\` at the end of a
-    /// line drops the line break and the next line's leading whitespace.
-    fn joined_source(source: &str) -> String {
-        let mut joined = String::with_capacity(source.len());
-        let mut rest = source;
-        while let Some(at) = rest.find("\\\n") {
-            joined.push_str(&rest[..at]);
-            rest = rest[at + 2..].trim_start();
-        }
-        joined.push_str(rest);
-        joined
-    }
-
-    /// Until the store runs these constants, a copy that drifted from it fails here.
-    #[test]
-    fn every_statement_is_the_text_the_store_sends() {
-        let store = [
-            include_str!("member_tx.rs"),
-            include_str!("programs.rs"),
-            include_str!("entries.rs"),
-            include_str!("members.rs"),
-            include_str!("batches.rs"),
-        ]
-        .map(joined_source)
-        .join("\n");
-        for statement in all().filter(|s| s.name != "begin" && s.name != "commit") {
-            assert!(
-                store.contains(statement.sql),
-                "`{}` is no longer in src/store: {}",
-                statement.name,
-                statement.sql
-            );
         }
     }
 }

@@ -77,6 +77,7 @@ fn param_sql(param: Param, operation: Operation) -> String {
         Param::SpentPointsNegated | Param::DrawPoints => ":spent_negated".into(),
         Param::Reason => ":reason".into(),
         Param::FromRow { statement, column } => format!(":{statement}_{column}"),
+        Param::One(inner) => format!("ARRAY[{}]", param_sql(*inner, operation)),
     }
 }
 
@@ -130,7 +131,9 @@ pub fn script(operation: Operation) -> String {
             .collect();
         let feeds_later = statements[index + 1..].iter().any(|later| {
             later.params.iter().any(|param| {
-                matches!(param, Param::FromRow { statement: from, .. } if *from == statement.name)
+                param
+                    .from_row()
+                    .is_some_and(|(from, _)| from == statement.name)
             })
         });
         let sql = substitute(statement, &replacements);
@@ -369,7 +372,7 @@ mod tests {
             "{script}"
         );
         assert!(
-            script.contains("batch_id = :held_batches_batch_id"),
+            script.contains("unnest(ARRAY[:held_batches_batch_id]::uuid[]"),
             "{script}"
         );
     }
