@@ -321,10 +321,13 @@ impl Ledger {
             .map_err(|_| Error::invalid("amount_minor", "the points it earns overflow"))?
         };
         let reservation = match rules.document.daily_cap_points {
-            Some(cap_points) if requested_points > 0 => Some(
-                self.reserve_cap(unit, command.member, requested_points, cap_points)
-                    .await?,
-            ),
+            Some(cap_points) if requested_points > 0 => {
+                let pending = plan.granted.get(&command.member).copied().unwrap_or(0);
+                Some(
+                    self.reserve_cap(unit, command.member, pending, requested_points, cap_points)
+                        .await?,
+                )
+            }
             _ => None,
         };
         let awarded_points = reservation
@@ -340,6 +343,7 @@ impl Ledger {
             }
         };
         let entry_id = EntryId::generate();
+        *plan.granted.entry(command.member).or_default() += awarded_points;
         plan.reservations.extend(reservation);
         plan.keys
             .insert(key.as_str().to_owned(), (index, request.clone(), entry_id));
@@ -420,11 +424,14 @@ impl Ledger {
     /// Reserves cap on every zone's local day the award must fit under (usually one; more
     /// for two days after the program changed its time zone), rebuilding lost counters
     /// from the ledger first. Runs under the member lock, so a rebuilt total includes
-    /// every committed award of the member.
+    /// every committed award of the member; `pending_points` are the member's awards
+    /// earlier in the same group, granted but not yet written, which a counter lost
+    /// between two of them must count too.
     async fn reserve_cap(
         &self,
         unit: &Unit<'_>,
         member: MemberId,
+        pending_points: i64,
         want_points: i64,
         cap_points: i64,
     ) -> Result<Reservation, Error> {
@@ -464,6 +471,7 @@ impl Ledger {
                 let around = (day - chrono::Days::new(2), day + chrono::Days::new(2));
                 let total =
                     entries::purchase_points_between(&unit.tx, member, around, start, end).await?;
+                let total = total.saturating_add(i128::from(pending_points));
                 seeds[index] = Some(i64::try_from(total).unwrap_or(i64::MAX));
             }
         }
@@ -491,6 +499,8 @@ struct GroupPlan {
     purchases: HashMap<(String, String), EntryId>,
     /// Cap reservations of the fresh awards, released if the group does not commit.
     reservations: Vec<Reservation>,
+    /// Points granted to each member by the group's fresh awards.
+    granted: HashMap<MemberId, i64>,
 }
 
 fn purchase_already_awarded(command: &AwardCommand, entry: EntryId) -> Error {

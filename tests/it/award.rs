@@ -522,3 +522,76 @@ async fn one_key_raced_for_two_members_writes_once_and_refuses_the_other() {
     assert_eq!(app.row_counts().await, (10, 10));
     app.assert_ties_out().await;
 }
+
+/// The awards of one batch share a transaction: repeats inside it answer exactly as they
+/// would have one call after the other, and a member's awards count against its cap in
+/// request order.
+#[tokio::test]
+async fn a_batch_answers_each_award_as_if_sent_alone_in_request_order() {
+    let mut rules = usd_rules();
+    rules.daily_cap_points = Some(500);
+    let (mut app, first) = app_with(rules).await;
+    let second = app.enroll().await;
+    let award = app.purchase(&first, 2_000);
+    let mut same_key_other_amount = award.clone();
+    same_key_other_amount.amount_minor = 3_000;
+    let mut same_purchase_other_key = award.clone();
+    same_purchase_other_key.idempotency_key = "another-key".into();
+    let awards = vec![
+        award.clone(),
+        award.clone(),
+        same_key_other_amount,
+        same_purchase_other_key,
+        app.purchase(&second, 30_000),
+        app.purchase(&second, 30_000),
+        app.purchase(&first, 100_000),
+    ];
+    let response = app
+        .ledger
+        .award_batch(proto::AwardBatchRequest {
+            program_id: PROGRAM.into(),
+            awards,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    use proto::award_batch_result::Outcome;
+    let answers: Vec<String> = response
+        .results
+        .iter()
+        .map(|result| match result.outcome.as_ref().unwrap() {
+            Outcome::Award(award) => format!(
+                "ok:{}:{}:{}",
+                award.awarded_points, award.replayed, award.balance_points
+            ),
+            Outcome::Error(error) => format!("err:{:?}", Code::from_i32(error.code)),
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            "ok:20:false:20",
+            "ok:20:true:20",
+            "err:AlreadyExists",
+            "err:AlreadyExists",
+            "ok:300:false:300",
+            "ok:200:false:500",
+            "ok:480:false:500",
+        ]
+    );
+    let (Some(Outcome::Award(original)), Some(Outcome::Award(replay))) = (
+        response.results[0].outcome.as_ref(),
+        response.results[1].outcome.as_ref(),
+    ) else {
+        panic!("two awards");
+    };
+    assert_eq!(original.entry_id, replay.entry_id);
+    // The batch wrote what single calls would have: 4 awards, and a replay later agrees.
+    assert_eq!(app.row_counts().await, (4, 4));
+    let again = app.award(award).await;
+    assert_eq!(
+        (again.entry_id, again.replayed),
+        (original.entry_id.clone(), true)
+    );
+    app.assert_ties_out().await;
+}
