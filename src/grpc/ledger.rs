@@ -418,13 +418,30 @@ fn entry_message(history: HistoryEntry) -> proto::Entry {
     }
 }
 
+/// A date as exactly `YYYY-MM-DD` with a year from 0001 to 9999, like timestamps: chrono
+/// alone also reads signed and longer years ("-5000-01-01", "+10000-01-01"), which
+/// PostgreSQL then refused as out of range (INTERNAL).
 fn parse_birthday(raw: &str) -> Result<Option<NaiveDate>, InvalidField> {
     if raw.is_empty() {
         return Ok(None);
     }
+    let invalid = || {
+        InvalidField::new(
+            "birthday",
+            "must be a date as YYYY-MM-DD with a year from 0001 to 9999",
+        )
+    };
+    let shaped = raw.len() == 10
+        && raw.bytes().enumerate().all(|(index, byte)| match index {
+            4 | 7 => byte == b'-',
+            _ => byte.is_ascii_digit(),
+        });
+    if !shaped || raw.starts_with("0000") {
+        return Err(invalid());
+    }
     NaiveDate::parse_from_str(raw, "%Y-%m-%d")
         .map(Some)
-        .map_err(|_| InvalidField::new("birthday", "must be a date as YYYY-MM-DD"))
+        .map_err(|_| invalid())
 }
 
 fn award_message(outcome: AwardOutcome) -> proto::AwardResponse {
@@ -453,5 +470,35 @@ fn member_message(view: MemberView) -> proto::Member {
         tier_code: view.tier_code,
         next_expiry_at: view.points.next_expiry_at.map(timestamp),
         next_expiry_points: view.points.next_expiry_points,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn birthdays_are_four_digit_years_from_0001_to_9999() {
+        for good in ["0001-01-01", "1990-02-28", "2024-02-29", "9999-12-31"] {
+            assert!(parse_birthday(good).unwrap().is_some(), "{good}");
+        }
+        for bad in [
+            "-5000-01-01",
+            "-4714-11-24",
+            "-262143-01-01",
+            "+10000-01-01",
+            "+2000-01-01",
+            "10000-01-01",
+            "0000-01-01",
+            "2023-02-29",
+            "2024-2-01",
+            "2024-02-1",
+            " 2024-02-01",
+            "2024/02/01",
+            "２０２４-02-01",
+        ] {
+            let error = parse_birthday(bad).unwrap_err();
+            assert_eq!(error.field, "birthday", "{bad}");
+        }
     }
 }

@@ -7,6 +7,7 @@ mod expiry;
 mod fuzz;
 mod helpers;
 mod liability;
+mod members;
 mod model;
 mod programs;
 mod reversals;
