@@ -3,6 +3,7 @@
 mod audit;
 mod award;
 mod award_faults;
+mod decoding;
 mod expiry;
 mod fuzz;
 mod helpers;
