@@ -18,6 +18,25 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system's clock moved by a fixed offset: `FLASH_CLOCK_OFFSET_SECONDS`, for tests and
+/// drills only (the chaos driver runs `flash expire` days ahead to exercise expiry).
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock {
+    offset: Duration,
+}
+
+impl OffsetClock {
+    pub fn new(offset: Duration) -> Self {
+        Self { offset }
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> DateTime<Utc> {
+        SystemClock.now() + self.offset
+    }
+}
+
 /// A clock that stands still until told to move. Clones share the same time.
 #[derive(Debug, Clone)]
 pub struct ManualClock(Arc<Mutex<DateTime<Utc>>>);

@@ -60,7 +60,14 @@ pub async fn expire(
     as_of: Option<DateTime<Utc>>,
 ) -> anyhow::Result<ExitCode> {
     let as_of = as_of.unwrap_or_else(|| clock.now());
-    let outcome = ledger(settings, clock)?.expire_due(as_of).await?;
+    let outcome = match ledger(settings, clock)?.expire_due(as_of).await {
+        Ok(outcome) => outcome,
+        Err(crate::service::Error::InvalidArgument(invalid)) => {
+            eprintln!("flash expire: {invalid}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(error) => return Err(anyhow::Error::new(error)),
+    };
     println!(
         "expired {} points of {} members as of {as_of}; {} members failed",
         outcome.points_expired, outcome.members_expired, outcome.members_failed

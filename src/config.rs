@@ -1,6 +1,8 @@
 //! Settings from flags and `FLASH_*` environment variables. Secrets are never logged.
+use crate::clock::{Clock, OffsetClock, SystemClock};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Flash Loyalty: a points ledger behind a gRPC API.
@@ -23,7 +25,8 @@ pub enum Command {
     Demo,
     /// Write off every batch that expired by now (or by --as-of), then exit.
     Expire {
-        /// Expire what is due at this instant (RFC 3339) instead of now.
+        /// Expire what was due at this earlier instant (RFC 3339) instead of now; a future
+        /// instant is refused.
         #[arg(long)]
         as_of: Option<chrono::DateTime<chrono::Utc>>,
     },
@@ -121,7 +124,21 @@ pub struct Settings {
     /// OTLP/gRPC endpoint for traces; unset means no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
     pub otlp_endpoint: Option<String>,
+    /// Seconds added to the system clock, within ±100 years. For tests and drills only:
+    /// every instant the process reads (entry dates, expiry, caps) moves with it.
+    #[arg(
+        long,
+        env = "FLASH_CLOCK_OFFSET_SECONDS",
+        default_value_t = 0,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i64).range(-CLOCK_OFFSET_SECONDS_MAX..=CLOCK_OFFSET_SECONDS_MAX),
+        global = true
+    )]
+    pub clock_offset_seconds: i64,
 }
+
+/// The largest clock offset, 100 years: keeps every instant inside the timestamp range.
+pub const CLOCK_OFFSET_SECONDS_MAX: i64 = 100 * 366 * 24 * 60 * 60;
 
 impl Settings {
     /// Settings with every default, for tests and tools that override a few fields.
@@ -135,6 +152,21 @@ impl Settings {
             statement_timeout: Duration::from_millis(self.statement_timeout_ms),
             idle_in_transaction_timeout: Duration::from_millis(self.idle_in_transaction_timeout_ms),
         }
+    }
+
+    /// The one time source of the process: the system clock, moved by the testing offset
+    /// when one is set.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        if self.clock_offset_seconds == 0 {
+            return Arc::new(SystemClock);
+        }
+        tracing::warn!(
+            offset_seconds = self.clock_offset_seconds,
+            "the clock is offset (FLASH_CLOCK_OFFSET_SECONDS): for tests and drills only"
+        );
+        Arc::new(OffsetClock::new(chrono::Duration::seconds(
+            self.clock_offset_seconds,
+        )))
     }
 
     pub fn redis_timeout(&self) -> Duration {

@@ -1,11 +1,9 @@
 //! The `flash` binary: parse the command line, set up telemetry, run the subcommand.
 use clap::Parser;
 use flash_loyalty::app::Application;
-use flash_loyalty::clock::SystemClock;
 use flash_loyalty::config::{Cli, Command};
 use flash_loyalty::{commands, store, telemetry};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -28,7 +26,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = cli.settings;
-    let clock = Arc::new(SystemClock);
+    let clock = settings.clock();
     match cli.command {
         Command::Serve => {
             let app = Application::build(&settings, clock).await?;

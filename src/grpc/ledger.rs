@@ -1,6 +1,6 @@
 //! `flash.loyalty.v1.Ledger`.
 use super::proto::{self, ledger_server::Ledger as LedgerRpc};
-use super::{optional_time, required_time, timestamp};
+use super::{int64, optional_time, required_time, timestamp};
 use crate::domain::{
     parse_reference, Currency, EntryId, IdempotencyKey, InvalidField, MemberId, ProgramId,
     PurchaseSource, MAX_AMOUNT_MINOR, MAX_RULE_POINTS,
@@ -39,7 +39,7 @@ impl LedgerRpc for LedgerApi {
         };
         let (member, already_enrolled) = self.ledger.enroll(command).await?;
         Ok(Response::new(proto::EnrollMemberResponse {
-            member: Some(member_message(member)),
+            member: Some(member_message(member)?),
             already_enrolled,
         }))
     }
@@ -53,7 +53,7 @@ impl LedgerRpc for LedgerApi {
         let member = MemberId::parse(&request.member_id).map_err(Error::from)?;
         let member = self.ledger.member(&program, member).await?;
         Ok(Response::new(proto::GetMemberResponse {
-            member: Some(member_message(member)),
+            member: Some(member_message(member)?),
         }))
     }
 
@@ -276,25 +276,37 @@ impl LedgerRpc for LedgerApi {
         let batches = liability.batches;
         let r = liability.roll_forward;
         Ok(Response::new(proto::GetLiabilityResponse {
-            outstanding_points: batches.outstanding,
+            outstanding_points: int64("outstanding_points", batches.outstanding)?,
             outstanding_by_expiry_month: batches
                 .by_expiry_month
                 .into_iter()
-                .map(|(month, points)| proto::ExpiryMonth { month, points })
-                .collect(),
-            unswept_expired_points: batches.unswept_expired,
-            batches_remaining_points: batches.outstanding + batches.unswept_expired,
+                .map(|(month, points)| {
+                    let field = format!("outstanding_by_expiry_month[{month}].points");
+                    Ok(proto::ExpiryMonth {
+                        points: int64(&field, points)?,
+                        month,
+                    })
+                })
+                .collect::<Result<_, Error>>()?,
+            unswept_expired_points: int64("unswept_expired_points", batches.unswept_expired)?,
+            batches_remaining_points: int64("batches_remaining_points", batches.remaining)?,
             roll_forward: Some(proto::RollForward {
-                opening_balance_points: r.opening,
-                earned_points: r.earned,
-                bonus_points: r.bonus,
-                spent_points: r.spent,
-                reversed_points: r.reversed,
-                restored_points: r.restored,
-                adjusted_credit_points: r.adjusted_credit,
-                adjusted_debit_points: r.adjusted_debit,
-                expired_points: r.expired,
-                closing_balance_points: r.closing,
+                opening_balance_points: int64("roll_forward.opening_balance_points", r.opening)?,
+                earned_points: int64("roll_forward.earned_points", r.earned)?,
+                bonus_points: int64("roll_forward.bonus_points", r.bonus)?,
+                spent_points: int64("roll_forward.spent_points", r.spent)?,
+                reversed_points: int64("roll_forward.reversed_points", r.reversed)?,
+                restored_points: int64("roll_forward.restored_points", r.restored)?,
+                adjusted_credit_points: int64(
+                    "roll_forward.adjusted_credit_points",
+                    r.adjusted_credit,
+                )?,
+                adjusted_debit_points: int64(
+                    "roll_forward.adjusted_debit_points",
+                    r.adjusted_debit,
+                )?,
+                expired_points: int64("roll_forward.expired_points", r.expired)?,
+                closing_balance_points: int64("roll_forward.closing_balance_points", r.closing)?,
             }),
         }))
     }
@@ -419,13 +431,30 @@ fn entry_message(history: HistoryEntry) -> proto::Entry {
     }
 }
 
+/// A date as exactly `YYYY-MM-DD` with a year from 0001 to 9999, like timestamps: chrono
+/// alone also reads signed and longer years ("-5000-01-01", "+10000-01-01"), which
+/// PostgreSQL then refused as out of range (INTERNAL).
 fn parse_birthday(raw: &str) -> Result<Option<NaiveDate>, InvalidField> {
     if raw.is_empty() {
         return Ok(None);
     }
+    let invalid = || {
+        InvalidField::new(
+            "birthday",
+            "must be a date as YYYY-MM-DD with a year from 0001 to 9999",
+        )
+    };
+    let shaped = raw.len() == 10
+        && raw.bytes().enumerate().all(|(index, byte)| match index {
+            4 | 7 => byte == b'-',
+            _ => byte.is_ascii_digit(),
+        });
+    if !shaped || raw.starts_with("0000") {
+        return Err(invalid());
+    }
     NaiveDate::parse_from_str(raw, "%Y-%m-%d")
         .map(Some)
-        .map_err(|_| InvalidField::new("birthday", "must be a date as YYYY-MM-DD"))
+        .map_err(|_| invalid())
 }
 
 fn award_message(outcome: AwardOutcome) -> proto::AwardResponse {
@@ -440,8 +469,9 @@ fn award_message(outcome: AwardOutcome) -> proto::AwardResponse {
     }
 }
 
-fn member_message(view: MemberView) -> proto::Member {
-    proto::Member {
+/// The member as answered; OUT_OF_RANGE when a summary figure does not fit its field.
+fn member_message(view: MemberView) -> Result<proto::Member, Error> {
+    Ok(proto::Member {
         program_id: view.program.to_string(),
         member_id: view.member.to_string(),
         birthday: view
@@ -449,10 +479,43 @@ fn member_message(view: MemberView) -> proto::Member {
             .map(|day| day.format("%Y-%m-%d").to_string())
             .unwrap_or_default(),
         enrolled_at: Some(timestamp(view.enrolled_at)),
-        balance_points: view.points.balance_points,
-        lifetime_earned_points: view.points.lifetime_earned_points,
+        balance_points: int64("member.balance_points", view.points.balance_points)?,
+        lifetime_earned_points: int64(
+            "member.lifetime_earned_points",
+            view.points.lifetime_earned_points,
+        )?,
         tier_code: view.tier_code,
         next_expiry_at: view.points.next_expiry_at.map(timestamp),
-        next_expiry_points: view.points.next_expiry_points,
+        next_expiry_points: int64("member.next_expiry_points", view.points.next_expiry_points)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn birthdays_are_four_digit_years_from_0001_to_9999() {
+        for good in ["0001-01-01", "1990-02-28", "2024-02-29", "9999-12-31"] {
+            assert!(parse_birthday(good).unwrap().is_some(), "{good}");
+        }
+        for bad in [
+            "-5000-01-01",
+            "-4714-11-24",
+            "-262143-01-01",
+            "+10000-01-01",
+            "+2000-01-01",
+            "10000-01-01",
+            "0000-01-01",
+            "2023-02-29",
+            "2024-2-01",
+            "2024-02-1",
+            " 2024-02-01",
+            "2024/02/01",
+            "２０２４-02-01",
+        ] {
+            let error = parse_birthday(bad).unwrap_err();
+            assert_eq!(error.field, "birthday", "{bad}");
+        }
     }
 }

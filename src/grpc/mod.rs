@@ -1,4 +1,5 @@
 //! The gRPC transport: converts proto ↔ domain, calls the service, maps errors. No SQL.
+pub mod codec;
 mod ledger;
 mod programs;
 
@@ -40,8 +41,21 @@ pub fn code_of(error: &Error) -> Code {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Unavailable(_) => Code::Unavailable,
+        Error::OutOfRange(_) => Code::OutOfRange,
         Error::Unexpected(_) => Code::Internal,
     }
+}
+
+/// A figure computed in i128 (a sum across rows) as the int64 field `field` answers it;
+/// OUT_OF_RANGE naming the field and the exact figure when it does not fit.
+fn int64(field: &str, figure: i128) -> Result<i64, Error> {
+    i64::try_from(figure).map_err(|_| {
+        Error::OutOfRange(format!(
+            "{field}: the total {figure} does not fit an int64 (at most {}); nothing is wrong \
+             with the request, the figure is too large to answer",
+            i64::MAX
+        ))
+    })
 }
 
 /// The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.

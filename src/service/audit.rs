@@ -86,7 +86,7 @@ impl Ledger {
                 .filter(|b| b.member_id == *member && b.expires_at > now)
                 .map(|b| b.remaining)
                 .sum();
-            if summary.balance_points != live {
+            if summary.balance_points != i128::from(live) {
                 violations.push(format!(
                     "member {member}: balance {} ≠ Σ remaining of unexpired batches {live}",
                     summary.balance_points

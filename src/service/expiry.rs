@@ -22,9 +22,11 @@ pub struct ExpiryOutcome {
 impl Ledger {
     /// Expires every batch due by `as_of`, in bounded chunks. Safe to run twice or on two
     /// machines at once: a member's due batches are re-read under its lock, so a batch is
-    /// written off once.
+    /// written off once. `as_of` may not be in the future: an expiry entry is dated now and
+    /// may only draw batches expired by its own time (a future `as_of` wrote off live points).
     #[tracing::instrument(name = "expire_due", skip(self))]
     pub async fn expire_due(&self, as_of: DateTime<Utc>) -> Result<ExpiryOutcome, Error> {
+        refuse_future(as_of, self.clock.now())?;
         let mut outcome = ExpiryOutcome::default();
         let mut after = None;
         loop {
@@ -75,6 +77,9 @@ impl Ledger {
         let ledger = self.clone();
         run_to_completion(async move {
             let now = ledger.clock.now();
+            // Checked again per entry: the invariant is that this entry, dated `now`, draws
+            // only batches with `expires_at <= now`.
+            refuse_future(as_of, now)?;
             let mut client = ledger.db.get().await?;
             let tx = MemberTx::begin(&mut client, &program, member).await?;
             let due = store::batches::due_for_update(&tx, as_of).await?;
@@ -121,4 +126,15 @@ impl Ledger {
         })
         .await
     }
+}
+
+/// INVALID_ARGUMENT when `as_of` is later than `now`.
+fn refuse_future(as_of: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), Error> {
+    if as_of > now {
+        return Err(Error::invalid(
+            "as_of",
+            format!("must not be in the future (it is {as_of}, now is {now})"),
+        ));
+    }
+    Ok(())
 }

@@ -27,7 +27,9 @@ pub struct HistoryPage {
 /// How the ledger balance moved over a period.
 pub type RollForward = reports::PeriodSums;
 
-/// The points liability: the batches now, and the roll-forward of a period.
+/// The points liability: the batches now, and the roll-forward of a period. Figures are
+/// exact (`numeric` sums, i128); one past i64 is the transport's OUT_OF_RANGE, not an error
+/// of the books.
 #[derive(Debug, Clone)]
 pub struct Liability {
     pub batches: reports::BatchSums,
@@ -121,13 +123,16 @@ impl Ledger {
         let batches = reports::batch_sums(&*tx, program, now).await?;
         tx.commit().await?;
         let r = &roll_forward;
-        let computed =
-            r.opening + r.earned + r.bonus - r.spent - r.reversed + r.restored + r.adjusted_credit
-                - r.adjusted_debit
-                - r.expired;
-        if computed != r.closing {
+        // i128 sums of i64 rows cannot overflow here; checked anyway, so no report panics.
+        let credits = [r.earned, r.bonus, r.restored, r.adjusted_credit];
+        let debits = [r.spent, r.reversed, r.adjusted_debit, r.expired];
+        let computed = credits
+            .into_iter()
+            .try_fold(r.opening, i128::checked_add)
+            .and_then(|total| debits.into_iter().try_fold(total, i128::checked_sub));
+        if computed != Some(r.closing) {
             return Err(Error::Unexpected(anyhow::anyhow!(
-                "roll-forward does not add up: computed {computed}, closing {}",
+                "roll-forward does not add up: computed {computed:?}, closing {}",
                 r.closing
             )));
         }

@@ -49,6 +49,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A figure to answer does not fit its field (a total past i64); the message names it.
+    #[error("{0}")]
+    OutOfRange(String),
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }

@@ -1,4 +1,5 @@
 //! Members and the figures derived from their batches and entries.
+use super::Sum;
 use crate::domain::{MemberId, ProgramId};
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::{GenericClient, Row, Transaction};
@@ -14,16 +15,18 @@ pub struct StoredMember {
     pub points_owed: i64,
 }
 
-/// A member's points at an instant, derived from the ledger (never stored).
+/// A member's points at an instant, derived from the ledger (never stored). Sums are
+/// read as `numeric` ([`Sum`]): lifetime earnings may pass i64 over the years, and a ledger
+/// written by an older version may hold batches summing past it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PointsSummary {
     /// Σ remaining of batches not yet expired at the instant.
-    pub balance_points: i64,
+    pub balance_points: i128,
     /// Σ awards and bonuses less every reversed point, recovered or not: what the tier
     /// engine will read, never the spendable balance.
-    pub lifetime_earned_points: i64,
+    pub lifetime_earned_points: i128,
     pub next_expiry_at: Option<DateTime<Utc>>,
-    pub next_expiry_points: i64,
+    pub next_expiry_points: i128,
 }
 
 /// Inserts the member, or updates the birthday of an existing one when one is given.
@@ -82,22 +85,22 @@ pub async fn points_summary(
                  WHERE program_id = $1 AND member_id = $2 AND remaining > 0 AND expires_at > $3), \
              next AS (SELECT min(expires_at) AS at FROM live) \
              SELECT \
-                 (SELECT COALESCE(sum(remaining), 0)::bigint FROM live) AS balance, \
+                 (SELECT COALESCE(sum(remaining), 0)::text FROM live) AS balance, \
                  (SELECT at FROM next) AS next_expiry_at, \
-                 (SELECT COALESCE(sum(remaining), 0)::bigint FROM live \
+                 (SELECT COALESCE(sum(remaining), 0)::text FROM live \
                    WHERE expires_at = (SELECT at FROM next)) AS next_expiry_points, \
                  (SELECT COALESCE(sum(CASE WHEN kind = 'award_reversal' THEN -reversed_points \
-                                           ELSE points END), 0)::bigint \
+                                           ELSE points END), 0)::text \
                     FROM ledger_entries WHERE program_id = $1 AND member_id = $2 \
                      AND kind IN ('award', 'bonus', 'award_reversal')) AS earned",
             &[&program.as_str(), &member.as_uuid(), &now],
         )
         .await?;
     Ok(PointsSummary {
-        balance_points: row.try_get("balance")?,
-        lifetime_earned_points: row.try_get("earned")?,
+        balance_points: row.try_get::<_, Sum>("balance")?.0,
+        lifetime_earned_points: row.try_get::<_, Sum>("earned")?.0,
         next_expiry_at: row.try_get("next_expiry_at")?,
-        next_expiry_points: row.try_get("next_expiry_points")?,
+        next_expiry_points: row.try_get::<_, Sum>("next_expiry_points")?.0,
     })
 }
 

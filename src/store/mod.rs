@@ -19,6 +19,29 @@ use std::time::Duration;
 
 refinery::embed_migrations!("migrations");
 
+/// A sum of points across rows, computed by PostgreSQL in `numeric` (never `::bigint`,
+/// which fails on a total past i64) and read as its text, `sum(...)::text`. Any Σ of
+/// bigints a table can hold fits i128; the caller decides whether it fits what it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sum(pub i128);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Sum {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let text = std::str::from_utf8(raw)?;
+        let value = text
+            .parse::<i128>()
+            .map_err(|error| format!("sum {text:?} is not an i128: {error}"))?;
+        Ok(Self(value))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        *ty == tokio_postgres::types::Type::TEXT
+    }
+}
+
 /// Session limits applied to every pooled connection.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {

@@ -1,4 +1,6 @@
-//! Program-wide sums for the liability report and the audit.
+//! Program-wide sums for the liability report and the audit. Every sum is `numeric` read
+//! as [`Sum`]: totals across members may exceed i64 even when every row fits.
+use super::Sum;
 use crate::domain::ProgramId;
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
@@ -6,27 +8,29 @@ use tokio_postgres::GenericClient;
 /// Entries' points of a period, summed by what they record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeriodSums {
-    pub opening: i64,
-    pub earned: i64,
-    pub bonus: i64,
-    pub spent: i64,
-    pub reversed: i64,
-    pub restored: i64,
-    pub adjusted_credit: i64,
-    pub adjusted_debit: i64,
-    pub expired: i64,
-    pub closing: i64,
+    pub opening: i128,
+    pub earned: i128,
+    pub bonus: i128,
+    pub spent: i128,
+    pub reversed: i128,
+    pub restored: i128,
+    pub adjusted_credit: i128,
+    pub adjusted_debit: i128,
+    pub expired: i128,
+    pub closing: i128,
 }
 
 /// The batches' side of the books at an instant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchSums {
     /// Σ remaining of batches not expired at the instant.
-    pub outstanding: i64,
+    pub outstanding: i128,
     /// Σ remaining of expired batches the sweep has not reached.
-    pub unswept_expired: i64,
+    pub unswept_expired: i128,
+    /// Σ remaining of every batch: outstanding + unswept_expired.
+    pub remaining: i128,
     /// Outstanding points by the UTC month they expire in, as ("YYYY-MM", points).
-    pub by_expiry_month: Vec<(String, i64)>,
+    pub by_expiry_month: Vec<(String, i128)>,
 }
 
 pub async fn period_sums(
@@ -38,32 +42,33 @@ pub async fn period_sums(
     let row = client
         .query_one(
             "SELECT \
-               COALESCE(sum(points) FILTER (WHERE created_at < $2), 0)::bigint, \
-               COALESCE(sum(points) FILTER (WHERE in_period AND kind = 'award'), 0)::bigint, \
-               COALESCE(sum(points) FILTER (WHERE in_period AND kind = 'bonus'), 0)::bigint, \
-               COALESCE(-sum(points) FILTER (WHERE in_period AND kind = 'spend'), 0)::bigint, \
-               COALESCE(-sum(points) FILTER (WHERE in_period AND kind = 'award_reversal'), 0)::bigint, \
-               COALESCE(sum(points) FILTER (WHERE in_period AND kind = 'spend_reversal'), 0)::bigint, \
-               COALESCE(sum(points) FILTER (WHERE in_period AND kind = 'adjustment' AND points > 0), 0)::bigint, \
-               COALESCE(-sum(points) FILTER (WHERE in_period AND kind = 'adjustment' AND points < 0), 0)::bigint, \
-               COALESCE(-sum(points) FILTER (WHERE in_period AND kind = 'expiry'), 0)::bigint, \
-               COALESCE(sum(points) FILTER (WHERE created_at < $3), 0)::bigint \
+               COALESCE(sum(points) FILTER (WHERE created_at < $2), 0)::text, \
+               COALESCE(sum(points) FILTER (WHERE in_period AND kind = 'award'), 0)::text, \
+               COALESCE(sum(points) FILTER (WHERE in_period AND kind = 'bonus'), 0)::text, \
+               COALESCE(-sum(points) FILTER (WHERE in_period AND kind = 'spend'), 0)::text, \
+               COALESCE(-sum(points) FILTER (WHERE in_period AND kind = 'award_reversal'), 0)::text, \
+               COALESCE(sum(points) FILTER (WHERE in_period AND kind = 'spend_reversal'), 0)::text, \
+               COALESCE(sum(points) FILTER (WHERE in_period AND kind = 'adjustment' AND points > 0), 0)::text, \
+               COALESCE(-sum(points) FILTER (WHERE in_period AND kind = 'adjustment' AND points < 0), 0)::text, \
+               COALESCE(-sum(points) FILTER (WHERE in_period AND kind = 'expiry'), 0)::text, \
+               COALESCE(sum(points) FILTER (WHERE created_at < $3), 0)::text \
              FROM (SELECT points, kind, created_at, created_at >= $2 AND created_at < $3 AS in_period \
                    FROM ledger_entries WHERE program_id = $1) e",
             &[&program.as_str(), &from, &to],
         )
         .await?;
+    let sum = |index: usize| row.try_get::<_, Sum>(index).map(|sum| sum.0);
     Ok(PeriodSums {
-        opening: row.try_get(0)?,
-        earned: row.try_get(1)?,
-        bonus: row.try_get(2)?,
-        spent: row.try_get(3)?,
-        reversed: row.try_get(4)?,
-        restored: row.try_get(5)?,
-        adjusted_credit: row.try_get(6)?,
-        adjusted_debit: row.try_get(7)?,
-        expired: row.try_get(8)?,
-        closing: row.try_get(9)?,
+        opening: sum(0)?,
+        earned: sum(1)?,
+        bonus: sum(2)?,
+        spent: sum(3)?,
+        reversed: sum(4)?,
+        restored: sum(5)?,
+        adjusted_credit: sum(6)?,
+        adjusted_debit: sum(7)?,
+        expired: sum(8)?,
+        closing: sum(9)?,
     })
 }
 
@@ -74,8 +79,9 @@ pub async fn batch_sums(
 ) -> Result<BatchSums, tokio_postgres::Error> {
     let totals = client
         .query_one(
-            "SELECT COALESCE(sum(remaining) FILTER (WHERE expires_at > $2), 0)::bigint, \
-                    COALESCE(sum(remaining) FILTER (WHERE expires_at <= $2), 0)::bigint \
+            "SELECT COALESCE(sum(remaining) FILTER (WHERE expires_at > $2), 0)::text, \
+                    COALESCE(sum(remaining) FILTER (WHERE expires_at <= $2), 0)::text, \
+                    COALESCE(sum(remaining), 0)::text \
              FROM point_batches WHERE program_id = $1 AND remaining > 0",
             &[&program.as_str(), &now],
         )
@@ -83,19 +89,21 @@ pub async fn batch_sums(
     let months = client
         .query(
             "SELECT to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM') AS month, \
-                    sum(remaining)::bigint \
+                    sum(remaining)::text \
              FROM point_batches \
              WHERE program_id = $1 AND remaining > 0 AND expires_at > $2 \
              GROUP BY month ORDER BY month",
             &[&program.as_str(), &now],
         )
         .await?;
+    let total = |index: usize| totals.try_get::<_, Sum>(index).map(|sum| sum.0);
     Ok(BatchSums {
-        outstanding: totals.try_get(0)?,
-        unswept_expired: totals.try_get(1)?,
+        outstanding: total(0)?,
+        unswept_expired: total(1)?,
+        remaining: total(2)?,
         by_expiry_month: months
             .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .map(|row| Ok((row.try_get(0)?, row.try_get::<_, Sum>(1)?.0)))
             .collect::<Result<_, tokio_postgres::Error>>()?,
     })
 }

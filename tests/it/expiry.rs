@@ -68,3 +68,49 @@ async fn two_sweeps_at_once_expire_nothing_twice() {
     assert_eq!(total, 200);
     app.assert_ties_out().await;
 }
+
+#[tokio::test]
+async fn a_sweep_as_of_the_future_is_refused_and_the_points_expire_only_when_that_day_comes() {
+    let mut app = spawn_app().await;
+    let mut rules = usd_rules();
+    rules.points_validity_days = 30;
+    app.create_program(rules).await;
+    let member = app.enroll().await;
+    app.earn(&member, 100).await;
+    let in_sixty_days = app.clock_now() + Duration::days(60);
+
+    let error = app.service.expire_due(in_sixty_days).await.unwrap_err();
+    assert_eq!(
+        flash_loyalty::grpc::code_of(&error),
+        tonic::Code::InvalidArgument
+    );
+    assert!(error.to_string().starts_with("as_of"), "{error}");
+    assert_eq!(
+        app.row_counts().await,
+        (1, 1),
+        "no expiry entry was written"
+    );
+    assert_eq!(app.member(&member).await.balance_points, 100);
+
+    app.clock.set(in_sixty_days);
+    let outcome = app.service.expire_due(in_sixty_days).await.unwrap();
+    assert_eq!((outcome.members_expired, outcome.points_expired), (1, 100));
+    let client = app.db.get().await.unwrap();
+    let late_draws: i64 = client
+        .query_one(
+            "SELECT count(*) FROM ledger_entries e \
+             JOIN allocations a ON (a.program_id, a.entry_id) = (e.program_id, e.entry_id) \
+             JOIN point_batches b ON (b.program_id, b.batch_id) = (a.program_id, a.batch_id) \
+             WHERE e.kind = 'expiry' AND b.expires_at > e.created_at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(client);
+    assert_eq!(
+        late_draws, 0,
+        "an expiry drew a batch not yet expired at its time"
+    );
+    app.assert_ties_out().await;
+}

@@ -1,4 +1,4 @@
-use crate::helpers::{spawn_app, timestamp, usd_rules, PROGRAM};
+use crate::helpers::{spawn_app, timestamp, usd_rules, TestApp, PROGRAM};
 use chrono::{Duration, TimeZone, Utc};
 use flash_loyalty::grpc::proto::{self, entry_ref::Ref};
 use tonic::Code;
@@ -139,4 +139,128 @@ async fn a_liability_period_must_be_ordered_and_not_in_the_future() {
         app.ledger.get_liability(unknown).await.unwrap_err().code(),
         Code::NotFound
     );
+}
+
+/// JPY at 100 points per yen with a 10× tier: the largest purchase earns 10^18 points.
+fn quintillion_rules() -> proto::ProgramRules {
+    let mut rules = usd_rules();
+    rules.currency = "JPY".into();
+    rules.base_rate_bp = 1_000_000;
+    rules.min_amount_minor = 0;
+    rules.tiers = vec![proto::Tier {
+        code: "member".into(),
+        name: "Member".into(),
+        qualify_points: 0,
+        maintain_points: 0,
+        multiplier_bp: 100_000,
+    }];
+    rules
+}
+
+const QUINTILLION: i64 = 1_000_000_000_000_000_000;
+
+async fn earn_a_quintillion(app: &mut TestApp, member: &str) {
+    let mut request = app.purchase(member, flash_loyalty::domain::MAX_AMOUNT_MINOR);
+    request.currency = "JPY".into();
+    assert_eq!(app.award(request).await.awarded_points, QUINTILLION);
+}
+
+fn todays_liability(app: &TestApp) -> proto::GetLiabilityRequest {
+    let now = app.clock_now();
+    proto::GetLiabilityRequest {
+        program_id: PROGRAM.into(),
+        from: Some(timestamp(now - Duration::days(1))),
+        to: Some(timestamp(now)),
+    }
+}
+
+#[tokio::test]
+async fn program_totals_past_int64_are_out_of_range_naming_the_figure_and_exact_below() {
+    let mut app = spawn_app().await;
+    app.create_program(quintillion_rules()).await;
+    let mut members = vec![];
+    for _ in 0..9 {
+        let member = app.enroll().await;
+        earn_a_quintillion(&mut app, &member).await;
+        members.push(member);
+    }
+    app.clock.advance(Duration::seconds(1));
+
+    // 9 × 10^18 fits an int64: answered exactly.
+    let report = app
+        .ledger
+        .get_liability(todays_liability(&app))
+        .await
+        .unwrap()
+        .into_inner();
+    let total = 9 * QUINTILLION;
+    assert_eq!(report.outstanding_points, total);
+    assert_eq!(report.batches_remaining_points, total);
+    let r = report.roll_forward.unwrap();
+    assert_eq!((r.earned_points, r.closing_balance_points), (total, total));
+
+    // 10 × 10^18 does not: OUT_OF_RANGE naming the figure, never INTERNAL or CANCELLED.
+    let tenth = app.enroll().await;
+    earn_a_quintillion(&mut app, &tenth).await;
+    members.push(tenth);
+    app.clock.advance(Duration::seconds(1));
+    let error = app
+        .ledger
+        .get_liability(todays_liability(&app))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::OutOfRange, "{error:?}");
+    assert!(
+        error.message().starts_with("outstanding_points")
+            && error.message().contains("10000000000000000000"),
+        "{}",
+        error.message()
+    );
+    // Each member's own figures still fit.
+    for member in &members {
+        assert_eq!(app.member(member).await.balance_points, QUINTILLION);
+    }
+    app.assert_ties_out().await;
+}
+
+#[tokio::test]
+async fn a_member_whose_batches_sum_past_int64_gets_out_of_range_not_internal() {
+    let mut app = spawn_app().await;
+    app.create_program(quintillion_rules()).await;
+    let member = app.enroll().await;
+    earn_a_quintillion(&mut app, &member).await;
+    earn_a_quintillion(&mut app, &member).await;
+    // What an older version's unchecked spend reversal could leave: batches whose sum
+    // passes i64::MAX, each row still a valid bigint.
+    let client = app.db.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE point_batches SET amount = 5000000000000000000, \
+             remaining = 5000000000000000000",
+            &[],
+        )
+        .await
+        .unwrap();
+    drop(client);
+
+    let error = app
+        .ledger
+        .get_member(proto::GetMemberRequest {
+            program_id: PROGRAM.into(),
+            member_id: member.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::OutOfRange, "{error:?}");
+    assert!(
+        error.message().starts_with("member.balance_points"),
+        "{}",
+        error.message()
+    );
+    let report = app
+        .ledger
+        .get_liability(todays_liability(&app))
+        .await
+        .unwrap_err();
+    assert_eq!(report.code(), Code::OutOfRange, "{report:?}");
 }

@@ -3,10 +3,12 @@
 mod audit;
 mod award;
 mod award_faults;
+mod decoding;
 mod expiry;
 mod fuzz;
 mod helpers;
 mod liability;
+mod members;
 mod model;
 mod plans;
 mod programs;

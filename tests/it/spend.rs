@@ -205,17 +205,22 @@ async fn spends_racing_the_expiry_sweep_never_spend_an_expired_point() {
         members.push(member);
     }
     let expiry = crate::helpers::start_of_test() + Duration::days(365);
-    // Spends see the batches a moment before they expire; the sweep runs as of expiry.
+    // Spends start a moment before the batches expire; the clock reaches the expiry as the
+    // sweep starts (a sweep may not run as of the future), so they race across the instant.
     app.clock.set(expiry - Duration::milliseconds(1));
+    let spends: Vec<_> = members
+        .iter()
+        .map(|member| {
+            let mut ledger = app.ledger.clone();
+            let request = app.spend_request(member, 60);
+            tokio::spawn(async move { ledger.spend(request).await.map(|r| r.into_inner().points) })
+        })
+        .collect();
+    app.clock.set(expiry);
     let sweep = {
         let service = app.service.clone();
         tokio::spawn(async move { service.expire_due(expiry).await.unwrap() })
     };
-    let spends = members.iter().map(|member| {
-        let mut ledger = app.ledger.clone();
-        let request = app.spend_request(member, 60);
-        tokio::spawn(async move { ledger.spend(request).await.map(|r| r.into_inner().points) })
-    });
     let spent: Vec<_> = futures::future::join_all(spends).await;
     let swept = sweep.await.unwrap();
     let spent_total: i64 = spent
@@ -233,7 +238,6 @@ async fn spends_racing_the_expiry_sweep_never_spend_an_expired_point() {
         800,
         "each point spent or expired, once"
     );
-    app.clock.set(expiry);
     app.assert_ties_out().await;
 }
 

@@ -148,21 +148,28 @@ async fn inject(
     Ok(())
 }
 
-/// Whether `flash expire` knows `--as-of`.
+/// Whether `flash` knows the testing clock offset the sweeps run under.
 pub fn sweeps_supported(infra: &Infra) -> bool {
     blocking(|| {
         infra
             .flash_command()
             .args(["expire", "--help"])
             .output()
-            .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--as-of"))
+            .map(|o| {
+                o.status.success()
+                    && String::from_utf8_lossy(&o.stdout).contains(CLOCK_OFFSET_VARIABLE)
+            })
             .unwrap_or(false)
     })
 }
 
-/// Runs `flash expire --as-of T` every second or two. `T` is a point in the future of the
-/// run's first batches: the start plus the validity, plus a random part of the elapsed
-/// time, so each sweep expires the batches earned before some moment of the run.
+/// The `flash` setting that moves its clock (tests and drills only).
+const CLOCK_OFFSET_VARIABLE: &str = "FLASH_CLOCK_OFFSET_SECONDS";
+
+/// Runs `flash expire` every second or two with its clock moved to `T`: the start plus the
+/// validity, plus a random part of the elapsed time, so each sweep expires the batches
+/// earned before some moment of the run. The sweep's entries are dated `T` (a future
+/// `--as-of` is refused: an expiry may only take what expired by its own time).
 pub async fn sweeps(
     infra: Arc<Infra>,
     ctx: Arc<Ctx>,
@@ -177,13 +184,15 @@ pub async fn sweeps(
             break;
         }
         let elapsed = chrono::Utc::now() - started;
-        let as_of = if rng.random_bool(0.2) {
-            chrono::Utc::now()
+        let offset_seconds = if rng.random_bool(0.2) {
+            0
         } else {
             let offset = rng.random_range(0..=elapsed.num_milliseconds().max(1));
-            started + chrono::Duration::days(validity_days) + chrono::Duration::milliseconds(offset)
+            let at = started
+                + chrono::Duration::days(validity_days)
+                + chrono::Duration::milliseconds(offset);
+            (at - chrono::Utc::now()).num_seconds().max(0)
         };
-        let as_of = as_of.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let infra = infra.clone();
         // Now and then the sweep itself is SIGKILLed part-way.
         let kill_after = rng
@@ -192,7 +201,8 @@ pub async fn sweeps(
         let outcome = tokio::task::spawn_blocking(move || {
             let mut command = infra.flash_command();
             command
-                .args(["expire", "--as-of", &as_of])
+                .arg("expire")
+                .env(CLOCK_OFFSET_VARIABLE, offset_seconds.to_string())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null());
             let mut child = command.spawn().ok()?;

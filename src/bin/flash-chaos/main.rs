@@ -294,7 +294,7 @@ async fn run_with(config: &RunConfig, infra: &Arc<Infra>, report: &mut Report) {
         )))
     } else {
         ctx.stats
-            .note("flash expire --as-of is not available: no expiry sweeps");
+            .note("flash has no clock offset setting: no expiry sweeps");
         None
     };
 
