@@ -1,6 +1,6 @@
 //! Enrolling members and reading their points.
 use super::{run_to_completion, Error, Ledger, MAX_CLOCK_SKEW};
-use crate::domain::{MemberId, ProgramId, ProgramRules};
+use crate::domain::{MemberId, ProgramId};
 use crate::store::{self, members::PointsSummary};
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -40,30 +40,33 @@ impl Ledger {
                     return Err(Error::invalid("birthday", "must not be in the future"));
                 }
             }
-            let mut client = ledger.db.get().await?;
-            let tx = client.transaction().await?;
-            let program = store::programs::get(&*tx, &command.program)
-                .await?
-                .ok_or_else(|| program_not_found(&command.program))?;
-            let (_, existed) = store::members::upsert(
-                &tx,
+            let client = ledger.db.get().await?;
+            let (rules_version, stored, existed) = store::members::enroll(
+                &client,
                 &command.program,
                 command.member,
                 command.birthday,
                 enrolled_at,
             )
-            .await?;
-            tx.commit().await?;
-            let view = ledger
-                .member_view(
-                    &**client,
-                    &program.rules,
+            .await?
+            .ok_or_else(|| program_not_found(&command.program))?;
+            // A member enrolled just now holds nothing yet: no second statement.
+            let points = if existed {
+                store::members::points_summary_prepared(
+                    &client,
                     &command.program,
                     command.member,
                     now,
                 )
+                .await?
+            } else {
+                PointsSummary::default()
+            };
+            let rules = ledger
+                .rules
+                .get(&**client, &command.program, rules_version)
                 .await?;
-            Ok((view, existed))
+            Ok((view(&command.program, &rules, stored, points), existed))
         })
         .await
     }
@@ -71,39 +74,35 @@ impl Ledger {
     /// The member's balance, earned points, tier and next expiry as of now.
     pub async fn member(&self, program: &ProgramId, member: MemberId) -> Result<MemberView, Error> {
         let client = self.db.get().await?;
-        let stored = store::programs::get(&**client, program)
+        let (rules_version, stored) = store::members::get_with_program(&client, program, member)
             .await?
             .ok_or_else(|| program_not_found(program))?;
-        self.member_view(&**client, &stored.rules, program, member, self.clock.now())
-            .await
+        let stored = stored.ok_or_else(|| {
+            Error::NotFound(format!(
+                "member {member} is not enrolled in program {program}"
+            ))
+        })?;
+        let points =
+            store::members::points_summary_prepared(&client, program, member, self.clock.now())
+                .await?;
+        let rules = self.rules.get(&**client, program, rules_version).await?;
+        Ok(view(program, &rules, stored, points))
     }
+}
 
-    async fn member_view(
-        &self,
-        client: &impl tokio_postgres::GenericClient,
-        rules: &crate::domain::RulesDocument,
-        program: &ProgramId,
-        member: MemberId,
-        now: DateTime<Utc>,
-    ) -> Result<MemberView, Error> {
-        let stored = store::members::get(client, program, member)
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "member {member} is not enrolled in program {program}"
-                ))
-            })?;
-        let points = store::members::points_summary(client, program, member, now).await?;
-        let rules = ProgramRules::parse(rules.clone())
-            .map_err(|error| Error::Unexpected(anyhow::anyhow!("stored rules invalid: {error}")))?;
-        Ok(MemberView {
-            program: program.clone(),
-            member,
-            birthday: stored.birthday,
-            enrolled_at: stored.enrolled_at,
-            tier_code: rules.tier(stored.tier_rank).code.clone(),
-            points,
-        })
+fn view(
+    program: &ProgramId,
+    rules: &super::RulesAt,
+    stored: store::members::StoredMember,
+    points: PointsSummary,
+) -> MemberView {
+    MemberView {
+        program: program.clone(),
+        member: stored.member_id,
+        birthday: stored.birthday,
+        enrolled_at: stored.enrolled_at,
+        tier_code: rules.rules.tier(stored.tier_rank).code.clone(),
+        points,
     }
 }
 

@@ -2,7 +2,7 @@
 use super::Sum;
 use crate::domain::{MemberId, ProgramId};
 use chrono::{DateTime, NaiveDate, Utc};
-use tokio_postgres::{GenericClient, Row, Transaction};
+use tokio_postgres::{GenericClient, Row};
 
 /// A member row.
 #[derive(Debug, Clone)]
@@ -29,22 +29,33 @@ pub struct PointsSummary {
     pub next_expiry_points: i128,
 }
 
-/// Inserts the member, or updates the birthday of an existing one when one is given.
-/// Returns the row and whether it already existed.
-pub async fn upsert(
-    tx: &Transaction<'_>,
+/// Enrolls in one statement: the member row is inserted, or an existing one's birthday
+/// updated when one is given, only if the program exists; answers the program's rules
+/// version, the row and whether it already existed. No row: no such program.
+pub const ENROLL: &str = "WITH program AS ( \
+       SELECT rules_version FROM programs WHERE program_id = $1), \
+     enrolled AS ( \
+       INSERT INTO members (program_id, member_id, birthday, enrolled_at) \
+       SELECT $1, $2, $3, $4 FROM program \
+       ON CONFLICT (program_id, member_id) \
+       DO UPDATE SET birthday = COALESCE(EXCLUDED.birthday, members.birthday) \
+       RETURNING member_id, birthday, enrolled_at, tier_rank, points_owed, \
+         (xmax <> 0) AS existed) \
+     SELECT program.rules_version, enrolled.* FROM program JOIN enrolled ON true";
+
+/// Enrolls the member (see [`ENROLL`]): the rules version, the row and whether it
+/// existed; None when the program does not exist.
+pub async fn enroll(
+    client: &deadpool_postgres::Client,
     program: &ProgramId,
     member: MemberId,
     birthday: Option<NaiveDate>,
     enrolled_at: DateTime<Utc>,
-) -> Result<(StoredMember, bool), tokio_postgres::Error> {
-    let row = tx
-        .query_one(
-            "INSERT INTO members (program_id, member_id, birthday, enrolled_at) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (program_id, member_id) \
-             DO UPDATE SET birthday = COALESCE(EXCLUDED.birthday, members.birthday) \
-             RETURNING member_id, birthday, enrolled_at, tier_rank, points_owed, (xmax <> 0) AS existed",
+) -> Result<Option<(i64, StoredMember, bool)>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(ENROLL).await?;
+    let row = client
+        .query_opt(
+            &statement,
             &[
                 &program.as_str(),
                 &member.as_uuid(),
@@ -53,7 +64,41 @@ pub async fn upsert(
             ],
         )
         .await?;
-    Ok((from_row(&row)?, row.try_get("existed")?))
+    row.map(|row| {
+        Ok((
+            row.try_get("rules_version")?,
+            from_row(&row)?,
+            row.try_get("existed")?,
+        ))
+    })
+    .transpose()
+}
+
+/// The program's rules version and the member's row (None: not enrolled); None when the
+/// program does not exist.
+pub const GET_WITH_PROGRAM: &str = "SELECT p.rules_version, m.member_id, m.birthday, \
+       m.enrolled_at, m.tier_rank, m.points_owed \
+     FROM programs p LEFT JOIN LATERAL (SELECT * FROM members \
+         WHERE program_id = $1 AND member_id = $2 OFFSET 0) m ON true \
+     WHERE p.program_id = $1";
+
+pub async fn get_with_program(
+    client: &deadpool_postgres::Client,
+    program: &ProgramId,
+    member: MemberId,
+) -> Result<Option<(i64, Option<StoredMember>)>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(GET_WITH_PROGRAM).await?;
+    let row = client
+        .query_opt(&statement, &[&program.as_str(), &member.as_uuid()])
+        .await?;
+    row.map(|row| {
+        let member = match row.try_get::<_, Option<uuid::Uuid>>("member_id")? {
+            Some(_) => Some(from_row(&row)?),
+            None => None,
+        };
+        Ok((row.try_get("rules_version")?, member))
+    })
+    .transpose()
 }
 
 pub async fn get(
@@ -80,7 +125,28 @@ pub async fn points_summary(
 ) -> Result<PointsSummary, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "WITH live AS ( \
+            POINTS_SUMMARY,
+            &[&program.as_str(), &member.as_uuid(), &now],
+        )
+        .await?;
+    summary_from_row(&row)
+}
+
+/// [`points_summary`] as a statement prepared once per connection, for `GetMember`.
+pub async fn points_summary_prepared(
+    client: &deadpool_postgres::Client,
+    program: &ProgramId,
+    member: MemberId,
+    now: DateTime<Utc>,
+) -> Result<PointsSummary, tokio_postgres::Error> {
+    let statement = client.prepare_cached(POINTS_SUMMARY).await?;
+    let row = client
+        .query_one(&statement, &[&program.as_str(), &member.as_uuid(), &now])
+        .await?;
+    summary_from_row(&row)
+}
+
+pub const POINTS_SUMMARY: &str = "WITH live AS ( \
                  SELECT remaining, expires_at FROM point_batches \
                  WHERE program_id = $1 AND member_id = $2 AND remaining > 0 AND expires_at > $3), \
              next AS (SELECT min(expires_at) AS at FROM live) \
@@ -92,10 +158,9 @@ pub async fn points_summary(
                  (SELECT COALESCE(sum(CASE WHEN kind = 'award_reversal' THEN -reversed_points \
                                            ELSE points END), 0)::text \
                     FROM ledger_entries WHERE program_id = $1 AND member_id = $2 \
-                     AND kind IN ('award', 'bonus', 'award_reversal')) AS earned",
-            &[&program.as_str(), &member.as_uuid(), &now],
-        )
-        .await?;
+                     AND kind IN ('award', 'bonus', 'award_reversal')) AS earned";
+
+fn summary_from_row(row: &Row) -> Result<PointsSummary, tokio_postgres::Error> {
     Ok(PointsSummary {
         balance_points: row.try_get::<_, Sum>("balance")?.0,
         lifetime_earned_points: row.try_get::<_, Sum>("earned")?.0,

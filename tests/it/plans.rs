@@ -3,7 +3,7 @@
 //! tables were analyzed empty, then filled, as after a fresh import with autovacuum off),
 //! with fresh ones, and as the generic plan a cached prepared statement switches to.
 use crate::helpers::{spawn_app, TestApp};
-use flash_loyalty::store::{batches, entries, mutation, LOCK_MEMBER, LOCK_MEMBERS};
+use flash_loyalty::store::{batches, entries, members, mutation, LOCK_MEMBER, LOCK_MEMBERS};
 
 /// Each hot statement with literal arguments of the right types.
 fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
@@ -12,6 +12,13 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
     let now = "'2026-03-01T12:00:00Z'::timestamptz";
     vec![
         ("lock", LOCK_MEMBER, "42"),
+        ("enroll", members::ENROLL, "'big', MEMBER, NULL::date, NOW"),
+        ("get a member", members::GET_WITH_PROGRAM, "'big', MEMBER"),
+        (
+            "a member's points",
+            members::POINTS_SUMMARY,
+            "'big', MEMBER, NOW",
+        ),
         ("lock many", LOCK_MEMBERS, "ARRAY[42, 43]::bigint[]"),
         (
             "open an award",
