@@ -1,11 +1,18 @@
-//! The audit: replays a program's ledger entry by entry and checks every invariant the
-//! product promises. `flash audit` prints its report; tests call it after every run.
+//! The audit: checks a program's ledger against the rules the product promises, each stated
+//! on its own from first principles. It never calls the functions the service computes
+//! with (`domain::allocation`): when one of those is wrong, the audit must still disagree.
+//! `flash audit` prints its report; tests call it after every run.
+//!
+//! Every sum is taken in i128, so a ledger written by an older, buggy version that holds
+//! more than i64 is reported, never an error.
 use super::{members::program_not_found, Error, Ledger};
-use crate::domain::{
-    draw_for_reversal, draw_oldest_first, restore_for_spend_reversal, BatchBalance, Draw, ProgramId,
+use crate::domain::ProgramId;
+use crate::store::{
+    self,
+    audit::{AuditAllocation, AuditBatch, AuditEntry, AuditRules, Snapshot},
 };
-use crate::store::{self, batches::StoredBatch, entries::StoredEntry, reports};
-use std::collections::HashMap;
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// The most violations a report lists; past it the ledger is broken enough.
@@ -59,283 +66,330 @@ impl Ledger {
         store::programs::get(&*tx, program)
             .await?
             .ok_or_else(|| program_not_found(program))?;
-        let entries = store::entries::all_in_order(&*tx, program).await?;
-        let batches = store::batches::all_of_program(&*tx, program).await?;
-        let allocations = store::batches::all_allocations(&*tx, program).await?;
-        let caps = reports::caps_by_version(&*tx, program).await?;
-        let mut violations = reports::duplicates(&*tx, program).await?;
-        let members: Vec<Uuid> = {
-            let rows = tx
-                .query(
-                    "SELECT member_id FROM members WHERE program_id = $1",
-                    &[&program.as_str()],
-                )
-                .await?;
-            rows.iter().map(|row| row.get(0)).collect()
-        };
-        for member in &members {
-            let summary = store::members::points_summary(
-                &*tx,
-                program,
-                crate::domain::MemberId::from_uuid(*member),
-                now,
-            )
-            .await?;
-            let live: i64 = batches
+        let snapshot = store::audit::snapshot(&*tx, program).await?;
+        // What GetMember answers must be what the batches hold.
+        let mut violations = Vec::new();
+        for (member, _) in &snapshot.members {
+            let member_id = crate::domain::MemberId::from_uuid(*member);
+            let summary = store::members::points_summary(&*tx, program, member_id, now).await?;
+            let live: i128 = snapshot
+                .batches
                 .iter()
                 .filter(|b| b.member_id == *member && b.expires_at > now)
-                .map(|b| b.remaining)
+                .map(|b| i128::from(b.remaining))
                 .sum();
-            if summary.balance_points != i128::from(live) {
+            if summary.balance_points != live {
                 violations.push(format!(
-                    "member {member}: balance {} ≠ Σ remaining of unexpired batches {live}",
+                    "member {member}: GetMember's balance {} ≠ Σ remaining of unexpired batches {live}",
                     summary.balance_points
                 ));
             }
         }
         tx.commit().await?;
-
-        violations.extend(replay(&entries, &batches, &allocations));
-        violations.extend(check_daily_caps(&entries, &caps));
+        violations.extend(check(&snapshot));
         violations.truncate(VIOLATIONS_MAX);
         Ok(AuditReport {
             program: program.to_string(),
-            members: members.len(),
-            entries: entries.len(),
-            batches: batches.len(),
+            members: snapshot.members.len(),
+            entries: snapshot.entries.len(),
+            batches: snapshot.batches.len(),
             violations,
         })
     }
 }
 
-/// A batch as the replay rebuilds it.
-struct SimulatedBatch {
-    member: Uuid,
-    amount: i64,
-    balance: BatchBalance,
+/// Every rule, over one snapshot.
+pub fn check(snapshot: &Snapshot) -> Vec<String> {
+    let ledger = Indexed::new(snapshot);
+    let mut violations = Vec::new();
+    violations.extend(keys_and_purchases_are_unique(&ledger));
+    violations.extend(entries_have_their_kinds_shape(&ledger));
+    violations.extend(allocations_add_up_to_their_entries(&ledger));
+    violations.extend(batches_hold_their_amount_plus_their_allocations(&ledger));
+    violations.extend(reversals_cover_at_most_what_they_reverse(&ledger));
+    violations.extend(cancellations_return_only_what_the_spend_took(&ledger));
+    violations.extend(members_owe_what_refunds_left_unrecovered(&ledger));
+    violations.extend(balances_stay_within_net_credits(&ledger));
+    violations.extend(expired_points_are_never_spent_and_only_expired_ones_expire(
+        &ledger,
+    ));
+    violations.extend(spends_draw_the_oldest_points_first(&ledger));
+    violations.extend(daily_caps_hold_in_every_zone_in_force(&ledger));
+    violations.extend(every_member_figure_fits_i64(&ledger));
+    violations
 }
 
-/// Replays every entry in write order against batches rebuilt from scratch, checking
-/// that each entry's allocations are exactly what the ledger's rules would have drawn.
-fn replay(
-    entries: &[StoredEntry],
-    batches: &[StoredBatch],
-    allocations: &[(Uuid, Uuid, i64)],
-) -> Vec<String> {
-    let mut violations = Vec::new();
-    let batch_of_entry: HashMap<Uuid, &StoredBatch> =
-        batches.iter().map(|b| (b.entry_id, b)).collect();
-    let mut allocations_of: HashMap<Uuid, Vec<Draw>> = HashMap::new();
-    for (entry, batch, points) in allocations {
-        allocations_of.entry(*entry).or_default().push(Draw {
-            batch_id: *batch,
-            points: *points,
-        });
-    }
-    let entry_by_id: HashMap<Uuid, &StoredEntry> =
-        entries.iter().map(|e| (e.entry_id.as_uuid(), e)).collect();
-    let mut simulated: HashMap<Uuid, SimulatedBatch> = HashMap::new();
-    let mut covered: HashMap<Uuid, i64> = HashMap::new();
-    let no_draws = Vec::new();
+/// The snapshot with the lookups the rules share.
+struct Indexed<'a> {
+    snapshot: &'a Snapshot,
+    entry: HashMap<Uuid, &'a AuditEntry>,
+    batch: HashMap<Uuid, &'a AuditBatch>,
+    allocations_of_entry: HashMap<Uuid, Vec<&'a AuditAllocation>>,
+    allocations_of_batch: HashMap<Uuid, Vec<&'a AuditAllocation>>,
+    batches_of_entry: HashMap<Uuid, Vec<&'a AuditBatch>>,
+    /// Entries by member, in write order.
+    entries_of_member: BTreeMap<Uuid, Vec<&'a AuditEntry>>,
+}
 
-    for entry in entries {
-        let id = entry.entry_id.as_uuid();
-        let member = entry.member_id.as_uuid();
-        let actual = allocations_of.get(&id).unwrap_or(&no_draws);
-        let member_batches: Vec<BatchBalance> = simulated
-            .values()
-            .filter(|b| b.member == member)
-            .map(|b| b.balance.clone())
-            .collect();
-        let credit = matches!(entry.kind.as_str(), "award" | "bonus")
-            || (entry.kind == "adjustment" && entry.points > 0);
-        let expected: Option<Vec<Draw>> = match entry.kind.as_str() {
-            _ if credit => {
-                match batch_of_entry.get(&id) {
-                    Some(batch) if batch.amount != entry.points || batch.member_id != member => {
-                        violations.push(format!("entry {id}: its batch does not match its points"))
-                    }
-                    Some(batch) => {
-                        simulated.insert(
-                            batch.batch_id,
-                            SimulatedBatch {
-                                member,
-                                amount: batch.amount,
-                                balance: BatchBalance {
-                                    batch_id: batch.batch_id,
-                                    remaining: batch.amount,
-                                    earned_at: batch.earned_at,
-                                    expires_at: batch.expires_at,
-                                },
-                            },
-                        );
-                    }
-                    None if entry.points > 0 => violations.push(format!(
-                        "entry {id}: credits {} points but has no batch",
-                        entry.points
-                    )),
-                    None => {}
-                }
-                Some(vec![])
-            }
-            "spend" | "adjustment" => Some(draw_oldest_first(
-                &member_batches,
-                -entry.points,
-                entry.created_at,
-            )),
-            "award_reversal" => {
-                let reversed = entry
-                    .reversed_entry_id
-                    .map(|e| e.as_uuid())
-                    .unwrap_or_default();
-                let own = batch_of_entry.get(&reversed).map(|b| b.batch_id);
-                let points = entry.reversed_points.unwrap_or_default();
-                check_coverage(
-                    &mut violations,
-                    &mut covered,
-                    &entry_by_id,
-                    entry,
-                    reversed,
-                    points,
-                );
-                Some(draw_for_reversal(
-                    &member_batches,
-                    own,
-                    points,
-                    entry.created_at,
-                ))
-            }
-            "spend_reversal" => {
-                let reversed = entry
-                    .reversed_entry_id
-                    .map(|e| e.as_uuid())
-                    .unwrap_or_default();
-                let points = entry.reversed_points.unwrap_or_default();
-                let already = covered.get(&reversed).copied().unwrap_or(0);
-                check_coverage(
-                    &mut violations,
-                    &mut covered,
-                    &entry_by_id,
-                    entry,
-                    reversed,
-                    points,
-                );
-                let spend_draws: Vec<BatchBalance> = allocations_of
-                    .get(&reversed)
-                    .unwrap_or(&no_draws)
-                    .iter()
-                    .filter_map(|draw| {
-                        let batch = batches.iter().find(|b| b.batch_id == draw.batch_id)?;
-                        Some(BatchBalance {
-                            batch_id: draw.batch_id,
-                            remaining: -draw.points,
-                            earned_at: batch.earned_at,
-                            expires_at: batch.expires_at,
-                        })
-                    })
-                    .collect();
-                Some(restore_for_spend_reversal(&spend_draws, already, points, entry.created_at).0)
-            }
-            "expiry" => Some(
-                actual
-                    .iter()
-                    .filter_map(|draw| {
-                        let batch = simulated.get(&draw.batch_id)?;
-                        Some(Draw {
-                            batch_id: draw.batch_id,
-                            points: -batch.balance.remaining,
-                        })
-                    })
-                    .collect(),
-            ),
-            other => {
-                violations.push(format!("entry {id}: unknown kind {other}"));
-                None
-            }
+impl<'a> Indexed<'a> {
+    fn new(snapshot: &'a Snapshot) -> Self {
+        let mut ledger = Self {
+            snapshot,
+            entry: HashMap::new(),
+            batch: HashMap::new(),
+            allocations_of_entry: HashMap::new(),
+            allocations_of_batch: HashMap::new(),
+            batches_of_entry: HashMap::new(),
+            entries_of_member: BTreeMap::new(),
         };
-        let drawn: i64 = actual.iter().map(|d| d.points).sum();
-        if !credit && drawn != entry.points {
+        for entry in &snapshot.entries {
+            ledger.entry.insert(entry.entry_id, entry);
+            ledger
+                .entries_of_member
+                .entry(entry.member_id)
+                .or_default()
+                .push(entry);
+        }
+        for batch in &snapshot.batches {
+            ledger.batch.insert(batch.batch_id, batch);
+            ledger
+                .batches_of_entry
+                .entry(batch.entry_id)
+                .or_default()
+                .push(batch);
+        }
+        for allocation in &snapshot.allocations {
+            ledger
+                .allocations_of_entry
+                .entry(allocation.entry_id)
+                .or_default()
+                .push(allocation);
+            ledger
+                .allocations_of_batch
+                .entry(allocation.batch_id)
+                .or_default()
+                .push(allocation);
+        }
+        ledger
+    }
+
+    fn allocations(&self, entry: Uuid) -> &[&'a AuditAllocation] {
+        self.allocations_of_entry
+            .get(&entry)
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Credits create a batch; everything else moves points between batches and the world.
+fn is_credit(entry: &AuditEntry) -> bool {
+    matches!(entry.kind.as_str(), "award" | "bonus")
+        || (entry.kind == "adjustment" && entry.points > 0)
+}
+
+/// Draws taken from batches by the member's own choice to use points.
+fn is_spending(entry: &AuditEntry) -> bool {
+    entry.kind == "spend" || (entry.kind == "adjustment" && entry.points < 0)
+}
+
+/// One idempotency key writes one entry; one purchase earns once.
+fn keys_and_purchases_are_unique(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    let (mut keys, mut purchases) = (HashSet::new(), HashSet::new());
+    for entry in &ledger.snapshot.entries {
+        if !keys.insert(entry.idempotency_key.as_str()) {
             violations.push(format!(
-                "entry {id} ({}): allocations sum to {drawn}, the entry says {}",
-                entry.kind, entry.points
+                "idempotency key {:?} used by more than one entry",
+                entry.idempotency_key
             ));
         }
-        if let Some(expected) = expected {
-            if sorted(&expected) != sorted(actual) {
+        if entry.kind == "award" {
+            let purchase = (entry.source.as_deref(), entry.external_ref.as_deref());
+            if !purchases.insert(purchase) {
                 violations.push(format!(
-                    "entry {id} ({}): allocations differ from what the rules draw",
-                    entry.kind
+                    "purchase {}/{} awarded more than once (entry {})",
+                    purchase.0.unwrap_or_default(),
+                    purchase.1.unwrap_or_default(),
+                    entry.entry_id
                 ));
             }
         }
-        for draw in actual {
-            match simulated.get_mut(&draw.batch_id) {
-                Some(batch) if batch.member == member => {
-                    batch.balance.remaining += draw.points;
-                    if batch.balance.remaining < 0 || batch.balance.remaining > batch.amount {
-                        violations.push(format!(
-                            "batch {}: remaining {} outside 0..={} after entry {id}",
-                            draw.batch_id, batch.balance.remaining, batch.amount
-                        ));
-                    }
-                }
+    }
+    violations
+}
+
+/// Each kind moves points one way: awards and bonuses credit, spends and expiries take,
+/// reversals state how much they cover and why part of it did not move.
+fn entries_have_their_kinds_shape(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    for entry in &ledger.snapshot.entries {
+        let reversed = i128::from(entry.reversed_points.unwrap_or(0));
+        let points = i128::from(entry.points);
+        let unrecovered = i128::from(entry.unrecovered_points.unwrap_or(0));
+        let repaid = i128::from(entry.repaid_points.unwrap_or(0));
+        let well_formed = match entry.kind.as_str() {
+            "award" => points >= 0 && entry.cap_day.is_some(),
+            "bonus" => points > 0,
+            "spend" | "expiry" => points < 0,
+            "adjustment" => points != 0,
+            // reversed = recovered + unrecovered, where recovered = −points.
+            "award_reversal" => points <= 0 && unrecovered >= 0 && reversed == unrecovered - points,
+            // reversed = restored + expired + repaid, expired ≥ 0.
+            "spend_reversal" => points >= 0 && repaid >= 0 && reversed >= points + repaid,
+            _ => false,
+        };
+        if !well_formed {
+            violations.push(format!(
+                "entry {} ({}): its points {} do not fit its kind (reversed {reversed}, \
+                 unrecovered {unrecovered}, repaid {repaid})",
+                entry.entry_id, entry.kind, entry.points
+            ));
+        }
+    }
+    violations
+}
+
+/// A credit puts its points in exactly one new batch of its member; any other entry's
+/// allocations, all on its member's batches and all of one sign, add up to its points.
+fn allocations_add_up_to_their_entries(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    for entry in &ledger.snapshot.entries {
+        let id = entry.entry_id;
+        let allocations = ledger.allocations(id);
+        for allocation in allocations {
+            match ledger.batch.get(&allocation.batch_id) {
+                Some(batch) if batch.member_id == entry.member_id => {}
                 _ => violations.push(format!(
-                    "entry {id}: allocation on batch {} of another member or not yet credited",
-                    draw.batch_id
+                    "entry {id}: allocation on batch {} of another member or of none",
+                    allocation.batch_id
                 )),
             }
         }
-    }
-
-    let mut held_by_member: HashMap<Uuid, i64> = HashMap::new();
-    for batch in batches {
-        *held_by_member.entry(batch.member_id).or_default() += batch.remaining;
-        match simulated.get(&batch.batch_id) {
-            Some(sim) if sim.balance.remaining == batch.remaining => {}
-            Some(sim) => violations.push(format!(
-                "batch {}: remaining {} ≠ amount − allocations = {}",
-                batch.batch_id, batch.remaining, sim.balance.remaining
-            )),
-            None => violations.push(format!("batch {}: no entry credited it", batch.batch_id)),
+        let batches = ledger.batches_of_entry.get(&id).map_or(0, Vec::len);
+        if is_credit(entry) {
+            let one_batch = ledger.batches_of_entry.get(&id).is_some_and(|b| {
+                b.len() == 1 && b[0].amount == entry.points && b[0].member_id == entry.member_id
+            });
+            if !allocations.is_empty() || (entry.points > 0 && !one_batch) {
+                violations.push(format!(
+                    "entry {id} ({}): a credit of {} must create one batch of that amount",
+                    entry.kind, entry.points
+                ));
+            }
+            continue;
         }
-    }
-    let mut entries_by_member: HashMap<Uuid, i64> = HashMap::new();
-    for entry in entries {
-        *entries_by_member
-            .entry(entry.member_id.as_uuid())
-            .or_default() += entry.points;
-    }
-    for (member, total) in &entries_by_member {
-        let held = held_by_member.get(member).copied().unwrap_or(0);
-        if *total != held {
+        let sum: i128 = allocations.iter().map(|a| i128::from(a.points)).sum();
+        let restores = entry.kind == "spend_reversal";
+        let one_sign = allocations.iter().all(|a| (a.points > 0) == restores);
+        if batches > 0 || !one_sign || sum != i128::from(entry.points) {
             violations.push(format!(
-                "member {member}: Σ entries {total} ≠ Σ remaining of batches {held}"
+                "entry {id} ({}): allocations sum to {sum}, the entry says {}",
+                entry.kind, entry.points
             ));
         }
     }
     violations
 }
 
-/// No award took a member's purchase points of a day past the cap of the rules it was
-/// computed under. Checked award by award in write order, so a cap introduced or lowered
-/// during a day judges only the awards written after it.
-fn check_daily_caps(entries: &[StoredEntry], caps: &HashMap<i64, Option<i64>>) -> Vec<String> {
+/// A batch holds its amount plus every draw and restoration recorded on it, never less
+/// than nothing nor more than its amount, and was credited by an entry of its member.
+fn batches_hold_their_amount_plus_their_allocations(ledger: &Indexed) -> Vec<String> {
     let mut violations = Vec::new();
-    let mut day_totals: HashMap<(Uuid, chrono::NaiveDate), i64> = HashMap::new();
-    for entry in entries.iter().filter(|e| e.kind == "award") {
-        let Some(day) = entry.cap_day else {
-            violations.push(format!("award {}: no cap day", entry.entry_id));
+    for batch in &ledger.snapshot.batches {
+        let allocated: i128 = ledger
+            .allocations_of_batch
+            .get(&batch.batch_id)
+            .into_iter()
+            .flatten()
+            .map(|a| i128::from(a.points))
+            .sum();
+        let expected = i128::from(batch.amount) + allocated;
+        if i128::from(batch.remaining) != expected
+            || batch.remaining < 0
+            || batch.remaining > batch.amount
+        {
+            violations.push(format!(
+                "batch {}: remaining {} ≠ amount {} + allocations {allocated}, or outside 0..=amount",
+                batch.batch_id, batch.remaining, batch.amount
+            ));
+        }
+        match ledger.entry.get(&batch.entry_id) {
+            Some(entry) if entry.member_id == batch.member_id && is_credit(entry) => {}
+            _ => violations.push(format!(
+                "batch {}: no credit of its member created it",
+                batch.batch_id
+            )),
+        }
+    }
+    violations
+}
+
+/// Reversals name an earlier entry of their member and the right kind, and together never
+/// cover more than it moved.
+fn reversals_cover_at_most_what_they_reverse(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut covered: HashMap<Uuid, i128> = HashMap::new();
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    for entry in &ledger.snapshot.entries {
+        seen.insert(entry.entry_id);
+        let expected_kind = match entry.kind.as_str() {
+            "award_reversal" => "award",
+            "spend_reversal" => "spend",
+            _ => continue,
+        };
+        let Some(reversed) = entry.reversed_entry_id.and_then(|id| ledger.entry.get(&id)) else {
+            violations.push(format!("entry {}: reverses no entry", entry.entry_id));
             continue;
         };
-        let total = day_totals
-            .entry((entry.member_id.as_uuid(), day))
-            .or_default();
-        *total += entry.points;
-        if let Some(Some(cap)) = caps.get(&entry.rules_version) {
-            if entry.points > 0 && *total > *cap {
+        if reversed.kind != expected_kind
+            || reversed.member_id != entry.member_id
+            || !seen.contains(&reversed.entry_id)
+        {
+            violations.push(format!(
+                "entry {}: reverses {} ({}), not an earlier {expected_kind} of its member",
+                entry.entry_id, reversed.entry_id, reversed.kind
+            ));
+        }
+        let total = covered.entry(reversed.entry_id).or_default();
+        *total += i128::from(entry.reversed_points.unwrap_or(0));
+        let limit = i128::from(reversed.points).abs();
+        if *total > limit {
+            violations.push(format!(
+                "entry {}: reversals of {} cover {total} points of its {limit}",
+                entry.entry_id, reversed.entry_id
+            ));
+        }
+    }
+    violations
+}
+
+/// A cancelled spend's points go back only into the batches it drew from, never more
+/// into one than it took from it.
+fn cancellations_return_only_what_the_spend_took(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut returned: HashMap<(Uuid, Uuid), i128> = HashMap::new();
+    for entry in ledger
+        .snapshot
+        .entries
+        .iter()
+        .filter(|e| e.kind == "spend_reversal")
+    {
+        let Some(spend) = entry.reversed_entry_id else {
+            continue;
+        };
+        let taken: HashMap<Uuid, i128> = ledger
+            .allocations(spend)
+            .iter()
+            .map(|a| (a.batch_id, -i128::from(a.points)))
+            .collect();
+        for allocation in ledger.allocations(entry.entry_id) {
+            let total = returned.entry((spend, allocation.batch_id)).or_default();
+            *total += i128::from(allocation.points);
+            let took = taken.get(&allocation.batch_id).copied().unwrap_or(0);
+            if *total > took {
                 violations.push(format!(
-                    "award {}: member {} reached {total} purchase points on {day}, over the cap {cap}",
-                    entry.entry_id, entry.member_id
+                    "entry {}: puts {total} points back into batch {}, which spend {spend} \
+                     took {took} from",
+                    entry.entry_id, allocation.batch_id
                 ));
             }
         }
@@ -343,31 +397,371 @@ fn check_daily_caps(entries: &[StoredEntry], caps: &HashMap<i64, Option<i64>>) -
     violations
 }
 
-/// Reversals of one entry never cover more than the entry.
-fn check_coverage(
-    violations: &mut Vec<String>,
-    covered: &mut HashMap<Uuid, i64>,
-    entry_by_id: &HashMap<Uuid, &StoredEntry>,
-    reversal: &StoredEntry,
-    reversed: Uuid,
-    points: i64,
-) {
-    let total = covered.entry(reversed).or_default();
-    *total += points;
-    let limit = entry_by_id
-        .get(&reversed)
-        .map(|e| e.points.abs())
-        .unwrap_or(0);
-    if *total > limit {
-        violations.push(format!(
-            "entry {}: reversals of {reversed} cover {} points of {limit}",
-            reversal.entry_id, total
-        ));
+/// What a member owes is what its refunds could not take back (spent already) less what
+/// cancelled spends kept back to repay it, and never less than nothing.
+fn members_owe_what_refunds_left_unrecovered(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (member, stored_owed) in &ledger.snapshot.members {
+        let entries = ledger
+            .entries_of_member
+            .get(member)
+            .map_or(&[][..], Vec::as_slice);
+        let owed: i128 = entries
+            .iter()
+            .map(|e| {
+                i128::from(e.unrecovered_points.unwrap_or(0))
+                    - i128::from(e.repaid_points.unwrap_or(0))
+            })
+            .sum();
+        if owed != i128::from(*stored_owed) || owed < 0 {
+            violations.push(format!(
+                "member {member}: owes {stored_owed} points, its refunds and cancellations say {owed}"
+            ));
+        }
     }
+    violations
 }
 
-fn sorted(draws: &[Draw]) -> Vec<(Uuid, i64)> {
-    let mut pairs: Vec<_> = draws.iter().map(|d| (d.batch_id, d.points)).collect();
-    pairs.sort();
-    pairs
+/// The books of each member: the points its batches hold are exactly the sum of its
+/// entries, and — stated without any allocation rule — never more than it was credited net
+/// of refunds, less what it spent net of cancellations, less what expired, plus what it
+/// owes (refunded points it had already spent). A refund followed by the cancellation of the
+/// redemption that spent its points can no longer leave points behind.
+fn balances_stay_within_net_credits(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    let owed: HashMap<Uuid, i128> = ledger
+        .snapshot
+        .members
+        .iter()
+        .map(|(member, owed)| (*member, i128::from(*owed)))
+        .collect();
+    let mut held: HashMap<Uuid, i128> = HashMap::new();
+    for batch in &ledger.snapshot.batches {
+        *held.entry(batch.member_id).or_default() += i128::from(batch.remaining);
+    }
+    for (member, entries) in &ledger.entries_of_member {
+        let held = held.get(member).copied().unwrap_or(0);
+        let net: i128 = entries.iter().map(|e| i128::from(e.points)).sum();
+        if held != net {
+            violations.push(format!(
+                "member {member}: batches hold {held}, its entries add up to {net}"
+            ));
+        }
+        let (mut credited, mut refunded, mut spent, mut cancelled, mut expired) =
+            (0i128, 0i128, 0i128, 0i128, 0i128);
+        for entry in entries {
+            let points = i128::from(entry.points);
+            let reversed = i128::from(entry.reversed_points.unwrap_or(0));
+            match entry.kind.as_str() {
+                _ if is_credit(entry) => credited += points,
+                _ if is_spending(entry) => spent -= points,
+                "award_reversal" => refunded += reversed,
+                "spend_reversal" => cancelled += reversed,
+                "expiry" => expired -= points,
+                _ => {}
+            }
+        }
+        let owes = owed.get(member).copied().unwrap_or(0);
+        let bound = credited - refunded - (spent - cancelled) - expired + owes;
+        if held > bound {
+            violations.push(format!(
+                "member {member}: holds {held} points, more than credited {credited} − refunded \
+                 {refunded} − spent {spent} + cancelled {cancelled} − expired {expired} + owed \
+                 {owes} = {bound}"
+            ));
+        }
+    }
+    violations
+}
+
+/// No point is spent, debited, refunded from or put back into a batch past its expiry at
+/// the entry's time, none is drawn before it was earned, and an expiry entry takes only
+/// from batches that had expired by its own time.
+fn expired_points_are_never_spent_and_only_expired_ones_expire(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    for entry in &ledger.snapshot.entries {
+        for allocation in ledger.allocations(entry.entry_id) {
+            let Some(batch) = ledger.batch.get(&allocation.batch_id) else {
+                continue;
+            };
+            let expired_then = batch.expires_at <= entry.created_at;
+            let problem = if batch.earned_at > entry.created_at {
+                Some("before it was earned")
+            } else if entry.kind == "expiry" && !expired_then {
+                Some("before it expired")
+            } else if entry.kind != "expiry" && expired_then {
+                Some("after it expired")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                violations.push(format!(
+                    "entry {} ({}): moves points of batch {} {problem} (expires {}, entry at {})",
+                    entry.entry_id, entry.kind, batch.batch_id, batch.expires_at, entry.created_at
+                ));
+            }
+        }
+    }
+    violations
+}
+
+/// Spends and debits take the member's oldest spendable points first: the batches an entry
+/// drew from are the oldest ones spendable at its time (earned_at, then id), every one of
+/// them but the last emptied. A refund takes from its own award's batch first, then the
+/// same way. Batches' contents at each entry's time are rebuilt by adding allocations in
+/// write order — plain arithmetic, not the service's draw functions.
+fn spends_draw_the_oldest_points_first(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    for entries in ledger.entries_of_member.values() {
+        let mut remaining: BTreeMap<(DateTime<Utc>, Uuid), i128> = BTreeMap::new();
+        for entry in entries {
+            let drawn: HashMap<Uuid, i128> = ledger
+                .allocations(entry.entry_id)
+                .iter()
+                .map(|a| (a.batch_id, -i128::from(a.points)))
+                .collect();
+            let own = (entry.kind == "award_reversal")
+                .then_some(entry.reversed_entry_id)
+                .flatten()
+                .and_then(|award| ledger.batches_of_entry.get(&award))
+                .and_then(|batches| batches.first())
+                .map(|batch| batch.batch_id);
+            if is_spending(entry) || entry.kind == "award_reversal" {
+                let order: Vec<(Uuid, i128)> = remaining
+                    .iter()
+                    .filter(|((_, id), held)| {
+                        **held > 0
+                            && ledger
+                                .batch
+                                .get(id)
+                                .is_some_and(|b| b.expires_at > entry.created_at)
+                    })
+                    .map(|((_, id), held)| (*id, *held))
+                    .collect();
+                if let Some(problem) = oldest_first_problem(&order, &drawn, own) {
+                    violations.push(format!(
+                        "entry {} ({}): allocations differ from oldest-first: {problem}",
+                        entry.entry_id, entry.kind
+                    ));
+                }
+            }
+            if is_credit(entry) {
+                for batch in ledger
+                    .batches_of_entry
+                    .get(&entry.entry_id)
+                    .into_iter()
+                    .flatten()
+                {
+                    remaining.insert((batch.earned_at, batch.batch_id), i128::from(batch.amount));
+                }
+            }
+            for allocation in ledger.allocations(entry.entry_id) {
+                if let Some(batch) = ledger.batch.get(&allocation.batch_id) {
+                    *remaining
+                        .entry((batch.earned_at, batch.batch_id))
+                        .or_default() += i128::from(allocation.points);
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// Given the spendable batches oldest first with what they held, and what an entry drew
+/// from each, what breaks "oldest first" (with `own` taken before all others), if anything.
+fn oldest_first_problem(
+    spendable: &[(Uuid, i128)],
+    drawn: &HashMap<Uuid, i128>,
+    own: Option<Uuid>,
+) -> Option<String> {
+    let mut order: Vec<(Uuid, i128)> = spendable.to_vec();
+    if let Some(own) = own {
+        if let Some(at) = order.iter().position(|(id, _)| *id == own) {
+            let first = order.remove(at);
+            order.insert(0, first);
+        }
+    }
+    let mut finished = false;
+    for (batch, held) in &order {
+        let took = drawn.get(batch).copied().unwrap_or(0);
+        if finished && took > 0 {
+            return Some(format!(
+                "drew from batch {batch} while an older one kept points"
+            ));
+        }
+        if took < *held {
+            finished = true;
+        }
+    }
+    drawn
+        .keys()
+        .find(|batch| !order.iter().any(|(id, _)| id == *batch))
+        .map(|batch| format!("drew from batch {batch}, which held no spendable points"))
+}
+
+/// The daily cap: when a member earns purchase points at instant t, for every time zone Z
+/// that was the program's at some instant of Z's local day up to t, the member's purchase
+/// points of that local day up to and including this award stay within the cap of the
+/// rules the award was made under. A zone change can never open a second cap in one
+/// local day.
+fn daily_caps_hold_in_every_zone_in_force(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    let rules = &ledger.snapshot.rules;
+    let mut zones: Vec<chrono_tz::Tz> = Vec::new();
+    for version in rules {
+        if let Ok(zone) = version.timezone.parse::<chrono_tz::Tz>() {
+            if !zones.contains(&zone) {
+                zones.push(zone);
+            }
+        }
+    }
+    let cap_of: HashMap<i64, Option<i64>> = rules
+        .iter()
+        .map(|r| (r.version, r.daily_cap_points))
+        .collect();
+    for (member, entries) in &ledger.entries_of_member {
+        let awards: Vec<&AuditEntry> = entries
+            .iter()
+            .copied()
+            .filter(|e| e.kind == "award")
+            .collect();
+        for (index, award) in awards.iter().enumerate() {
+            let Some(Some(cap)) = cap_of.get(&award.rules_version) else {
+                continue;
+            };
+            if award.points == 0 {
+                continue;
+            }
+            let t = award.created_at;
+            for zone in &zones {
+                let day = t.with_timezone(zone).date_naive();
+                let (start, _) = crate::domain::local_day_bounds(day, *zone);
+                let end = t + chrono::Duration::nanoseconds(1);
+                let in_force = versions_in_force(rules, start, end)
+                    .iter()
+                    .any(|r| r.timezone == zone.name());
+                if !in_force {
+                    continue;
+                }
+                // Awards are in write order, which is time order but for clock skew: two
+                // days back is far enough for any local day.
+                let horizon = start - chrono::Duration::days(2);
+                let earned: i128 = awards[..=index]
+                    .iter()
+                    .rev()
+                    .take_while(|a| a.created_at >= horizon)
+                    .filter(|a| a.created_at >= start && a.created_at <= t)
+                    .map(|a| i128::from(a.points))
+                    .sum();
+                if earned > i128::from(*cap) {
+                    violations.push(format!(
+                        "award {}: member {member} reached {earned} purchase points on {day} in \
+                         {}, over the cap {cap}",
+                        award.entry_id,
+                        zone.name()
+                    ));
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// The rules versions in force at some instant of `[start, end)`.
+fn versions_in_force(
+    rules: &[AuditRules],
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Vec<&AuditRules> {
+    rules
+        .iter()
+        .enumerate()
+        .filter(|(index, version)| {
+            let until = rules.get(index + 1).map(|next| next.effective_at);
+            version.effective_at < end && until.is_none_or(|until| until > start)
+        })
+        .map(|(_, version)| version)
+        .collect()
+}
+
+/// Every figure of a member fits its int64 field: its balance and its earned points (a
+/// credit that would pass i64 is refused). Program totals are summed exactly in numeric
+/// and may pass i64, which GetLiability answers with OUT_OF_RANGE naming the figure.
+fn every_member_figure_fits_i64(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    let max = i128::from(i64::MAX);
+    let mut held: BTreeMap<Uuid, i128> = BTreeMap::new();
+    for batch in &ledger.snapshot.batches {
+        *held.entry(batch.member_id).or_default() += i128::from(batch.remaining);
+    }
+    for (member, points) in &held {
+        if *points > max {
+            violations.push(format!("member {member}: holds {points} points, past i64"));
+        }
+    }
+    for (member, entries) in &ledger.entries_of_member {
+        let earned: i128 = entries
+            .iter()
+            .filter(|e| matches!(e.kind.as_str(), "award" | "bonus"))
+            .map(|e| i128::from(e.points))
+            .sum();
+        if earned > max {
+            violations.push(format!("member {member}: earned {earned} points, past i64"));
+        }
+    }
+    violations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn oldest_first_accepts_a_prefix_and_refuses_a_skip() {
+        let spendable = [(id(1), 400), (id(2), 250), (id(3), 100)];
+        let fifo: HashMap<Uuid, i128> = [(id(1), 400), (id(2), 100)].into();
+        assert_eq!(oldest_first_problem(&spendable, &fifo, None), None);
+        let skipped: HashMap<Uuid, i128> = [(id(2), 100)].into();
+        assert!(oldest_first_problem(&spendable, &skipped, None).is_some());
+        let own_first: HashMap<Uuid, i128> = [(id(3), 100), (id(1), 50)].into();
+        assert_eq!(
+            oldest_first_problem(&spendable, &own_first, Some(id(3))),
+            None
+        );
+        assert!(oldest_first_problem(&spendable, &own_first, None).is_some());
+        let unknown: HashMap<Uuid, i128> = [(id(9), 1)].into();
+        assert!(oldest_first_problem(&spendable, &unknown, None).is_some());
+    }
+
+    #[test]
+    fn versions_in_force_overlap_the_interval() {
+        let at = |h: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 3, 1)
+                .unwrap()
+                .and_hms_opt(h, 0, 0)
+                .unwrap()
+                .and_utc()
+        };
+        let version = |v: i64, h: u32| AuditRules {
+            version: v,
+            effective_at: at(h),
+            timezone: "UTC".into(),
+            daily_cap_points: Some(500),
+        };
+        let rules = [version(1, 0), version(2, 11)];
+        let found: Vec<i64> = versions_in_force(&rules, at(12), at(13))
+            .iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(found, [2]);
+        let found: Vec<i64> = versions_in_force(&rules, at(5), at(13))
+            .iter()
+            .map(|r| r.version)
+            .collect();
+        assert_eq!(found, [1, 2]);
+    }
 }

@@ -126,62 +126,6 @@ fn batch_balance(row: &Row) -> Result<BatchBalance, tokio_postgres::Error> {
     })
 }
 
-/// A batch row, for the audit.
-#[derive(Debug, Clone)]
-pub struct StoredBatch {
-    pub batch_id: Uuid,
-    pub member_id: Uuid,
-    pub entry_id: Uuid,
-    pub amount: i64,
-    pub remaining: i64,
-    pub earned_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-}
-
-pub async fn all_of_program(
-    client: &impl GenericClient,
-    program: &ProgramId,
-) -> Result<Vec<StoredBatch>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT batch_id, member_id, entry_id, amount, remaining, earned_at, expires_at \
-             FROM point_batches WHERE program_id = $1",
-            &[&program.as_str()],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(StoredBatch {
-                batch_id: row.try_get("batch_id")?,
-                member_id: row.try_get("member_id")?,
-                entry_id: row.try_get("entry_id")?,
-                amount: row.try_get("amount")?,
-                remaining: row.try_get("remaining")?,
-                earned_at: row.try_get("earned_at")?,
-                expires_at: row.try_get("expires_at")?,
-            })
-        })
-        .collect()
-}
-
-/// Every allocation of a program as (entry, batch, points), each entry's in FIFO order.
-pub async fn all_allocations(
-    client: &impl GenericClient,
-    program: &ProgramId,
-) -> Result<Vec<(Uuid, Uuid, i64)>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT a.entry_id, a.batch_id, a.points FROM allocations a \
-             JOIN point_batches b ON b.program_id = a.program_id AND b.batch_id = a.batch_id \
-             WHERE a.program_id = $1 ORDER BY a.entry_id, b.earned_at, b.batch_id",
-            &[&program.as_str()],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-        .collect()
-}
-
 /// Members holding points in batches that expired by `as_of`, after `after` in
 /// (program, member) order: one bounded chunk of the expiry sweep.
 pub async fn members_with_due(

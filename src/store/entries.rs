@@ -148,16 +148,6 @@ pub async fn history(
     rows.iter().map(stored_entry).collect()
 }
 
-/// Every entry of a program in write order, for the audit's replay.
-pub async fn all_in_order(
-    client: &impl GenericClient,
-    program: &ProgramId,
-) -> Result<Vec<StoredEntry>, tokio_postgres::Error> {
-    let query = format!("{SELECT_ENTRY} WHERE program_id = $1 ORDER BY seq");
-    let rows = client.query(&query, &[&program.as_str()]).await?;
-    rows.iter().map(stored_entry).collect()
-}
-
 pub const REVERSED_SO_FAR: &str = "SELECT COALESCE(sum(reversed_points), 0)::bigint \
      FROM ledger_entries WHERE program_id = $1 AND reversed_entry_id = $2";
 

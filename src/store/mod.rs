@@ -1,5 +1,6 @@
 //! PostgreSQL storage: SQL only. Functions take the client or transaction explicitly;
 //! balance-changing writes take a [`MemberTx`], which holds the member's lock.
+pub mod audit;
 pub mod batches;
 pub mod entries;
 mod error;

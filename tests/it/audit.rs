@@ -1,4 +1,5 @@
 use crate::helpers::{spawn_app, usd_rules, TestApp};
+use flash_loyalty::grpc::proto;
 use std::process::Command;
 
 fn flash_audit(app: &TestApp) -> std::process::Output {
@@ -83,4 +84,148 @@ async fn the_audit_catches_a_spend_that_skipped_the_oldest_batch() {
         report.to_string().contains("allocations differ"),
         "{report}"
     );
+}
+
+async fn audit_report(app: &TestApp) -> String {
+    let program = flash_loyalty::domain::ProgramId::parse(crate::helpers::PROGRAM).unwrap();
+    app.service.audit(&program).await.unwrap().to_string()
+}
+
+async fn sql(app: &TestApp, statements: &str) {
+    app.db
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(statements)
+        .await
+        .unwrap();
+}
+
+/// The refund-then-cancel hole as an older version wrote it: the cancelled spend put the
+/// refunded points back into the refunded award's batch and nobody owed anything.
+#[tokio::test]
+async fn the_audit_catches_refunded_points_put_back_by_a_cancelled_spend() {
+    let mut app = spawn_app().await;
+    app.create_program(usd_rules()).await;
+    let member = app.enroll().await;
+    let award = app.earn(&member, 100).await;
+    let spend = app.spend(&member, 100).await;
+    let entry = |id: &str| proto::EntryRef {
+        r#ref: Some(proto::entry_ref::Ref::EntryId(id.into())),
+    };
+    app.ledger
+        .reverse_award(proto::ReverseAwardRequest {
+            program_id: crate::helpers::PROGRAM.into(),
+            idempotency_key: "refund".into(),
+            award: Some(entry(&award.entry_id)),
+            points: None,
+            reason: "refund".into(),
+        })
+        .await
+        .unwrap();
+    app.ledger
+        .reverse_spend(proto::ReverseSpendRequest {
+            program_id: crate::helpers::PROGRAM.into(),
+            idempotency_key: "cancel".into(),
+            spend: Some(entry(&spend.entry_id)),
+            points: None,
+            reason: "cancelled".into(),
+        })
+        .await
+        .unwrap();
+    app.assert_audit_clean().await;
+    let batch = app.allocation_batch_of(&award.entry_id).await;
+    sql(
+        &app,
+        &format!(
+            "UPDATE ledger_entries SET points = 100, repaid_points = NULL \
+               WHERE kind = 'spend_reversal';
+             INSERT INTO allocations SELECT program_id, entry_id, '{batch}', 100 \
+               FROM ledger_entries WHERE kind = 'spend_reversal';
+             UPDATE point_batches SET remaining = 100 WHERE batch_id = '{batch}';
+             UPDATE members SET points_owed = 0;"
+        ),
+    )
+    .await;
+    let report = audit_report(&app).await;
+    assert!(report.contains("more than credited"), "{report}");
+    assert!(report.contains("owes 0 points"), "{report}");
+}
+
+/// The future-sweep hole: an expiry entry that took points still valid at its time.
+#[tokio::test]
+async fn the_audit_catches_an_expiry_that_took_points_before_they_expired() {
+    let mut app = spawn_app().await;
+    app.create_program(usd_rules()).await;
+    let member = app.enroll().await;
+    app.earn(&member, 100).await;
+    app.clock.advance(chrono::Duration::days(366));
+    assert_eq!(app.expire().await.points_expired, 100);
+    app.assert_audit_clean().await;
+    sql(
+        &app,
+        "UPDATE ledger_entries SET created_at = created_at - interval '60 days' \
+         WHERE kind = 'expiry'",
+    )
+    .await;
+    let report = audit_report(&app).await;
+    assert!(report.contains("before it expired"), "{report}");
+}
+
+/// The time-zone hole: after UTC → Pacific/Kiritimati an older version counted a second
+/// award against the next day's cap, within the same Kiritimati day.
+#[tokio::test]
+async fn the_audit_catches_a_second_cap_opened_by_a_time_zone_change() {
+    let mut app = spawn_app().await;
+    let mut rules = usd_rules();
+    rules.timezone = "UTC".into();
+    rules.daily_cap_points = Some(500);
+    app.create_program(rules).await;
+    let member = app.enroll().await;
+    assert_eq!(app.earn(&member, 600).await.awarded_points, 500);
+    app.assert_audit_clean().await;
+    sql(
+        &app,
+        &format!(
+            "INSERT INTO program_rules SELECT program_id, 2, \
+               jsonb_set(rules, '{{timezone}}', '\"Pacific/Kiritimati\"'), created_at + interval '1 minute' \
+               FROM program_rules WHERE version = 1;
+             UPDATE programs SET rules_version = 2;
+             INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points, \
+                 idempotency_key, request, outcome, rules_version, created_at, source, \
+                 external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped)
+               SELECT program_id, gen_random_uuid(), member_id, 'award', 500, 'second', '{{}}', \
+                 '{{}}', 2, created_at + interval '2 minutes', source, 'second-order', 60000, \
+                 currency, occurred_at, 600, cap_day + 1, true
+               FROM ledger_entries WHERE member_id = '{member}';
+             INSERT INTO point_batches SELECT program_id, gen_random_uuid(), member_id, entry_id, \
+                 500, 500, created_at, created_at + interval '365 days'
+               FROM ledger_entries WHERE idempotency_key = 'second';"
+        ),
+    )
+    .await;
+    let report = audit_report(&app).await;
+    assert!(report.contains("over the cap 500"), "{report}");
+    assert!(report.contains("Pacific/Kiritimati"), "{report}");
+}
+
+/// The overflow hole: a release build without overflow checks left a member's batches
+/// holding more than i64 in all.
+#[tokio::test]
+async fn the_audit_catches_a_balance_past_i64_without_failing_itself() {
+    let mut app = spawn_app().await;
+    app.create_program(usd_rules()).await;
+    let member = app.enroll().await;
+    app.earn(&member, 100).await;
+    app.earn(&member, 100).await;
+    app.assert_audit_clean().await;
+    sql(
+        &app,
+        "UPDATE ledger_entries SET points = 9223372036854775000, \
+             requested_points = 9223372036854775000 WHERE kind = 'award';
+         UPDATE point_batches SET amount = 9223372036854775000, remaining = 9223372036854775000;",
+    )
+    .await;
+    let report = audit_report(&app).await;
+    assert!(report.contains("past i64"), "{report}");
 }

@@ -1,0 +1,175 @@
+//! What the audit reads: every row of a program, as stored, in one REPEATABLE READ
+//! snapshot. No figure is summed in SQL here: the audit adds in i128 itself, so a ledger
+//! holding more than i64 is reported, never an error.
+use crate::domain::ProgramId;
+use chrono::{DateTime, NaiveDate, Utc};
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+/// An entry with every column a rule reads.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    pub entry_id: Uuid,
+    pub member_id: Uuid,
+    pub kind: String,
+    pub points: i64,
+    pub rules_version: i64,
+    pub created_at: DateTime<Utc>,
+    pub source: Option<String>,
+    pub external_ref: Option<String>,
+    pub idempotency_key: String,
+    pub cap_day: Option<NaiveDate>,
+    pub reversed_entry_id: Option<Uuid>,
+    pub reversed_points: Option<i64>,
+    pub unrecovered_points: Option<i64>,
+    pub repaid_points: Option<i64>,
+}
+
+/// A batch as stored.
+#[derive(Debug, Clone)]
+pub struct AuditBatch {
+    pub batch_id: Uuid,
+    pub member_id: Uuid,
+    pub entry_id: Uuid,
+    pub amount: i64,
+    pub remaining: i64,
+    pub earned_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// One allocation: a draw (negative) from or a restoration (positive) into a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditAllocation {
+    pub entry_id: Uuid,
+    pub batch_id: Uuid,
+    pub points: i64,
+}
+
+/// One version of the program's rules, with the instant it took effect.
+#[derive(Debug, Clone)]
+pub struct AuditRules {
+    pub version: i64,
+    pub effective_at: DateTime<Utc>,
+    pub timezone: String,
+    pub daily_cap_points: Option<i64>,
+}
+
+/// Everything the audit checks, read in one snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// In write order (seq).
+    pub entries: Vec<AuditEntry>,
+    pub batches: Vec<AuditBatch>,
+    pub allocations: Vec<AuditAllocation>,
+    /// (member, points_owed).
+    pub members: Vec<(Uuid, i64)>,
+    /// Oldest first.
+    pub rules: Vec<AuditRules>,
+}
+
+pub async fn snapshot(
+    client: &impl GenericClient,
+    program: &ProgramId,
+) -> Result<Snapshot, tokio_postgres::Error> {
+    let program = program.as_str();
+    let entries = client
+        .query(
+            "SELECT entry_id, member_id, kind, points, rules_version, created_at, source, \
+                    external_ref, idempotency_key, cap_day, reversed_entry_id, reversed_points, \
+                    unrecovered_points, repaid_points \
+             FROM ledger_entries WHERE program_id = $1 ORDER BY seq",
+            &[&program],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AuditEntry {
+                entry_id: row.try_get("entry_id")?,
+                member_id: row.try_get("member_id")?,
+                kind: row.try_get("kind")?,
+                points: row.try_get("points")?,
+                rules_version: row.try_get("rules_version")?,
+                created_at: row.try_get("created_at")?,
+                source: row.try_get("source")?,
+                external_ref: row.try_get("external_ref")?,
+                idempotency_key: row.try_get("idempotency_key")?,
+                cap_day: row.try_get("cap_day")?,
+                reversed_entry_id: row.try_get("reversed_entry_id")?,
+                reversed_points: row.try_get("reversed_points")?,
+                unrecovered_points: row.try_get("unrecovered_points")?,
+                repaid_points: row.try_get("repaid_points")?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let batches = client
+        .query(
+            "SELECT batch_id, member_id, entry_id, amount, remaining, earned_at, expires_at \
+             FROM point_batches WHERE program_id = $1",
+            &[&program],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AuditBatch {
+                batch_id: row.try_get("batch_id")?,
+                member_id: row.try_get("member_id")?,
+                entry_id: row.try_get("entry_id")?,
+                amount: row.try_get("amount")?,
+                remaining: row.try_get("remaining")?,
+                earned_at: row.try_get("earned_at")?,
+                expires_at: row.try_get("expires_at")?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let allocations = client
+        .query(
+            "SELECT entry_id, batch_id, points FROM allocations WHERE program_id = $1",
+            &[&program],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AuditAllocation {
+                entry_id: row.try_get("entry_id")?,
+                batch_id: row.try_get("batch_id")?,
+                points: row.try_get("points")?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let members = client
+        .query(
+            "SELECT member_id, points_owed FROM members WHERE program_id = $1",
+            &[&program],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let rules = client
+        .query(
+            "SELECT version, created_at, rules ->> 'timezone' AS timezone, \
+                    (rules ->> 'daily_cap_points')::bigint AS cap \
+             FROM program_rules WHERE program_id = $1 ORDER BY version",
+            &[&program],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AuditRules {
+                version: row.try_get("version")?,
+                effective_at: row.try_get("created_at")?,
+                timezone: row
+                    .try_get::<_, Option<String>>("timezone")?
+                    .unwrap_or_default(),
+                daily_cap_points: row.try_get("cap")?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    Ok(Snapshot {
+        entries,
+        batches,
+        allocations,
+        members,
+        rules,
+    })
+}
