@@ -637,7 +637,9 @@ fn daily_caps_hold_in_every_zone_in_force(ledger: &Indexed) -> Vec<String> {
                 let day = t.with_timezone(zone).date_naive();
                 let (start, _) = crate::domain::local_day_bounds(day, *zone);
                 let end = t + chrono::Duration::nanoseconds(1);
-                let in_force = versions_in_force(rules, start, end)
+                // The versions the award could know of: its own and those before it.
+                let known = rules.partition_point(|r| r.version <= award.rules_version);
+                let in_force = versions_in_force(&rules[..known], start, end)
                     .iter()
                     .any(|r| r.timezone == zone.name());
                 if !in_force {

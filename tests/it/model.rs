@@ -8,6 +8,11 @@
 //! when a last sweep writes off what is left and the program's audit must be clean.
 //! proptest shrinks a failing sequence to a minimal one and prints it.
 //!
+//! The model never imports the service's domain code: its independence is what makes it
+//! worth having. It found, among others, the refund-then-cancel hole (a cancelled spend
+//! put back refunded points) once refunds and cancellations of the same purchase were
+//! likely in the mix, and it states the daily cap under time-zone changes on its own.
+//!
 //! One app (one database) serves the whole run; each case gets a fresh program and fresh
 //! members, and the shared clock is reset to the same start, so cases run one after another.
 //! `FLASH_MODEL_CASES` sets the number of cases (256 by default).
@@ -28,16 +33,38 @@ const BASE_RATE_BP: i64 = 15_000;
 const MIN_AMOUNT_MINOR: i64 = 100;
 const DAILY_CAP_POINTS: i64 = 100;
 const VALIDITY_DAYS: i64 = 21;
-/// Asia/Tokyo is UTC+9 all year (no daylight saving time).
-const TOKYO_OFFSET_HOURS: i64 = 9;
 const MAX_OPS: usize = 40;
+/// The zones a case's program may move to; the first is where it starts.
+const ZONES: [&str; 5] = [
+    "Asia/Tokyo",
+    "UTC",
+    "Pacific/Kiritimati",
+    "Pacific/Pago_Pago",
+    "America/Los_Angeles",
+];
+/// How long a replaced zone still bounds the cap: longer than any local day.
+const CAP_ZONE_LOOKBACK_HOURS: i64 = 48;
+/// The API's limits: the largest purchase, and the largest adjustment or spend.
+const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
+const MAX_ADJUST_POINTS: i64 = 1_000_000_000_000;
 
 /// Starts the Redis key prefix of the test's app, so a case can delete its cap counters.
 const REDIS_PREFIX: &str = "test:model:";
 
-/// The program-local (Asia/Tokyo) day of an instant: the day a daily cap counts against.
-fn tokyo_day(instant: DateTime<Utc>) -> NaiveDate {
-    (instant + Duration::hours(TOKYO_OFFSET_HOURS)).date_naive()
+fn zone(name: &str) -> chrono_tz::Tz {
+    name.parse().expect("a known zone")
+}
+
+/// The local calendar day of an instant in a zone, and the instant that day began.
+fn local_day(instant: DateTime<Utc>, zone: chrono_tz::Tz) -> (NaiveDate, DateTime<Utc>) {
+    let day = instant.with_timezone(&zone).date_naive();
+    // None of the model's zones skips midnight.
+    let start = zone
+        .from_local_datetime(&day.and_hms_opt(0, 0, 0).unwrap())
+        .earliest()
+        .unwrap()
+        .with_timezone(&Utc);
+    (day, start)
 }
 
 fn case_start() -> DateTime<Utc> {
@@ -49,10 +76,10 @@ fn far_future() -> DateTime<Utc> {
     case_start() + Duration::days(20 * 365)
 }
 
-fn program_rules() -> proto::ProgramRules {
+fn program_rules(timezone: &str) -> proto::ProgramRules {
     proto::ProgramRules {
         currency: "USD".into(),
-        timezone: "Asia/Tokyo".into(),
+        timezone: timezone.into(),
         base_rate_bp: BASE_RATE_BP,
         min_amount_minor: MIN_AMOUNT_MINOR,
         daily_cap_points: Some(DAILY_CAP_POINTS),
@@ -124,6 +151,14 @@ enum Op {
     /// Redis loses today's cap counters of every member (a flush or restart): the
     /// service must rebuild them from PostgreSQL, never read them as zero.
     LoseCapCounters,
+    /// The program moves to another time zone (an index into `ZONES`).
+    ChangeZone(usize),
+    /// Award, spend, refund the award and cancel the spend: the refund first or the
+    /// cancellation first, which must end at the same balance.
+    RefundAndCancel {
+        member: usize,
+        refund_first: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -136,7 +171,12 @@ fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
     let index = 0..64usize;
     let reverse_points = prop_oneof![1 => Just(None), 2 => (1..=40i64).prop_map(Some)];
     prop_oneof![
-        5 => (0..members, prop_oneof![1 => 1..=200i64, 3 => 1..=9_000i64], 1..=3i32).prop_map(
+        5 => (0..members, prop_oneof![
+            1 => 1..=200i64,
+            3 => 1..=9_000i64,
+            // The largest purchase, and one past it (refused).
+            1 => MAX_AMOUNT_MINOR..=MAX_AMOUNT_MINOR + 1,
+        ], 1..=3i32).prop_map(
             |(member, amount_minor, source)| Op::Award { member, amount_minor, source }
         ),
         1 => (index.clone(), any::<bool>())
@@ -149,7 +189,13 @@ fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
         2 => (index.clone(), reverse_points, any::<bool>()).prop_map(
             |(spend, points, by_id)| Op::ReverseSpend { spend, points, by_id }
         ),
-        2 => (0..members, prop_oneof![-40..=-1i64, 1..=80i64])
+        2 => (0..members, prop_oneof![
+            4 => -40..=-1i64,
+            4 => 1..=80i64,
+            // The largest credit, and one past the limit either way (refused).
+            1 => MAX_ADJUST_POINTS..=MAX_ADJUST_POINTS + 1,
+            1 => Just(-MAX_ADJUST_POINTS - 1),
+        ])
             .prop_map(|(member, points)| Op::Adjust { member, points }),
         2 => (1..=36i64).prop_map(|hours| Op::Advance(Step::Hours(hours))),
         2 => (1..=20i64).prop_map(|days| Op::Advance(Step::Days(days))),
@@ -159,6 +205,9 @@ fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
         1 => (index, prop::bool::weighted(0.2))
             .prop_map(|(op, as_credit)| Op::ReplayChanged { op, as_credit }),
         1 => Just(Op::LoseCapCounters),
+        1 => (0..ZONES.len()).prop_map(Op::ChangeZone),
+        2 => (0..members, any::<bool>())
+            .prop_map(|(member, refund_first)| Op::RefundAndCancel { member, refund_first }),
     ]
 }
 
@@ -336,6 +385,7 @@ enum Expected {
         reversed: i64,
         restorations: Vec<(usize, i64)>,
         expired: i64,
+        repaid: i64,
         balance: i64,
     },
     Adjust {
@@ -360,8 +410,13 @@ struct Model {
     entries: HashMap<String, Entry>,
     entry_keys: HashMap<String, String>,
     purchases: HashSet<(i32, String)>,
-    cap_used: HashMap<(usize, NaiveDate), i64>,
+    /// Every award that earned points: (member, when, points).
+    earned: Vec<(usize, DateTime<Utc>, i64)>,
+    /// The program's zones: (in force from, zone), oldest first.
+    zones: Vec<(DateTime<Utc>, chrono_tz::Tz)>,
     lifetime_earned: Vec<i64>,
+    /// Points of refunded awards the member had already spent: repaid by cancellations.
+    owed: Vec<i64>,
     /// Keys of the awards and spends written, in order.
     awards: Vec<String>,
     spends: Vec<String>,
@@ -380,8 +435,10 @@ impl Model {
             entries: HashMap::new(),
             entry_keys: HashMap::new(),
             purchases: HashSet::new(),
-            cap_used: HashMap::new(),
+            earned: vec![],
+            zones: vec![(now, zone(ZONES[0]))],
             lifetime_earned: vec![0; count],
+            owed: vec![0; count],
             awards: vec![],
             spends: vec![],
         }
@@ -489,6 +546,16 @@ impl Model {
 
     /// Applies a request to the model and says what the service must answer.
     fn apply(&mut self, request: &Request) -> Expected {
+        // Fields past the API's limits are refused at the edge, before any key is looked at.
+        let out_of_range = match request {
+            Request::Award(r) => r.amount_minor > MAX_AMOUNT_MINOR,
+            Request::Adjust(r) => r.points.abs() > MAX_ADJUST_POINTS,
+            Request::Spend(r) => r.points > MAX_ADJUST_POINTS,
+            _ => false,
+        };
+        if out_of_range {
+            return Expected::Error(Code::InvalidArgument);
+        }
         if let Some((original, response)) = self.claimed.get(request.key()) {
             return if original == request {
                 Expected::Replay(response.clone())
@@ -512,10 +579,8 @@ impl Model {
                     i64::try_from(points).unwrap()
                 };
                 let awarded = if requested > 0 {
-                    let day = tokyo_day(self.now);
-                    let used = self.cap_used.entry((member, day)).or_insert(0);
-                    let granted = requested.min((DAILY_CAP_POINTS - *used).max(0));
-                    *used += granted;
+                    let granted = requested.min(self.cap_room(member));
+                    self.earned.push((member, self.now, granted));
                     granted
                 } else {
                     0
@@ -614,6 +679,8 @@ impl Model {
                 }
                 draws.extend(self.draw_fifo(member, left, batch));
                 let recovered: i64 = draws.iter().map(|d| d.1).sum();
+                // What was spent already cannot be taken back: the member owes it.
+                self.owed[member] += points - recovered;
                 self.lifetime_earned[member] -= points;
                 if let Some(Entry::Award { reversed, .. }) = self.entries.get_mut(&award_key) {
                     *reversed += points;
@@ -653,7 +720,7 @@ impl Model {
                 // order they were drawn; this one covers the next `points`.
                 let (mut skip, mut cover) = (reversed, points);
                 let mut restorations = vec![];
-                let mut expired = 0;
+                let (mut expired, mut repaid) = (0, 0);
                 for (batch, drawn) in draws {
                     let skipped = skip.min(drawn);
                     skip -= skipped;
@@ -662,11 +729,17 @@ impl Model {
                         continue;
                     }
                     cover -= part;
-                    if self.batches[batch].expires_at > self.now {
-                        self.batches[batch].remaining += part;
-                        restorations.push((batch, part));
-                    } else {
+                    if self.batches[batch].expires_at <= self.now {
                         expired += part;
+                        continue;
+                    }
+                    // Owed points are repaid first, from the first parts put back.
+                    let repay = part.min(self.owed[member]);
+                    self.owed[member] -= repay;
+                    repaid += repay;
+                    if part > repay {
+                        self.batches[batch].remaining += part - repay;
+                        restorations.push((batch, part - repay));
                     }
                 }
                 if let Some(Entry::Spend { reversed, .. }) = self.entries.get_mut(&spend_key) {
@@ -678,10 +751,34 @@ impl Model {
                     reversed: points,
                     restorations,
                     expired,
+                    repaid,
                     balance: self.balance(member),
                 }
             }
         }
+    }
+
+    /// What the member may still earn now: for each zone the program had at some instant
+    /// of the last 48 hours, the cap less the member's awards in that zone's local day so
+    /// far; the least of them.
+    fn cap_room(&self, member: usize) -> i64 {
+        let from = self.now - Duration::hours(CAP_ZONE_LOOKBACK_HOURS);
+        let mut room = DAILY_CAP_POINTS;
+        for (index, (effective, zone)) in self.zones.iter().enumerate() {
+            let until = self.zones.get(index + 1).map(|(next, _)| *next);
+            if *effective > self.now || until.is_some_and(|until| until <= from) {
+                continue;
+            }
+            let (_, start) = local_day(self.now, *zone);
+            let used: i64 = self
+                .earned
+                .iter()
+                .filter(|(m, at, _)| *m == member && *at >= start && *at <= self.now)
+                .map(|(_, _, points)| points)
+                .sum();
+            room = room.min(DAILY_CAP_POINTS - used);
+        }
+        room.max(0)
     }
 
     /// The sweep: every batch due by now loses its points. Returns the points expired.
@@ -857,10 +954,12 @@ impl Model {
                     reversed,
                     restorations,
                     expired,
+                    repaid,
                     balance,
                 },
                 Response::ReverseSpend(r),
             ) => {
+                prop_assert_eq!(r.repaid_points, repaid, "reverse spend: repaid");
                 let restored: i64 = restorations.iter().map(|d| d.1).sum();
                 prop_assert_eq!(&r.member_id, &self.members[member], "reverse spend: member");
                 prop_assert_eq!(r.reversed_points, reversed, "reverse spend: reversed");
@@ -1018,8 +1117,90 @@ fn request_for(
                 earlier.changed()
             }
         }
-        Op::Advance(_) | Op::Expire | Op::LoseCapCounters => return None,
+        Op::Advance(_)
+        | Op::Expire
+        | Op::LoseCapCounters
+        | Op::ChangeZone(_)
+        | Op::RefundAndCancel { .. } => return None,
     })
+}
+
+/// The four requests of `Op::RefundAndCancel`: an award of $50, a spend of the whole
+/// balance (so the award's points are spent), then
+/// the refund of the award and the cancellation of the spend in the order given. Each is
+/// made from the model as it stands when its turn comes.
+#[allow(clippy::type_complexity)]
+fn refund_and_cancel(
+    step: usize,
+    program: &str,
+    model: &Model,
+    member: usize,
+    refund_first: bool,
+) -> Vec<Box<dyn Fn(&Model) -> Request>> {
+    let (program, member_id) = (program.to_owned(), model.members[member].clone());
+    let award_key = format!("k-{step}-award");
+    let spend_key = format!("k-{step}-spend");
+    let award = {
+        let (program, member_id, key) = (program.clone(), member_id.clone(), award_key.clone());
+        Box::new(move |model: &Model| {
+            Request::Award(proto::AwardRequest {
+                program_id: program.clone(),
+                member_id: member_id.clone(),
+                idempotency_key: key.clone(),
+                source: 1,
+                external_ref: format!("order-{step}-refunded"),
+                amount_minor: 5_000,
+                currency: "USD".into(),
+                occurred_at: Some(timestamp(model.now)),
+            })
+        }) as Box<dyn Fn(&Model) -> Request>
+    };
+    let spend = {
+        let (program, member_id, key) = (program.clone(), member_id, spend_key.clone());
+        Box::new(move |model: &Model| {
+            Request::Spend(proto::SpendRequest {
+                program_id: program.clone(),
+                member_id: member_id.clone(),
+                idempotency_key: key.clone(),
+                points: model.balance(member).clamp(1, MAX_ADJUST_POINTS),
+                reference: format!("reward-{step}"),
+            })
+        }) as Box<dyn Fn(&Model) -> Request>
+    };
+    let by_key = |key: &str| {
+        Some(proto::EntryRef {
+            r#ref: Some(proto::entry_ref::Ref::IdempotencyKey(key.to_owned())),
+        })
+    };
+    let refund = {
+        let (program, award) = (program.clone(), by_key(&award_key));
+        Box::new(move |_: &Model| {
+            Request::ReverseAward(proto::ReverseAwardRequest {
+                program_id: program.clone(),
+                idempotency_key: format!("k-{step}-refund"),
+                award: award.clone(),
+                points: None,
+                reason: "refund".into(),
+            })
+        }) as Box<dyn Fn(&Model) -> Request>
+    };
+    let cancel = {
+        let spend = by_key(&spend_key);
+        Box::new(move |_: &Model| {
+            Request::ReverseSpend(proto::ReverseSpendRequest {
+                program_id: program.clone(),
+                idempotency_key: format!("k-{step}-cancel"),
+                spend: spend.clone(),
+                points: None,
+                reason: "cancelled".into(),
+            })
+        }) as Box<dyn Fn(&Model) -> Request>
+    };
+    if refund_first {
+        vec![award, spend, refund, cancel]
+    } else {
+        vec![award, spend, cancel, refund]
+    }
 }
 
 /// Every member's (or only member `which`'s) balance, lifetime earned points and next
@@ -1118,7 +1299,7 @@ async fn run_case(
         .create_program(proto::CreateProgramRequest {
             program_id: program.clone(),
             name: "Model".into(),
-            rules: Some(program_rules()),
+            rules: Some(program_rules(ZONES[0])),
         })
         .await
         .map_err(|status| TestCaseError::fail(format!("create program: {status}")))?;
@@ -1167,13 +1348,43 @@ async fn run_case(
                 app.clock.set(to);
             }
             Op::Expire => sweep(app, &mut model, &after).await?,
+            Op::ChangeZone(index) => {
+                let mut programs = app.programs.clone();
+                programs
+                    .update_program(proto::UpdateProgramRequest {
+                        program_id: program.clone(),
+                        rules: Some(program_rules(ZONES[*index])),
+                        expected_rules_version: 0,
+                        name: String::new(),
+                    })
+                    .await
+                    .map_err(|status| TestCaseError::fail(format!("{after}: {status}")))?;
+                model.zones.push((model.now, zone(ZONES[*index])));
+            }
+            Op::RefundAndCancel {
+                member,
+                refund_first,
+            } => {
+                for request in refund_and_cancel(step, &program, &model, *member, *refund_first) {
+                    // Each request is built once the one before it has an answer.
+                    let request = request(&model);
+                    let expected = model.apply(&request);
+                    let actual = send(&mut ledger, &request).await;
+                    model
+                        .check(&request, expected, actual)
+                        .map_err(|error| TestCaseError::fail(format!("{after}: {error}")))?;
+                    sent.push(request);
+                }
+                which = Some(*member);
+            }
             Op::LoseCapCounters => {
-                let day = tokyo_day(model.now);
-                let keys: Vec<String> = model
-                    .members
-                    .iter()
-                    .map(|member| format!("{prefix}cap:{{{program}:{member}}}:Asia/Tokyo:{day}"))
-                    .collect();
+                let mut keys: Vec<String> = vec![];
+                for member in &model.members {
+                    for name in ZONES {
+                        let (day, _) = local_day(model.now, zone(name));
+                        keys.push(format!("{prefix}cap:{{{program}:{member}}}:{name}:{day}"));
+                    }
+                }
                 redis
                     .del::<i64, _>(keys)
                     .await
