@@ -70,6 +70,16 @@ impl Database {
         Ok(())
     }
 
+    /// Writes the seeded pages out now, so the checkpoint a bulk load triggers does not land
+    /// in the middle of the first measured cell.
+    pub async fn checkpoint(&self) -> anyhow::Result<()> {
+        Self::connect(&self.url)
+            .await?
+            .batch_execute("CHECKPOINT")
+            .await?;
+        Ok(())
+    }
+
     /// Fresh planner statistics, for the `--analyze` variant.
     pub async fn analyze(&self) -> anyhow::Result<()> {
         Self::connect(&self.url)

@@ -330,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             rate,
         });
         seeded = size;
+        bench.database.checkpoint().await?;
         if bench.cli.analyze {
             bench.database.analyze().await?;
         }
