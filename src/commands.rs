@@ -35,7 +35,7 @@ pub async fn create_demo_program(settings: &Settings, clock: Arc<dyn Clock>) -> 
     {
         Ok((_, false)) => tracing::info!("created the demo program"),
         Ok((_, true)) => tracing::info!("the demo program exists"),
-        Err(crate::service::Error::AlreadyExists(_)) => {
+        Err(crate::service::Error::ProgramExists { .. }) => {
             tracing::info!("the demo program exists with other settings; kept them")
         }
         Err(error) => return Err(anyhow::Error::new(error)),

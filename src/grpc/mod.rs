@@ -7,9 +7,11 @@ pub use ledger::LedgerApi;
 pub use programs::ProgramsApi;
 
 use crate::domain::InvalidField;
-use crate::service::Error;
+use crate::service::{Error, Unavailable};
 use chrono::{DateTime, Utc};
+use std::collections::HashMap;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// The generated code of `flash.loyalty.v1`.
 pub mod proto {
@@ -20,41 +22,125 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/flash_descriptor.bin"));
 }
 
-/// The one mapping from service errors to gRPC codes. Unexpected errors are logged with
-/// their cause chain and answered with an opaque message.
+/// The `google.rpc.ErrorInfo` domain of every reason below.
+pub const ERROR_DOMAIN: &str = "flash.loyalty.v1";
+
+/// How long a caller should wait before retrying a request refused as UNAVAILABLE.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The one mapping from service errors to gRPC statuses: a code, a message a person can
+/// act on, and details a program can: `google.rpc.ErrorInfo` with a reason (listed in the
+/// README) and metadata, `BadRequest` field violations for an invalid field, `RetryInfo`
+/// when retrying with the same key is right. Unexpected errors are logged with their cause
+/// chain and answered with an opaque message.
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        let code = code_of(&error);
         if let Error::Unexpected(cause) = &error {
             tracing::error!(error = format!("{cause:#}"), "unexpected error");
             return Status::internal("internal error");
         }
-        Status::new(code, error.to_string())
+        let (code, reason) = code_and_reason(&error);
+        let mut details = ErrorDetails::new();
+        details.set_error_info(reason, ERROR_DOMAIN, error_metadata(&error));
+        match &error {
+            Error::InvalidArgument(invalid) => {
+                details.add_bad_request_violation(&invalid.field, &invalid.message);
+            }
+            Error::Unavailable(_) => {
+                details.set_retry_info(Some(RETRY_AFTER));
+            }
+            _ => {}
+        }
+        Status::with_error_details(code, error.to_string(), details)
     }
 }
 
 /// The gRPC code an error maps to.
 pub fn code_of(error: &Error) -> Code {
+    code_and_reason(error).0
+}
+
+/// The machine-readable reason of an error (`google.rpc.ErrorInfo.reason`).
+pub fn reason_of(error: &Error) -> &'static str {
+    code_and_reason(error).1
+}
+
+fn code_and_reason(error: &Error) -> (Code, &'static str) {
     match error {
-        Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::NotFound(_) => Code::NotFound,
-        Error::AlreadyExists(_) => Code::AlreadyExists,
-        Error::FailedPrecondition(_) => Code::FailedPrecondition,
-        Error::Unavailable(_) => Code::Unavailable,
-        Error::OutOfRange(_) => Code::OutOfRange,
-        Error::Unexpected(_) => Code::Internal,
+        Error::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_FIELD"),
+        Error::ProgramNotFound { .. } => (Code::NotFound, "PROGRAM_NOT_FOUND"),
+        Error::MemberNotFound { .. } => (Code::NotFound, "MEMBER_NOT_FOUND"),
+        Error::EntryNotFound { .. } => (Code::NotFound, "ENTRY_NOT_FOUND"),
+        Error::KeyReused { .. } => (Code::AlreadyExists, "KEY_REUSED"),
+        Error::KeyRaced => (Code::AlreadyExists, "KEY_RACED"),
+        Error::PurchaseAlreadyAwarded { .. } | Error::PurchaseRaced => {
+            (Code::AlreadyExists, "PURCHASE_ALREADY_AWARDED")
+        }
+        Error::ProgramExists { .. } => (Code::AlreadyExists, "PROGRAM_EXISTS"),
+        Error::InsufficientPoints { .. } => (Code::FailedPrecondition, "INSUFFICIENT_POINTS"),
+        Error::NothingLeftToReverse { .. } => (Code::FailedPrecondition, "NOTHING_LEFT_TO_REVERSE"),
+        Error::ReversalExceedsRemaining { .. } => {
+            (Code::FailedPrecondition, "REVERSAL_EXCEEDS_REMAINING")
+        }
+        Error::BalanceOverflow => (Code::FailedPrecondition, "BALANCE_OVERFLOW"),
+        Error::StaleRulesVersion { .. } => (Code::FailedPrecondition, "STALE_RULES_VERSION"),
+        Error::FigureOutOfRange { .. } => (Code::OutOfRange, "FIGURE_OUT_OF_RANGE"),
+        Error::Unavailable(Unavailable::DailyCap) => (Code::Unavailable, "DAILY_CAP_UNAVAILABLE"),
+        Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
+        Error::Unexpected(_) => (Code::Internal, "INTERNAL"),
     }
+}
+
+/// What a program needs to act on a refusal without parsing its message.
+fn error_metadata(error: &Error) -> HashMap<String, String> {
+    let pairs: Vec<(&str, String)> = match error {
+        Error::InvalidArgument(invalid) => vec![("field", invalid.field.clone())],
+        Error::ProgramNotFound { program } => vec![("program_id", program.to_string())],
+        Error::MemberNotFound { program, member } => vec![
+            ("program_id", program.to_string()),
+            ("member_id", member.to_string()),
+        ],
+        Error::EntryNotFound { reference, .. } => vec![("entry", reference.clone())],
+        Error::KeyReused {
+            entry,
+            differing_fields,
+            ..
+        } => vec![
+            ("entry_id", entry.to_string()),
+            ("differing_fields", differing_fields.join(",")),
+        ],
+        Error::PurchaseAlreadyAwarded { entry, .. } => vec![("entry_id", entry.to_string())],
+        Error::ProgramExists {
+            differing_fields, ..
+        } => vec![("differing_fields", differing_fields.join(","))],
+        Error::InsufficientPoints {
+            balance_points,
+            requested_points,
+        } => vec![
+            ("balance_points", balance_points.to_string()),
+            ("requested_points", requested_points.to_string()),
+        ],
+        Error::ReversalExceedsRemaining { left_points, .. } => {
+            vec![("left_points", left_points.to_string())]
+        }
+        Error::StaleRulesVersion { current, .. } => {
+            vec![("current_rules_version", current.to_string())]
+        }
+        Error::FigureOutOfRange { field, .. } => vec![("field", field.clone())],
+        _ => vec![],
+    };
+    pairs
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
 }
 
 /// A figure computed in i128 (a sum across rows) as the int64 field `field` answers it;
 /// OUT_OF_RANGE naming the field and the exact figure when it does not fit.
 fn int64(field: &str, figure: i128) -> Result<i64, Error> {
-    i64::try_from(figure).map_err(|_| {
-        Error::OutOfRange(format!(
-            "{field}: the total {figure} does not fit an int64 (at most {}); nothing is wrong \
-             with the request, the figure is too large to answer",
-            i64::MAX
-        ))
+    i64::try_from(figure).map_err(|_| Error::FigureOutOfRange {
+        field: field.to_owned(),
+        value: figure,
     })
 }
 

@@ -153,9 +153,9 @@ impl Ledger {
     async fn award_group(&self, commands: Vec<AwardCommand>) -> Vec<Result<AwardOutcome, Error>> {
         match self.try_award_group(&commands).await {
             Ok(results) => results,
-            Err(Error::Unavailable(message)) => commands
+            Err(error) if error.repeat().is_some() => commands
                 .iter()
-                .map(|_| Err(Error::Unavailable(message.clone())))
+                .map(|_| Err(error.repeat().unwrap_or(Error::KeyRaced)))
                 .collect(),
             Err(error) if commands.len() == 1 => vec![Err(error)],
             Err(_) => {
@@ -504,9 +504,9 @@ struct GroupPlan {
 }
 
 fn purchase_already_awarded(command: &AwardCommand, entry: EntryId) -> Error {
-    Error::AlreadyExists(format!(
-        "purchase {}/{} was already awarded by entry {entry} under another idempotency key",
-        command.source.as_str(),
-        command.external_ref
-    ))
+    Error::PurchaseAlreadyAwarded {
+        purchase_source: command.source.as_str().to_owned(),
+        external_ref: command.external_ref.clone(),
+        entry,
+    }
 }

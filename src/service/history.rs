@@ -52,10 +52,9 @@ impl Ledger {
             .ok_or_else(|| program_not_found(program))?;
         store::members::get(&**client, program, member)
             .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "member {member} is not enrolled in program {program}"
-                ))
+            .ok_or_else(|| Error::MemberNotFound {
+                program: program.clone(),
+                member,
             })?;
         let limit = i64::try_from(page_size + 1).unwrap_or(i64::MAX);
         let mut entries =

@@ -77,10 +77,9 @@ impl Ledger {
         let (rules_version, stored) = store::members::get_with_program(&client, program, member)
             .await?
             .ok_or_else(|| program_not_found(program))?;
-        let stored = stored.ok_or_else(|| {
-            Error::NotFound(format!(
-                "member {member} is not enrolled in program {program}"
-            ))
+        let stored = stored.ok_or_else(|| Error::MemberNotFound {
+            program: program.clone(),
+            member,
         })?;
         let points =
             store::members::points_summary_prepared(&client, program, member, self.clock.now())
@@ -107,5 +106,7 @@ fn view(
 }
 
 pub(super) fn program_not_found(program: &ProgramId) -> Error {
-    Error::NotFound(format!("program {program} not found"))
+    Error::ProgramNotFound {
+        program: program.clone(),
+    }
 }

@@ -3,6 +3,7 @@
 mod adjust;
 mod audit;
 mod award;
+mod error;
 mod expiry;
 mod history;
 mod members;
@@ -13,6 +14,7 @@ mod spend;
 pub use adjust::{AdjustCommand, AdjustOutcome};
 pub use audit::AuditReport;
 pub use award::{AwardCommand, AwardOutcome};
+pub use error::{Error, Unavailable};
 pub use expiry::ExpiryOutcome;
 pub use history::{HistoryEntry, HistoryPage, Liability, RollForward};
 pub use members::{EnrollCommand, MemberView};
@@ -22,10 +24,10 @@ pub use reversal::{
 };
 pub use spend::{SpendCommand, SpendOutcome};
 
-use crate::cap::{CapUnavailable, DailyCap};
+use crate::cap::DailyCap;
 use crate::clock::Clock;
-use crate::domain::{IdempotencyKey, InvalidField, MemberId, ProgramId, ProgramRules};
-use crate::store::{self, classify, mutation, DbFailure, MemberTx};
+use crate::domain::{IdempotencyKey, MemberId, ProgramId, ProgramRules};
+use crate::store::{self, mutation, MemberTx};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use deadpool_postgres::{Client, Pool};
@@ -35,98 +37,6 @@ use std::sync::{Arc, Mutex};
 
 /// How far in the future a caller's timestamp may be, for clock skew between services.
 pub const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
-
-/// Why a use case refused or failed. Mapped to a gRPC status in one place (`grpc`).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    InvalidArgument(#[from] InvalidField),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Unavailable(String),
-    /// A figure to answer does not fit its field (a total past i64); the message names it.
-    #[error("{0}")]
-    OutOfRange(String),
-    #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
-}
-
-impl Error {
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::InvalidArgument(InvalidField::new(field, message))
-    }
-}
-
-impl From<tokio_postgres::Error> for Error {
-    fn from(error: tokio_postgres::Error) -> Self {
-        match classify(&error) {
-            DbFailure::Unavailable => {
-                tracing::warn!(%error, "database unavailable");
-                Self::Unavailable(
-                    "the database is unavailable; retry with the same idempotency key".into(),
-                )
-            }
-            // Writes check the key and the purchase under the member's lock first; these
-            // indexes only fire when another member's call raced in with the same key or
-            // purchase, which is always a different request.
-            DbFailure::UniqueViolation(constraint)
-                if constraint == "ledger_entries_idempotency_key" =>
-            {
-                Self::AlreadyExists(
-                    "this idempotency key was just used by a concurrent request for another \
-                     member"
-                        .into(),
-                )
-            }
-            DbFailure::UniqueViolation(constraint)
-                if constraint == "ledger_entries_one_award_per_purchase" =>
-            {
-                Self::AlreadyExists(
-                    "this purchase was just awarded by a concurrent request under another key"
-                        .into(),
-                )
-            }
-            _ => Self::Unexpected(anyhow::Error::new(error).context("database error")),
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for Error {
-    fn from(error: deadpool_postgres::PoolError) -> Self {
-        if let deadpool_postgres::PoolError::Backend(error) = error {
-            return error.into();
-        }
-        tracing::warn!(%error, "no database connection");
-        Self::Unavailable(
-            "no database connection available; retry with the same idempotency key".into(),
-        )
-    }
-}
-
-impl From<mutation::WriteError> for Error {
-    fn from(error: mutation::WriteError) -> Self {
-        match error {
-            mutation::WriteError::Db(error) => error.into(),
-            other => Self::Unexpected(anyhow::Error::new(other).context("writing an entry")),
-        }
-    }
-}
-
-impl From<CapUnavailable> for Error {
-    fn from(error: CapUnavailable) -> Self {
-        tracing::warn!(%error, "award withheld");
-        Self::Unavailable(
-            "the daily cap could not be checked, so the award was withheld and nothing was \
-             written; retry with the same idempotency key"
-                .into(),
-        )
-    }
-}
 
 /// The ledger use cases: members and their points.
 #[derive(Clone)]
@@ -233,11 +143,9 @@ impl Unit<'_> {
         self.members
             .get(&member)
             .and_then(|(row, _)| row.as_ref())
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "member {member} is not enrolled in program {}",
-                    self.tx.program()
-                ))
+            .ok_or_else(|| Error::MemberNotFound {
+                program: self.tx.program().clone(),
+                member,
             })
     }
 
@@ -258,9 +166,7 @@ impl Unit<'_> {
     /// figure stays an i64).
     fn credit_balance(&mut self, member: MemberId, points: i64) -> Result<i64, Error> {
         let (_, balance) = self.members.entry(member).or_insert((None, 0));
-        *balance = balance
-            .checked_add(points)
-            .ok_or_else(|| Error::FailedPrecondition("the balance would overflow".into()))?;
+        *balance = balance.checked_add(points).ok_or(Error::BalanceOverflow)?;
         Ok(*balance)
     }
 
@@ -268,7 +174,7 @@ impl Unit<'_> {
     fn balance_after_credit(&self, points: i64) -> Result<i64, Error> {
         self.balance_points()
             .checked_add(points)
-            .ok_or_else(|| Error::FailedPrecondition("the balance would overflow".into()))
+            .ok_or(Error::BalanceOverflow)
     }
 
     /// Writes the mutation and commits.
@@ -415,13 +321,11 @@ fn replay_or_conflict<T: serde::de::DeserializeOwned>(
 ) -> Result<T, Error> {
     let differing = differing_fields(&prior.request, request);
     if !differing.is_empty() {
-        return Err(Error::AlreadyExists(format!(
-            "idempotency key {:?} was already used for a different request \
-             (entry {}, differs in: {})",
-            key.as_str(),
-            prior.entry_id,
-            differing.join(", ")
-        )));
+        return Err(Error::KeyReused {
+            key: key.as_str().to_owned(),
+            entry: prior.entry_id,
+            differing_fields: differing,
+        });
     }
     serde_json::from_value(prior.outcome.clone())
         .map_err(|error| Error::Unexpected(anyhow::Error::new(error).context("stored outcome")))

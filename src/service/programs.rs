@@ -48,10 +48,10 @@ impl Programs {
             if differing.is_empty() {
                 return Ok((stored, true));
             }
-            Err(Error::AlreadyExists(format!(
-                "program {program} already exists with different settings (differs in: {})",
-                differing.join(", ")
-            )))
+            Err(Error::ProgramExists {
+                program: program.clone(),
+                differing_fields: differing,
+            })
         })
         .await
     }
@@ -91,10 +91,11 @@ impl Programs {
             }
             if let Some(expected) = expected_rules_version {
                 if expected != current.rules_version {
-                    return Err(Error::FailedPrecondition(format!(
-                        "program {program} is at rules version {}, not {expected}",
-                        current.rules_version
-                    )));
+                    return Err(Error::StaleRulesVersion {
+                        program: program.clone(),
+                        expected,
+                        current: current.rules_version,
+                    });
                 }
             }
             let version = current.rules_version + 1;

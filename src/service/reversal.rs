@@ -298,8 +298,10 @@ impl Ledger {
             Some(id) => entries::get(&**client, program, id).await?,
             None => None,
         };
-        let entry = entry
-            .ok_or_else(|| Error::NotFound(format!("no entry {reference} in program {program}")))?;
+        let entry = entry.ok_or_else(|| Error::EntryNotFound {
+            program: program.clone(),
+            reference: reference.to_string(),
+        })?;
         if entry.kind != kind {
             return Err(Error::invalid(
                 kind,
@@ -311,17 +313,17 @@ impl Ledger {
 }
 
 /// The points a reversal covers: the request's, or all that is left; never more.
-fn points_to_reverse(requested: Option<i64>, left: i64, what: &str) -> Result<i64, Error> {
+fn points_to_reverse(requested: Option<i64>, left: i64, what: &'static str) -> Result<i64, Error> {
     if left <= 0 {
-        return Err(Error::FailedPrecondition(format!(
-            "the {what} has nothing left to reverse"
-        )));
+        return Err(Error::NothingLeftToReverse { what });
     }
     let points = requested.unwrap_or(left);
     if points > left {
-        return Err(Error::FailedPrecondition(format!(
-            "only {left} points of the {what} are left to reverse, {points} were asked"
-        )));
+        return Err(Error::ReversalExceedsRemaining {
+            what,
+            left_points: left,
+            requested_points: points,
+        });
     }
     Ok(points)
 }

@@ -110,9 +110,10 @@ pub(super) async fn plan_fifo_draw(
     let batches = store::batches::held_for_update(&unit.tx).await?;
     let available = spendable_points(&batches, now);
     if available < points {
-        return Err(Error::FailedPrecondition(format!(
-            "insufficient points: the balance is {available}, {points} were asked"
-        )));
+        return Err(Error::InsufficientPoints {
+            balance_points: available,
+            requested_points: points,
+        });
     }
     let draws = draw_oldest_first(&batches, points, now);
     Ok((draws, batches))

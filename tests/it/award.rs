@@ -1,4 +1,4 @@
-use crate::helpers::{spawn_app, timestamp, usd_rules, TestApp, PROGRAM};
+use crate::helpers::{refusal, spawn_app, timestamp, usd_rules, TestApp, PROGRAM};
 use chrono::Duration;
 use flash_loyalty::grpc::proto;
 use std::collections::HashSet;
@@ -125,11 +125,9 @@ async fn the_same_key_with_another_amount_is_already_exists_and_writes_nothing()
     changed.amount_minor = 6_000;
     let error = app.ledger.award(changed).await.unwrap_err();
     assert_eq!(error.code(), Code::AlreadyExists);
-    assert!(
-        error.message().contains("amount_minor"),
-        "{}",
-        error.message()
-    );
+    let refusal = refusal(&error);
+    assert_eq!(refusal.reason, "KEY_REUSED", "{}", error.message());
+    assert_eq!(refusal.metadata["differing_fields"], "amount_minor");
     assert_eq!(app.row_counts().await, (1, 1));
     assert_eq!(app.member(&member).await.balance_points, 50);
 }
@@ -143,6 +141,7 @@ async fn the_same_order_under_a_new_key_is_already_exists() {
     again.idempotency_key = "another-key".into();
     let error = app.ledger.award(again).await.unwrap_err();
     assert_eq!(error.code(), Code::AlreadyExists);
+    assert_eq!(refusal(&error).reason, "PURCHASE_ALREADY_AWARDED");
     assert!(
         error.message().contains(&request.external_ref),
         "{}",
@@ -371,11 +370,9 @@ async fn bad_input_gets_a_precise_status_and_writes_nothing() {
         let error = app.ledger.award(request).await.unwrap_err();
         assert_eq!(error.code(), code, "{what}: {}", error.message());
         if code == Code::InvalidArgument {
-            assert!(
-                error.message().starts_with(what),
-                "{what}: {}",
-                error.message()
-            );
+            let refusal = refusal(&error);
+            assert_eq!(refusal.reason, "INVALID_FIELD", "{what}");
+            assert_eq!(refusal.bad_fields, [what], "{what}: {}", error.message());
         }
     }
     let error = app

@@ -45,6 +45,9 @@ async fn redis_unreachable_is_unavailable_quickly_and_writes_nothing() {
 
     assert_eq!(error.code(), Code::Unavailable);
     assert!(error.message().contains("withheld"), "{}", error.message());
+    let refusal = crate::helpers::refusal(&error);
+    assert_eq!(refusal.reason, "DAILY_CAP_UNAVAILABLE");
+    assert!(refusal.retry, "UNAVAILABLE carries RetryInfo");
     // A generous bound: the point is "bounded", not a timing measurement.
     assert!(waited < Duration::from_secs(5), "took {waited:?}");
     assert_eq!(app.row_counts().await, (0, 0));

@@ -510,3 +510,27 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// What a refusal says to a program: its `google.rpc.ErrorInfo` reason and metadata, and
+/// the fields its `BadRequest` names.
+pub struct Refusal {
+    pub reason: String,
+    pub metadata: std::collections::HashMap<String, String>,
+    pub bad_fields: Vec<String>,
+    pub retry: bool,
+}
+
+pub fn refusal(status: &tonic::Status) -> Refusal {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let info = details.error_info();
+    Refusal {
+        reason: info.map(|i| i.reason.clone()).unwrap_or_default(),
+        metadata: info.map(|i| i.metadata.clone()).unwrap_or_default(),
+        bad_fields: details
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default(),
+        retry: details.retry_info().is_some(),
+    }
+}

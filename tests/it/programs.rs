@@ -94,6 +94,7 @@ async fn invalid_rules_are_refused_naming_the_field() {
             .await
             .unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument, "{field}");
+        assert_eq!(crate::helpers::refusal(&error).bad_fields, [field]);
         assert!(
             error.message().starts_with(field),
             "{field}: {}",

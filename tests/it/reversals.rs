@@ -98,7 +98,9 @@ async fn partial_reversals_add_up_and_over_reversal_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition);
-    assert!(error.message().contains("10"), "{}", error.message());
+    let refusal = crate::helpers::refusal(&error);
+    assert_eq!(refusal.reason, "REVERSAL_EXCEEDS_REMAINING");
+    assert_eq!(refusal.metadata["left_points"], "10");
     assert_eq!(app.row_counts().await, before);
     let rest = app
         .ledger
@@ -608,7 +610,7 @@ async fn a_spend_reversal_that_would_take_the_balance_past_i64_is_refused_and_wr
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(refused.message().contains("overflow"), "{refused:?}");
+    assert_eq!(crate::helpers::refusal(&refused).reason, "BALANCE_OVERFLOW");
     // An award past it is refused the same way.
     let mut request = app.purchase(&member, 1);
     request.currency = "JPY".into();

@@ -111,10 +111,11 @@ async fn a_spend_larger_than_the_balance_is_refused_and_writes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::FailedPrecondition);
-    assert!(
-        error.message().contains("120"),
-        "names the balance: {}",
-        error.message()
+    let refusal = crate::helpers::refusal(&error);
+    assert_eq!(refusal.reason, "INSUFFICIENT_POINTS");
+    assert_eq!(
+        refusal.metadata["balance_points"], "120",
+        "names the balance"
     );
     assert_eq!(app.row_counts().await, (1, 1));
     app.assert_ties_out().await;

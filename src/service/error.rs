@@ -1,0 +1,189 @@
+//! Why a use case refused or failed: precise, typed refusals in the spirit of TigerBeetle's
+//! result codes (`exists` is not `exists_with_different_amount`). The gRPC layer maps each
+//! to a status code and a machine-readable `google.rpc.ErrorInfo` reason in one `match`.
+use crate::cap::CapUnavailable;
+use crate::domain::{EntryId, InvalidField, MemberId, ProgramId};
+use crate::store::{classify, mutation, DbFailure};
+
+/// Why a use case refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A field of the request is malformed; nothing was looked at.
+    #[error("{0}")]
+    InvalidArgument(#[from] InvalidField),
+
+    #[error("program {program} not found")]
+    ProgramNotFound { program: ProgramId },
+    #[error("member {member} is not enrolled in program {program}")]
+    MemberNotFound {
+        program: ProgramId,
+        member: MemberId,
+    },
+    #[error("no entry {reference} in program {program}")]
+    EntryNotFound {
+        program: ProgramId,
+        reference: String,
+    },
+
+    /// The key was used before for a request that differs in these fields.
+    #[error(
+        "idempotency key {key:?} was already used for a different request (entry {entry}, \
+         differs in: {})",
+        differing_fields.join(", ")
+    )]
+    KeyReused {
+        key: String,
+        entry: EntryId,
+        differing_fields: Vec<String>,
+    },
+    /// Another member's call claimed the key at the same moment.
+    #[error("this idempotency key was just used by a concurrent request for another member")]
+    KeyRaced,
+    /// The purchase earned its points already, under another key.
+    #[error(
+        "purchase {purchase_source}/{external_ref} was already awarded by entry {entry} under \
+         another idempotency key"
+    )]
+    PurchaseAlreadyAwarded {
+        purchase_source: String,
+        external_ref: String,
+        entry: EntryId,
+    },
+    /// Another call awarded the purchase under another key at the same moment.
+    #[error("this purchase was just awarded by a concurrent request under another key")]
+    PurchaseRaced,
+    #[error("program {program} already exists with different settings (differs in: {})", differing_fields.join(", "))]
+    ProgramExists {
+        program: ProgramId,
+        differing_fields: Vec<String>,
+    },
+
+    #[error("insufficient points: the balance is {balance_points}, {requested_points} were asked")]
+    InsufficientPoints {
+        balance_points: i64,
+        requested_points: i64,
+    },
+    #[error("the {what} has nothing left to reverse")]
+    NothingLeftToReverse { what: &'static str },
+    #[error("only {left_points} points of the {what} are left to reverse, {requested_points} were asked")]
+    ReversalExceedsRemaining {
+        what: &'static str,
+        left_points: i64,
+        requested_points: i64,
+    },
+    /// A credit would take the member's balance past i64::MAX.
+    #[error(
+        "the balance would overflow: the member's balance cannot pass {}",
+        i64::MAX
+    )]
+    BalanceOverflow,
+    #[error("program {program} is at rules version {current}, not {expected}")]
+    StaleRulesVersion {
+        program: ProgramId,
+        expected: i64,
+        current: i64,
+    },
+
+    /// A figure to answer does not fit its int64 field (a total past i64).
+    #[error(
+        "{field}: the total {value} does not fit an int64 (at most {}); nothing is wrong with \
+         the request, the figure is too large to answer",
+        i64::MAX
+    )]
+    FigureOutOfRange { field: String, value: i128 },
+
+    /// Nothing was written; the same request with the same key may be sent again.
+    #[error("{}; retry with the same idempotency key", .0.describe())]
+    Unavailable(Unavailable),
+
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// What could not be reached in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    Database,
+    NoConnection,
+    /// The daily cap could not be checked, so the award was withheld.
+    DailyCap,
+}
+
+impl Unavailable {
+    fn describe(self) -> &'static str {
+        match self {
+            Unavailable::Database => "the database is unavailable",
+            Unavailable::NoConnection => "no database connection available",
+            Unavailable::DailyCap => {
+                "the daily cap could not be checked, so the award was withheld and nothing \
+                 was written"
+            }
+        }
+    }
+}
+
+impl Error {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument(InvalidField::new(field, message))
+    }
+
+    /// The same refusal again, for every item of a batch a shared failure stopped; None
+    /// for errors that are not worth repeating item by item.
+    pub fn repeat(&self) -> Option<Self> {
+        match self {
+            Self::Unavailable(what) => Some(Self::Unavailable(*what)),
+            _ => None,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(error: tokio_postgres::Error) -> Self {
+        match classify(&error) {
+            DbFailure::Unavailable => {
+                tracing::warn!(%error, "database unavailable");
+                Self::Unavailable(Unavailable::Database)
+            }
+            // Writes check the key and the purchase under the member's lock first; these
+            // indexes only fire when another member's call raced in with the same key or
+            // purchase, which is always a different request.
+            DbFailure::UniqueViolation(constraint)
+                if constraint == "ledger_entries_idempotency_key" =>
+            {
+                Self::KeyRaced
+            }
+            DbFailure::UniqueViolation(constraint)
+                if constraint == "ledger_entries_one_award_per_purchase" =>
+            {
+                Self::PurchaseRaced
+            }
+            _ => Self::Unexpected(anyhow::Error::new(error).context("database error")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        if let deadpool_postgres::PoolError::Backend(error) = error {
+            return error.into();
+        }
+        tracing::warn!(%error, "no database connection");
+        Self::Unavailable(Unavailable::NoConnection)
+    }
+}
+
+impl From<mutation::WriteError> for Error {
+    fn from(error: mutation::WriteError) -> Self {
+        match error {
+            mutation::WriteError::Db(error) => error.into(),
+            other => Self::Unexpected(anyhow::Error::new(other).context("writing an entry")),
+        }
+    }
+}
+
+impl From<CapUnavailable> for Error {
+    fn from(error: CapUnavailable) -> Self {
+        tracing::warn!(%error, "award withheld");
+        Self::Unavailable(Unavailable::DailyCap)
+    }
+}
