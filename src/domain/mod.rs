@@ -1,6 +1,7 @@
 //! Domain types and rules: parse-don't-validate newtypes and pure arithmetic. No IO.
 mod allocation;
 mod ids;
+mod kind;
 mod lock;
 mod money;
 mod rules;
@@ -10,6 +11,7 @@ pub use allocation::{
     BatchBalance, Draw,
 };
 pub use ids::{EntryId, IdempotencyKey, MemberId, ProgramId};
+pub use kind::EntryKind;
 pub use lock::member_lock_key;
 pub use money::{purchase_points, Currency, MAX_AMOUNT_MINOR};
 pub use rules::{
@@ -57,6 +59,13 @@ impl PurchaseSource {
             Self::Shopify => "shopify",
             Self::Marketplace => "marketplace",
         }
+    }
+
+    /// The source a stored name stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Receipt, Self::Shopify, Self::Marketplace]
+            .into_iter()
+            .find(|source| source.as_str() == name)
     }
 }
 

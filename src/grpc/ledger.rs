@@ -2,14 +2,13 @@
 use super::proto::{self, ledger_server::Ledger as LedgerRpc};
 use super::{int64, optional_time, required_time, timestamp};
 use crate::domain::{
-    parse_reference, Currency, EntryId, IdempotencyKey, InvalidField, MemberId, ProgramId,
-    PurchaseSource, MAX_AMOUNT_MINOR, MAX_RULE_POINTS,
+    parse_reference, Currency, EntryId, EntryKind, IdempotencyKey, InvalidField, MemberId,
+    ProgramId, PurchaseSource, MAX_AMOUNT_MINOR, MAX_RULE_POINTS,
 };
 use crate::service::{
-    AdjustCommand, AwardCommand, AwardOutcome, EnrollCommand, EntryRef, Error, HistoryEntry,
-    Ledger, MemberView, ReverseAwardCommand, ReverseSpendCommand, SpendCommand,
+    AdjustCommand, AllocationView, AwardCommand, AwardOutcome, EnrollCommand, EntryRef, Error,
+    HistoryEntry, Ledger, MemberView, ReverseAwardCommand, ReverseSpendCommand, SpendCommand,
 };
-use crate::store::batches::AllocationView;
 use chrono::NaiveDate;
 use tonic::{Request, Response, Status};
 
@@ -30,13 +29,7 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::EnrollMemberRequest>,
     ) -> Result<Response<proto::EnrollMemberResponse>, Status> {
-        let request = request.into_inner();
-        let command = EnrollCommand {
-            program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
-            member: MemberId::parse(&request.member_id).map_err(Error::from)?,
-            birthday: parse_birthday(&request.birthday).map_err(Error::from)?,
-            enrolled_at: optional_time("enrolled_at", request.enrolled_at).map_err(Error::from)?,
-        };
+        let command = enroll_command(request.into_inner())?;
         let (member, already_enrolled) = self.ledger.enroll(command).await?;
         Ok(Response::new(proto::EnrollMemberResponse {
             member: Some(member_message(member)?),
@@ -112,15 +105,7 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::SpendRequest>,
     ) -> Result<Response<proto::SpendResponse>, Status> {
-        let request = request.into_inner();
-        let command = SpendCommand {
-            program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
-            member: MemberId::parse(&request.member_id).map_err(Error::from)?,
-            idempotency_key: IdempotencyKey::parse(&request.idempotency_key)
-                .map_err(Error::from)?,
-            points: positive_points("points", request.points)?,
-            reference: parse_reference("reference", &request.reference).map_err(Error::from)?,
-        };
+        let command = spend_command(request.into_inner())?;
         let outcome = self.ledger.spend(command).await?;
         Ok(Response::new(proto::SpendResponse {
             entry_id: outcome.entry_id,
@@ -135,18 +120,7 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::ReverseAwardRequest>,
     ) -> Result<Response<proto::ReverseAwardResponse>, Status> {
-        let request = request.into_inner();
-        let command = ReverseAwardCommand {
-            program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
-            idempotency_key: IdempotencyKey::parse(&request.idempotency_key)
-                .map_err(Error::from)?,
-            award: entry_ref("award", request.award)?,
-            points: request
-                .points
-                .map(|p| positive_points("points", p))
-                .transpose()?,
-            reason: optional_text("reason", &request.reason)?,
-        };
+        let command = reverse_award_command(request.into_inner())?;
         let outcome = self.ledger.reverse_award(command).await?;
         Ok(Response::new(proto::ReverseAwardResponse {
             entry_id: outcome.entry_id,
@@ -166,18 +140,7 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::ReverseSpendRequest>,
     ) -> Result<Response<proto::ReverseSpendResponse>, Status> {
-        let request = request.into_inner();
-        let command = ReverseSpendCommand {
-            program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
-            idempotency_key: IdempotencyKey::parse(&request.idempotency_key)
-                .map_err(Error::from)?,
-            spend: entry_ref("spend", request.spend)?,
-            points: request
-                .points
-                .map(|p| positive_points("points", p))
-                .transpose()?,
-            reason: optional_text("reason", &request.reason)?,
-        };
+        let command = reverse_spend_command(request.into_inner())?;
         let outcome = self.ledger.reverse_spend(command).await?;
         Ok(Response::new(proto::ReverseSpendResponse {
             entry_id: outcome.entry_id,
@@ -197,23 +160,7 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::AdjustRequest>,
     ) -> Result<Response<proto::AdjustResponse>, Status> {
-        let request = request.into_inner();
-        if request.points == 0 || request.points.unsigned_abs() > MAX_RULE_POINTS.unsigned_abs() {
-            return Err(Error::invalid(
-                "points",
-                format!("must be non-zero and within ±{MAX_RULE_POINTS}"),
-            )
-            .into());
-        }
-        let command = AdjustCommand {
-            program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
-            member: MemberId::parse(&request.member_id).map_err(Error::from)?,
-            idempotency_key: IdempotencyKey::parse(&request.idempotency_key)
-                .map_err(Error::from)?,
-            points: request.points,
-            reason: parse_reference("reason", &request.reason).map_err(Error::from)?,
-            actor: parse_reference("actor", &request.actor).map_err(Error::from)?,
-        };
+        let command = adjust_command(request.into_inner())?;
         let outcome = self.ledger.adjust(command).await?;
         Ok(Response::new(proto::AdjustResponse {
             entry_id: outcome.entry_id,
@@ -343,6 +290,72 @@ fn award_command(request: proto::AwardRequest) -> Result<AwardCommand, Error> {
     })
 }
 
+fn enroll_command(request: proto::EnrollMemberRequest) -> Result<EnrollCommand, Error> {
+    Ok(EnrollCommand {
+        program: ProgramId::parse(&request.program_id)?,
+        member: MemberId::parse(&request.member_id)?,
+        birthday: parse_birthday(&request.birthday)?,
+        enrolled_at: optional_time("enrolled_at", request.enrolled_at)?,
+    })
+}
+
+fn spend_command(request: proto::SpendRequest) -> Result<SpendCommand, Error> {
+    Ok(SpendCommand {
+        program: ProgramId::parse(&request.program_id)?,
+        member: MemberId::parse(&request.member_id)?,
+        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
+        points: positive_points("points", request.points)?,
+        reference: parse_reference("reference", &request.reference)?,
+    })
+}
+
+fn reverse_award_command(
+    request: proto::ReverseAwardRequest,
+) -> Result<ReverseAwardCommand, Error> {
+    Ok(ReverseAwardCommand {
+        program: ProgramId::parse(&request.program_id)?,
+        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
+        award: entry_ref("award", request.award)?,
+        points: request
+            .points
+            .map(|p| positive_points("points", p))
+            .transpose()?,
+        reason: optional_text("reason", &request.reason)?,
+    })
+}
+
+fn reverse_spend_command(
+    request: proto::ReverseSpendRequest,
+) -> Result<ReverseSpendCommand, Error> {
+    Ok(ReverseSpendCommand {
+        program: ProgramId::parse(&request.program_id)?,
+        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
+        spend: entry_ref("spend", request.spend)?,
+        points: request
+            .points
+            .map(|p| positive_points("points", p))
+            .transpose()?,
+        reason: optional_text("reason", &request.reason)?,
+    })
+}
+
+fn adjust_command(request: proto::AdjustRequest) -> Result<AdjustCommand, Error> {
+    if request.points == 0 || request.points.unsigned_abs() > MAX_RULE_POINTS.unsigned_abs() {
+        return Err(Error::invalid(
+            "points",
+            format!("must be non-zero and within ±{MAX_RULE_POINTS}"),
+        ));
+    }
+    Ok(AdjustCommand {
+        program: ProgramId::parse(&request.program_id)?,
+        member: MemberId::parse(&request.member_id)?,
+        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
+        points: request.points,
+        reason: parse_reference("reason", &request.reason)?,
+        actor: parse_reference("actor", &request.actor)?,
+    })
+}
+
 fn positive_points(field: &str, points: i64) -> Result<i64, Error> {
     if points <= 0 || points > MAX_RULE_POINTS {
         return Err(Error::invalid(
@@ -388,23 +401,21 @@ fn allocation_messages(allocations: &[AllocationView]) -> Vec<proto::Allocation>
         .collect()
 }
 
-fn entry_message(history: HistoryEntry) -> proto::Entry {
-    let entry = history.entry;
-    let kind = match entry.kind.as_str() {
-        "award" => proto::EntryKind::Award,
-        "spend" => proto::EntryKind::Spend,
-        "award_reversal" => proto::EntryKind::AwardReversal,
-        "spend_reversal" => proto::EntryKind::SpendReversal,
-        "adjustment" => proto::EntryKind::Adjustment,
-        "expiry" => proto::EntryKind::Expiry,
-        "bonus" => proto::EntryKind::Bonus,
-        _ => proto::EntryKind::Unspecified,
+fn entry_message(entry: HistoryEntry) -> proto::Entry {
+    let kind = match entry.kind {
+        EntryKind::Award => proto::EntryKind::Award,
+        EntryKind::Spend => proto::EntryKind::Spend,
+        EntryKind::AwardReversal => proto::EntryKind::AwardReversal,
+        EntryKind::SpendReversal => proto::EntryKind::SpendReversal,
+        EntryKind::Adjustment => proto::EntryKind::Adjustment,
+        EntryKind::Expiry => proto::EntryKind::Expiry,
+        EntryKind::Bonus => proto::EntryKind::Bonus,
     };
-    let source = match entry.source.as_deref() {
-        Some("receipt") => proto::PurchaseSource::Receipt,
-        Some("shopify") => proto::PurchaseSource::Shopify,
-        Some("marketplace") => proto::PurchaseSource::Marketplace,
-        _ => proto::PurchaseSource::Unspecified,
+    let source = match entry.source {
+        Some(PurchaseSource::Receipt) => proto::PurchaseSource::Receipt,
+        Some(PurchaseSource::Shopify) => proto::PurchaseSource::Shopify,
+        Some(PurchaseSource::Marketplace) => proto::PurchaseSource::Marketplace,
+        None => proto::PurchaseSource::Unspecified,
     };
     proto::Entry {
         entry_id: entry.entry_id.to_string(),
@@ -416,11 +427,8 @@ fn entry_message(history: HistoryEntry) -> proto::Entry {
         actor: entry.actor.unwrap_or_default(),
         rules_version: entry.rules_version,
         created_at: Some(timestamp(entry.created_at)),
-        batch_id: history
-            .batch_id
-            .map(|id| id.to_string())
-            .unwrap_or_default(),
-        allocations: allocation_messages(&history.allocations),
+        batch_id: entry.batch_id.map(|id| id.to_string()).unwrap_or_default(),
+        allocations: allocation_messages(&entry.allocations),
         reversed_entry_id: entry
             .reversed_entry_id
             .map(|id| id.to_string())

@@ -1,9 +1,10 @@
 //! Manual adjustments: credits become a new batch, debits draw like a spend; both keep
 //! their reason and actor for the audit.
+use super::outcome::AllocationView;
 use super::spend::{allocation_views, plan_fifo_draw};
 use super::{run_to_completion, Error, Ledger, Opened, Outcome};
-use crate::domain::{EntryId, IdempotencyKey, MemberId, ProgramId};
-use crate::store::{batches::AllocationView, entries, mutation};
+use crate::domain::{EntryId, EntryKind, IdempotencyKey, MemberId, ProgramId};
+use crate::store::{entries, mutation};
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -100,7 +101,7 @@ impl Ledger {
             let effects = mutation::Effects {
                 entry: entries::NewEntry {
                     entry_id,
-                    kind: "adjustment",
+                    kind: EntryKind::Adjustment,
                     points: command.points,
                     idempotency_key: &command.idempotency_key,
                     request: &request,

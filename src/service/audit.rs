@@ -6,7 +6,7 @@
 //! Every sum is taken in i128, so a ledger written by an older, buggy version that holds
 //! more than i64 is reported, never an error.
 use super::{members::program_not_found, Error, Ledger};
-use crate::domain::ProgramId;
+use crate::domain::{EntryKind, ProgramId};
 use crate::store::{
     self,
     audit::{AuditAllocation, AuditBatch, AuditEntry, AuditRules, Snapshot},
@@ -182,13 +182,13 @@ impl<'a> Indexed<'a> {
 
 /// Credits create a batch; everything else moves points between batches and the world.
 fn is_credit(entry: &AuditEntry) -> bool {
-    matches!(entry.kind.as_str(), "award" | "bonus")
-        || (entry.kind == "adjustment" && entry.points > 0)
+    matches!(entry.kind, EntryKind::Award | EntryKind::Bonus)
+        || (entry.kind == EntryKind::Adjustment && entry.points > 0)
 }
 
 /// Draws taken from batches by the member's own choice to use points.
 fn is_spending(entry: &AuditEntry) -> bool {
-    entry.kind == "spend" || (entry.kind == "adjustment" && entry.points < 0)
+    entry.kind == EntryKind::Spend || (entry.kind == EntryKind::Adjustment && entry.points < 0)
 }
 
 /// One idempotency key writes one entry; one purchase earns once.
@@ -202,7 +202,7 @@ fn keys_and_purchases_are_unique(ledger: &Indexed) -> Vec<String> {
                 entry.idempotency_key
             ));
         }
-        if entry.kind == "award" {
+        if entry.kind == EntryKind::Award {
             let purchase = (entry.source.as_deref(), entry.external_ref.as_deref());
             if !purchases.insert(purchase) {
                 violations.push(format!(
@@ -226,16 +226,17 @@ fn entries_have_their_kinds_shape(ledger: &Indexed) -> Vec<String> {
         let points = i128::from(entry.points);
         let unrecovered = i128::from(entry.unrecovered_points.unwrap_or(0));
         let repaid = i128::from(entry.repaid_points.unwrap_or(0));
-        let well_formed = match entry.kind.as_str() {
-            "award" => points >= 0 && entry.cap_day.is_some(),
-            "bonus" => points > 0,
-            "spend" | "expiry" => points < 0,
-            "adjustment" => points != 0,
+        let well_formed = match entry.kind {
+            EntryKind::Award => points >= 0 && entry.cap_day.is_some(),
+            EntryKind::Bonus => points > 0,
+            EntryKind::Spend | EntryKind::Expiry => points < 0,
+            EntryKind::Adjustment => points != 0,
             // reversed = recovered + unrecovered, where recovered = −points.
-            "award_reversal" => points <= 0 && unrecovered >= 0 && reversed == unrecovered - points,
+            EntryKind::AwardReversal => {
+                points <= 0 && unrecovered >= 0 && reversed == unrecovered - points
+            }
             // reversed = restored + expired + repaid, expired ≥ 0.
-            "spend_reversal" => points >= 0 && repaid >= 0 && reversed >= points + repaid,
-            _ => false,
+            EntryKind::SpendReversal => points >= 0 && repaid >= 0 && reversed >= points + repaid,
         };
         if !well_formed {
             violations.push(format!(
@@ -278,7 +279,7 @@ fn allocations_add_up_to_their_entries(ledger: &Indexed) -> Vec<String> {
             continue;
         }
         let sum: i128 = allocations.iter().map(|a| i128::from(a.points)).sum();
-        let restores = entry.kind == "spend_reversal";
+        let restores = entry.kind == EntryKind::SpendReversal;
         let one_sign = allocations.iter().all(|a| (a.points > 0) == restores);
         if batches > 0 || !one_sign || sum != i128::from(entry.points) {
             violations.push(format!(
@@ -331,9 +332,9 @@ fn reversals_cover_at_most_what_they_reverse(ledger: &Indexed) -> Vec<String> {
     let mut seen: HashSet<Uuid> = HashSet::new();
     for entry in &ledger.snapshot.entries {
         seen.insert(entry.entry_id);
-        let expected_kind = match entry.kind.as_str() {
-            "award_reversal" => "award",
-            "spend_reversal" => "spend",
+        let expected_kind = match entry.kind {
+            EntryKind::AwardReversal => EntryKind::Award,
+            EntryKind::SpendReversal => EntryKind::Spend,
             _ => continue,
         };
         let Some(reversed) = entry.reversed_entry_id.and_then(|id| ledger.entry.get(&id)) else {
@@ -371,7 +372,7 @@ fn cancellations_return_only_what_the_spend_took(ledger: &Indexed) -> Vec<String
         .snapshot
         .entries
         .iter()
-        .filter(|e| e.kind == "spend_reversal")
+        .filter(|e| e.kind == EntryKind::SpendReversal)
     {
         let Some(spend) = entry.reversed_entry_id else {
             continue;
@@ -452,12 +453,12 @@ fn balances_stay_within_net_credits(ledger: &Indexed) -> Vec<String> {
         for entry in entries {
             let points = i128::from(entry.points);
             let reversed = i128::from(entry.reversed_points.unwrap_or(0));
-            match entry.kind.as_str() {
+            match entry.kind {
                 _ if is_credit(entry) => credited += points,
                 _ if is_spending(entry) => spent -= points,
-                "award_reversal" => refunded += reversed,
-                "spend_reversal" => cancelled += reversed,
-                "expiry" => expired -= points,
+                EntryKind::AwardReversal => refunded += reversed,
+                EntryKind::SpendReversal => cancelled += reversed,
+                EntryKind::Expiry => expired -= points,
                 _ => {}
             }
         }
@@ -487,9 +488,9 @@ fn expired_points_are_never_spent_and_only_expired_ones_expire(ledger: &Indexed)
             let expired_then = batch.expires_at <= entry.created_at;
             let problem = if batch.earned_at > entry.created_at {
                 Some("before it was earned")
-            } else if entry.kind == "expiry" && !expired_then {
+            } else if entry.kind == EntryKind::Expiry && !expired_then {
                 Some("before it expired")
-            } else if entry.kind != "expiry" && expired_then {
+            } else if entry.kind != EntryKind::Expiry && expired_then {
                 Some("after it expired")
             } else {
                 None
@@ -520,13 +521,13 @@ fn spends_draw_the_oldest_points_first(ledger: &Indexed) -> Vec<String> {
                 .iter()
                 .map(|a| (a.batch_id, -i128::from(a.points)))
                 .collect();
-            let own = (entry.kind == "award_reversal")
+            let own = (entry.kind == EntryKind::AwardReversal)
                 .then_some(entry.reversed_entry_id)
                 .flatten()
                 .and_then(|award| ledger.batches_of_entry.get(&award))
                 .and_then(|batches| batches.first())
                 .map(|batch| batch.batch_id);
-            if is_spending(entry) || entry.kind == "award_reversal" {
+            if is_spending(entry) || entry.kind == EntryKind::AwardReversal {
                 let order: Vec<(Uuid, i128)> = remaining
                     .iter()
                     .filter(|((_, id), held)| {
@@ -623,7 +624,7 @@ fn daily_caps_hold_in_every_zone_in_force(ledger: &Indexed) -> Vec<String> {
         let awards: Vec<&AuditEntry> = entries
             .iter()
             .copied()
-            .filter(|e| e.kind == "award")
+            .filter(|e| e.kind == EntryKind::Award)
             .collect();
         for (index, award) in awards.iter().enumerate() {
             let Some(Some(cap)) = cap_of.get(&award.rules_version) else {
@@ -704,7 +705,7 @@ fn every_member_figure_fits_i64(ledger: &Indexed) -> Vec<String> {
     for (member, entries) in &ledger.entries_of_member {
         let earned: i128 = entries
             .iter()
-            .filter(|e| matches!(e.kind.as_str(), "award" | "bonus"))
+            .filter(|e| matches!(e.kind, EntryKind::Award | EntryKind::Bonus))
             .map(|e| i128::from(e.points))
             .sum();
         if earned > max {

@@ -5,8 +5,8 @@ use super::{
 };
 use crate::cap::{CapDay, Reservation, Reserve};
 use crate::domain::{
-    cap_zones, local_day, local_day_bounds, purchase_points, EntryId, IdempotencyKey, MemberId,
-    ProgramId, PurchaseSource,
+    cap_zones, local_day, local_day_bounds, purchase_points, EntryId, EntryKind, IdempotencyKey,
+    MemberId, ProgramId, PurchaseSource,
 };
 use crate::store::{entries, mutation};
 use chrono::{DateTime, Duration, Utc};
@@ -278,7 +278,7 @@ impl Ledger {
             let prior = entries::KeyedEntry {
                 entry_id: entry,
                 member_id: command.member,
-                kind: "award".into(),
+                kind: EntryKind::Award,
                 request: first_request.clone(),
                 outcome: serde_json::Value::Null,
             };

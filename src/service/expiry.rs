@@ -2,7 +2,7 @@
 //! under each member's lock. Balances never count expired batches even before it runs;
 //! the sweep makes the books say so.
 use super::{run_to_completion, Error, Ledger};
-use crate::domain::{Draw, EntryId, IdempotencyKey, MemberId, ProgramId};
+use crate::domain::{Draw, EntryId, EntryKind, IdempotencyKey, MemberId, ProgramId};
 use crate::store::{self, entries, mutation, MemberTx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -104,7 +104,7 @@ impl Ledger {
             let effects = mutation::Effects {
                 entry: entries::NewEntry {
                     entry_id,
-                    kind: "expiry",
+                    kind: EntryKind::Expiry,
                     points: -points,
                     idempotency_key: &key,
                     request: &record,

@@ -1,19 +1,57 @@
 //! Reading the books: a member's history and the program's liability report.
+use super::outcome::AllocationView;
 use super::{members::program_not_found, Error, Ledger, MAX_CLOCK_SKEW};
-use crate::domain::{MemberId, ProgramId};
-use crate::store::{self, batches::AllocationView, entries::StoredEntry, reports};
+use crate::domain::{EntryId, EntryKind, MemberId, ProgramId, PurchaseSource};
+use crate::store::{self, entries::StoredEntry, reports};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 /// The most entries one history page returns.
 pub const HISTORY_PAGE_MAX: usize = 200;
 
-/// One entry with the batch it credited and the allocations it made.
+/// One entry as the history shows it, with the batch it credited and the allocations it
+/// made.
 #[derive(Debug, Clone)]
 pub struct HistoryEntry {
-    pub entry: StoredEntry,
+    pub entry_id: EntryId,
+    pub kind: EntryKind,
+    /// Signed effect on the balance.
+    pub points: i64,
+    pub rules_version: i64,
+    pub created_at: DateTime<Utc>,
+    /// Awards: where the purchase came from, its reference, amount and currency.
+    pub source: Option<PurchaseSource>,
+    pub external_ref: Option<String>,
+    pub amount_minor: Option<i64>,
+    pub currency: Option<String>,
+    pub reason: Option<String>,
+    pub actor: Option<String>,
+    pub reversed_entry_id: Option<EntryId>,
+    pub unrecovered_points: Option<i64>,
     pub batch_id: Option<Uuid>,
     pub allocations: Vec<AllocationView>,
+}
+
+impl HistoryEntry {
+    fn new(entry: StoredEntry, batch_id: Option<Uuid>, allocations: Vec<AllocationView>) -> Self {
+        Self {
+            entry_id: entry.entry_id,
+            kind: entry.kind,
+            points: entry.points,
+            rules_version: entry.rules_version,
+            created_at: entry.created_at,
+            source: entry.source.as_deref().and_then(PurchaseSource::parse),
+            external_ref: entry.external_ref,
+            amount_minor: entry.amount_minor,
+            currency: entry.currency,
+            reason: entry.reason,
+            actor: entry.actor,
+            reversed_entry_id: entry.reversed_entry_id,
+            unrecovered_points: entry.unrecovered_points,
+            batch_id,
+            allocations,
+        }
+    }
 }
 
 /// A page of history, newest first.
@@ -75,15 +113,14 @@ impl Ledger {
             .into_iter()
             .map(|entry| {
                 let id = entry.entry_id.as_uuid();
-                HistoryEntry {
-                    batch_id: batches.iter().find(|(e, _)| *e == id).map(|(_, b)| *b),
-                    allocations: allocations
-                        .iter()
-                        .filter(|a| a.entry_id == id)
-                        .cloned()
-                        .collect(),
-                    entry,
-                }
+                let batch_id = batches.iter().find(|(e, _)| *e == id).map(|(_, b)| *b);
+                let drawn = allocations
+                    .iter()
+                    .filter(|a| a.entry_id == id)
+                    .cloned()
+                    .map(AllocationView::from)
+                    .collect();
+                HistoryEntry::new(entry, batch_id, drawn)
             })
             .collect();
         Ok(HistoryPage {

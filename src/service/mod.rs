@@ -7,6 +7,7 @@ mod error;
 mod expiry;
 mod history;
 mod members;
+mod outcome;
 mod programs;
 mod reversal;
 mod spend;
@@ -18,6 +19,7 @@ pub use error::{Error, Unavailable};
 pub use expiry::ExpiryOutcome;
 pub use history::{HistoryEntry, HistoryPage, Liability, RollForward};
 pub use members::{EnrollCommand, MemberView};
+pub use outcome::AllocationView;
 pub use programs::{ProgramView, Programs};
 pub use reversal::{
     EntryRef, ReverseAwardCommand, ReverseAwardOutcome, ReverseSpendCommand, ReverseSpendOutcome,

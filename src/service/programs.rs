@@ -7,7 +7,28 @@ use deadpool_postgres::Pool;
 use std::sync::Arc;
 
 /// A program as callers see it.
-pub type ProgramView = store::programs::StoredProgram;
+#[derive(Debug, Clone)]
+pub struct ProgramView {
+    pub program_id: String,
+    pub name: String,
+    pub rules_version: i64,
+    pub rules: RulesDocument,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<store::programs::StoredProgram> for ProgramView {
+    fn from(stored: store::programs::StoredProgram) -> Self {
+        Self {
+            program_id: stored.program_id,
+            name: stored.name,
+            rules_version: stored.rules_version,
+            rules: stored.rules,
+            created_at: stored.created_at,
+            updated_at: stored.updated_at,
+        }
+    }
+}
 
 /// The program use cases.
 #[derive(Clone)]
@@ -42,11 +63,11 @@ impl Programs {
                 .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("program vanished")))?;
             tx.commit().await?;
             if created {
-                return Ok((stored, false));
+                return Ok((stored.into(), false));
             }
             let differing = settings_differences(&stored, &name, &rules);
             if differing.is_empty() {
-                return Ok((stored, true));
+                return Ok((stored.into(), true));
             }
             Err(Error::ProgramExists {
                 program: program.clone(),
@@ -60,6 +81,7 @@ impl Programs {
         let client = self.db.get().await?;
         store::programs::get(&**client, program)
             .await?
+            .map(ProgramView::from)
             .ok_or_else(|| super::members::program_not_found(program))
     }
 
@@ -87,7 +109,7 @@ impl Programs {
                 .ok_or_else(|| super::members::program_not_found(&program))?;
             let name = name.unwrap_or_else(|| current.name.clone());
             if settings_differences(&current, &name, &rules).is_empty() {
-                return Ok((current, true));
+                return Ok((current.into(), true));
             }
             if let Some(expected) = expected_rules_version {
                 if expected != current.rules_version {
@@ -104,7 +126,7 @@ impl Programs {
                 .await?
                 .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("program vanished")))?;
             tx.commit().await?;
-            Ok((stored, false))
+            Ok((stored.into(), false))
         })
         .await
     }
@@ -121,7 +143,11 @@ fn check_name(name: &str) -> Result<(), InvalidField> {
     Ok(())
 }
 
-fn settings_differences(stored: &ProgramView, name: &str, rules: &RulesDocument) -> Vec<String> {
+fn settings_differences(
+    stored: &store::programs::StoredProgram,
+    name: &str,
+    rules: &RulesDocument,
+) -> Vec<String> {
     let mut differing = Vec::new();
     if stored.name != name {
         differing.push("name".to_owned());

@@ -1,12 +1,13 @@
 //! Refunds and cancelled redemptions: reversing an award takes its points back, reversing
 //! a spend puts them back into the very batches they came from.
+use super::outcome::AllocationView;
 use super::spend::allocation_views;
 use super::{run_to_completion, Error, Ledger, Opened, Outcome, Unit};
 use crate::domain::{
-    draw_for_reversal, repay_owed, restore_for_spend_reversal, BatchBalance, EntryId,
+    draw_for_reversal, repay_owed, restore_for_spend_reversal, BatchBalance, EntryId, EntryKind,
     IdempotencyKey, ProgramId,
 };
-use crate::store::{self, batches::AllocationView, entries, entries::StoredEntry, mutation};
+use crate::store::{self, entries, entries::StoredEntry, mutation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -120,7 +121,7 @@ impl Ledger {
                 "reason": command.reason,
             });
             let award = ledger
-                .referenced_entry(&command.program, &command.award, "award")
+                .referenced_entry(&command.program, &command.award, EntryKind::Award)
                 .await?;
             let mut client = ledger.db.get().await?;
             let unit = match ledger
@@ -166,7 +167,7 @@ impl Ledger {
             let effects = mutation::Effects {
                 entry: entries::NewEntry {
                     entry_id,
-                    kind: "award_reversal",
+                    kind: EntryKind::AwardReversal,
                     points: -recovered,
                     idempotency_key: &command.idempotency_key,
                     request: &request,
@@ -212,7 +213,7 @@ impl Ledger {
                 "reason": command.reason,
             });
             let spend = ledger
-                .referenced_entry(&command.program, &command.spend, "spend")
+                .referenced_entry(&command.program, &command.spend, EntryKind::Spend)
                 .await?;
             let mut client = ledger.db.get().await?;
             let unit = match ledger
@@ -252,7 +253,7 @@ impl Ledger {
             let effects = mutation::Effects {
                 entry: entries::NewEntry {
                     entry_id,
-                    kind: "spend_reversal",
+                    kind: EntryKind::SpendReversal,
                     points: restored,
                     idempotency_key: &command.idempotency_key,
                     request: &request,
@@ -285,7 +286,7 @@ impl Ledger {
         &self,
         program: &ProgramId,
         reference: &EntryRef,
-        kind: &str,
+        kind: EntryKind,
     ) -> Result<StoredEntry, Error> {
         let client = self.db.get().await?;
         let entry_id = match reference {
@@ -304,7 +305,7 @@ impl Ledger {
         })?;
         if entry.kind != kind {
             return Err(Error::invalid(
-                kind,
+                kind.as_str(),
                 format!("entry {} is a {}, not a {kind}", entry.entry_id, entry.kind),
             ));
         }

@@ -1,10 +1,11 @@
 //! Spending: points leave the oldest unexpired batches first, every draw recorded.
+use super::outcome::AllocationView;
 use super::{run_to_completion, Error, Ledger, Opened, Outcome, Unit};
 use crate::domain::{
-    draw_oldest_first, spendable_points, BatchBalance, Draw, EntryId, IdempotencyKey, MemberId,
-    ProgramId,
+    draw_oldest_first, spendable_points, BatchBalance, Draw, EntryId, EntryKind, IdempotencyKey,
+    MemberId, ProgramId,
 };
-use crate::store::{self, batches::AllocationView, entries, mutation};
+use crate::store::{self, entries, mutation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -77,7 +78,7 @@ impl Ledger {
             let effects = mutation::Effects {
                 entry: entries::NewEntry {
                     entry_id,
-                    kind: "spend",
+                    kind: EntryKind::Spend,
                     points: -command.points,
                     idempotency_key: &command.idempotency_key,
                     request: &request,

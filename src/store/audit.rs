@@ -1,7 +1,7 @@
 //! What the audit reads: every row of a program, as stored, in one REPEATABLE READ
 //! snapshot. No figure is summed in SQL here: the audit adds in i128 itself, so a ledger
 //! holding more than i64 is reported, never an error.
-use crate::domain::ProgramId;
+use crate::domain::{EntryKind, ProgramId};
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -11,7 +11,7 @@ use uuid::Uuid;
 pub struct AuditEntry {
     pub entry_id: Uuid,
     pub member_id: Uuid,
-    pub kind: String,
+    pub kind: EntryKind,
     pub points: i64,
     pub rules_version: i64,
     pub created_at: DateTime<Utc>,

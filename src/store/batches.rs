@@ -2,15 +2,14 @@
 //! reversed or expired, and the trace of every draw.
 use crate::domain::{BatchBalance, EntryId, ProgramId};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use super::MemberTx;
 
-/// One allocation with its batch's dates, as answers and the history show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AllocationView {
+/// One allocation row with its batch's dates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAllocation {
     pub entry_id: Uuid,
     pub batch_id: Uuid,
     /// Signed change to the batch: negative drawn, positive restored.
@@ -75,7 +74,7 @@ pub async fn allocations_of(
     client: &impl GenericClient,
     program: &ProgramId,
     entries: &[Uuid],
-) -> Result<Vec<AllocationView>, tokio_postgres::Error> {
+) -> Result<Vec<StoredAllocation>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT a.entry_id, a.batch_id, a.points, b.earned_at, b.expires_at \
@@ -88,7 +87,7 @@ pub async fn allocations_of(
         .await?;
     rows.iter()
         .map(|row| {
-            Ok(AllocationView {
+            Ok(StoredAllocation {
                 entry_id: row.try_get("entry_id")?,
                 batch_id: row.try_get("batch_id")?,
                 points: row.try_get("points")?,

@@ -1,5 +1,5 @@
 //! Ledger entries: the idempotency record and the history of every mutation.
-use crate::domain::{EntryId, IdempotencyKey, MemberId, ProgramId};
+use crate::domain::{EntryId, EntryKind, IdempotencyKey, MemberId, ProgramId};
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::GenericClient;
 
@@ -10,7 +10,7 @@ use super::MemberTx;
 pub struct KeyedEntry {
     pub entry_id: EntryId,
     pub member_id: MemberId,
-    pub kind: String,
+    pub kind: EntryKind,
     pub request: serde_json::Value,
     pub outcome: serde_json::Value,
 }
@@ -44,7 +44,7 @@ pub struct Reversal {
 #[derive(Debug, Clone)]
 pub struct NewEntry<'a> {
     pub entry_id: EntryId,
-    pub kind: &'a str,
+    pub kind: EntryKind,
     /// Signed effect on the member's balance.
     pub points: i64,
     pub idempotency_key: &'a IdempotencyKey,
@@ -66,7 +66,7 @@ pub struct StoredEntry {
     pub entry_id: EntryId,
     pub seq: i64,
     pub member_id: MemberId,
-    pub kind: String,
+    pub kind: EntryKind,
     pub points: i64,
     pub rules_version: i64,
     pub created_at: DateTime<Utc>,

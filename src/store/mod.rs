@@ -43,6 +43,38 @@ impl<'a> tokio_postgres::types::FromSql<'a> for Sum {
     }
 }
 
+/// `ledger_entries.kind` as the domain names it; an unknown name is an error, never a
+/// guess. The impls live here so the domain stays free of IO.
+impl<'a> tokio_postgres::types::FromSql<'a> for crate::domain::EntryKind {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let name = <&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?;
+        Self::parse(name).ok_or_else(|| format!("unknown entry kind {name:?}").into())
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::FromSql>::accepts(ty)
+    }
+}
+
+impl tokio_postgres::types::ToSql for crate::domain::EntryKind {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut tokio_postgres::types::private::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.as_str().to_sql(ty, out)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::ToSql>::accepts(ty)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
 /// Session limits applied to every pooled connection.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
