@@ -153,8 +153,10 @@ pub const WRITE: &str = "WITH entry AS ( \
        RETURNING batch_id), \
      draw AS (SELECT * FROM unnest($28::uuid[], $29::bigint[]) AS d(batch_id, points)), \
      applied AS ( \
-       UPDATE point_batches b SET remaining = b.remaining + draw.points FROM draw \
-       WHERE b.program_id = $1 AND b.member_id = $3 AND b.batch_id = draw.batch_id \
+       UPDATE point_batches b \
+       SET remaining = b.remaining + (SELECT sum(draw.points) FROM draw \
+                                      WHERE draw.batch_id = b.batch_id) \
+       WHERE b.program_id = $1 AND b.batch_id = ANY($28::uuid[]) AND b.member_id = $3 \
        RETURNING b.batch_id), \
      traced AS ( \
        INSERT INTO allocations (program_id, entry_id, batch_id, points) \

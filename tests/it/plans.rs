@@ -77,6 +77,26 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
             entries::PURCHASE_POINTS_BETWEEN,
             "'big', MEMBER, '2026-02-27'::date, '2026-03-03'::date, NOW - interval '1 day', NOW",
         ),
+        // The checks PostgreSQL runs for the foreign keys the hot path's writes touch,
+        // as it words them; it plans each once per connection and keeps the plan.
+        (
+            "foreign key: a batch's entry",
+            "SELECT 1 FROM ONLY ledger_entries x WHERE program_id = $1 AND entry_id = $2 \
+             AND member_id = $3 FOR KEY SHARE OF x",
+            "'big', gen_random_uuid(), MEMBER",
+        ),
+        (
+            "foreign key: an entry's member",
+            "SELECT 1 FROM ONLY members x WHERE program_id = $1 AND member_id = $2 \
+             FOR KEY SHARE OF x",
+            "'big', MEMBER",
+        ),
+        (
+            "foreign key: an allocation's batch",
+            "SELECT 1 FROM ONLY point_batches x WHERE program_id = $1 AND batch_id = $2 \
+             FOR KEY SHARE OF x",
+            "'big', gen_random_uuid()",
+        ),
     ]
     .into_iter()
     .map(|(name, sql, args)| {
@@ -156,10 +176,16 @@ fn unbounded_scans(plan: &serde_json::Value, found: &mut Vec<String>) {
 }
 
 async fn unbounded_plans(app: &TestApp, generic: bool) -> Vec<String> {
+    unbounded_plans_with(app, generic, false).await
+}
+
+/// With `seqscan` the planner may choose sequential scans, as in production.
+async fn unbounded_plans_with(app: &TestApp, generic: bool, seqscan: bool) -> Vec<String> {
     let client = app.db.get().await.unwrap();
     client
         .batch_execute(&format!(
-            "SET enable_seqscan = off; SET plan_cache_mode = {}",
+            "SET enable_seqscan = {}; SET plan_cache_mode = {}",
+            if seqscan { "on" } else { "off" },
             if generic {
                 "force_generic_plan"
             } else {
@@ -222,4 +248,23 @@ async fn every_hot_statement_is_an_index_lookup_bounded_by_member_or_key_with_st
         let problems = unbounded_plans(&app, generic).await;
         assert!(problems.is_empty(), "generic={generic}: {problems:#?}");
     }
+}
+
+/// A connection keeps its generic plans (and PostgreSQL its foreign-key checks' plans)
+/// for its whole life: plans made while the tables were still empty, on a fresh database
+/// with autovacuum off, must already be the member- or key-bounded ones, sequential scans
+/// allowed.
+#[tokio::test]
+async fn plans_made_while_the_tables_are_empty_are_bounded_too() {
+    let app = spawn_app().await;
+    let client = app.db.get().await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO programs VALUES ('big', 'Big', 1, now(), now());
+             INSERT INTO program_rules VALUES ('big', 1, '{}', now());",
+        )
+        .await
+        .unwrap();
+    let problems = unbounded_plans_with(&app, true, true).await;
+    assert!(problems.is_empty(), "{problems:#?}");
 }
