@@ -9,7 +9,7 @@ use super::{members::program_not_found, Error, Ledger};
 use crate::domain::{EntryKind, ProgramId};
 use crate::store::{
     self,
-    audit::{AuditAllocation, AuditBatch, AuditEntry, AuditRules, Snapshot},
+    audit::{AuditAllocation, AuditBatch, AuditRules, Snapshot, StoredEntry},
 };
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -122,13 +122,13 @@ pub fn check(snapshot: &Snapshot) -> Vec<String> {
 /// The snapshot with the lookups the rules share.
 struct Indexed<'a> {
     snapshot: &'a Snapshot,
-    entry: HashMap<Uuid, &'a AuditEntry>,
+    entry: HashMap<Uuid, &'a StoredEntry>,
     batch: HashMap<Uuid, &'a AuditBatch>,
     allocations_of_entry: HashMap<Uuid, Vec<&'a AuditAllocation>>,
     allocations_of_batch: HashMap<Uuid, Vec<&'a AuditAllocation>>,
     batches_of_entry: HashMap<Uuid, Vec<&'a AuditBatch>>,
     /// Entries by member, in write order.
-    entries_of_member: BTreeMap<Uuid, Vec<&'a AuditEntry>>,
+    entries_of_member: BTreeMap<Uuid, Vec<&'a StoredEntry>>,
 }
 
 impl<'a> Indexed<'a> {
@@ -143,10 +143,10 @@ impl<'a> Indexed<'a> {
             entries_of_member: BTreeMap::new(),
         };
         for entry in &snapshot.entries {
-            ledger.entry.insert(entry.entry_id, entry);
+            ledger.entry.insert(entry.entry_id.as_uuid(), entry);
             ledger
                 .entries_of_member
-                .entry(entry.member_id)
+                .entry(entry.member_id.as_uuid())
                 .or_default()
                 .push(entry);
         }
@@ -181,13 +181,13 @@ impl<'a> Indexed<'a> {
 }
 
 /// Credits create a batch; everything else moves points between batches and the world.
-fn is_credit(entry: &AuditEntry) -> bool {
+fn is_credit(entry: &StoredEntry) -> bool {
     matches!(entry.kind, EntryKind::Award | EntryKind::Bonus)
         || (entry.kind == EntryKind::Adjustment && entry.points > 0)
 }
 
 /// Draws taken from batches by the member's own choice to use points.
-fn is_spending(entry: &AuditEntry) -> bool {
+fn is_spending(entry: &StoredEntry) -> bool {
     entry.kind == EntryKind::Spend || (entry.kind == EntryKind::Adjustment && entry.points < 0)
 }
 
@@ -209,7 +209,7 @@ fn keys_and_purchases_are_unique(ledger: &Indexed) -> Vec<String> {
                     "purchase {}/{} awarded more than once (entry {})",
                     purchase.0.unwrap_or_default(),
                     purchase.1.unwrap_or_default(),
-                    entry.entry_id
+                    entry.entry_id.as_uuid()
                 ));
             }
         }
@@ -242,7 +242,9 @@ fn entries_have_their_kinds_shape(ledger: &Indexed) -> Vec<String> {
             violations.push(format!(
                 "entry {} ({}): its points {} do not fit its kind (reversed {reversed}, \
                  unrecovered {unrecovered}, repaid {repaid})",
-                entry.entry_id, entry.kind, entry.points
+                entry.entry_id.as_uuid(),
+                entry.kind,
+                entry.points
             ));
         }
     }
@@ -254,11 +256,11 @@ fn entries_have_their_kinds_shape(ledger: &Indexed) -> Vec<String> {
 fn allocations_add_up_to_their_entries(ledger: &Indexed) -> Vec<String> {
     let mut violations = Vec::new();
     for entry in &ledger.snapshot.entries {
-        let id = entry.entry_id;
+        let id = entry.entry_id.as_uuid();
         let allocations = ledger.allocations(id);
         for allocation in allocations {
             match ledger.batch.get(&allocation.batch_id) {
-                Some(batch) if batch.member_id == entry.member_id => {}
+                Some(batch) if batch.member_id == entry.member_id.as_uuid() => {}
                 _ => violations.push(format!(
                     "entry {id}: allocation on batch {} of another member or of none",
                     allocation.batch_id
@@ -268,7 +270,9 @@ fn allocations_add_up_to_their_entries(ledger: &Indexed) -> Vec<String> {
         let batches = ledger.batches_of_entry.get(&id).map_or(0, Vec::len);
         if is_credit(entry) {
             let one_batch = ledger.batches_of_entry.get(&id).is_some_and(|b| {
-                b.len() == 1 && b[0].amount == entry.points && b[0].member_id == entry.member_id
+                b.len() == 1
+                    && b[0].amount == entry.points
+                    && b[0].member_id == entry.member_id.as_uuid()
             });
             if !allocations.is_empty() || (entry.points > 0 && !one_batch) {
                 violations.push(format!(
@@ -314,7 +318,7 @@ fn batches_hold_their_amount_plus_their_allocations(ledger: &Indexed) -> Vec<Str
             ));
         }
         match ledger.entry.get(&batch.entry_id) {
-            Some(entry) if entry.member_id == batch.member_id && is_credit(entry) => {}
+            Some(entry) if entry.member_id.as_uuid() == batch.member_id && is_credit(entry) => {}
             _ => violations.push(format!(
                 "batch {}: no credit of its member created it",
                 batch.batch_id
@@ -331,32 +335,42 @@ fn reversals_cover_at_most_what_they_reverse(ledger: &Indexed) -> Vec<String> {
     let mut covered: HashMap<Uuid, i128> = HashMap::new();
     let mut seen: HashSet<Uuid> = HashSet::new();
     for entry in &ledger.snapshot.entries {
-        seen.insert(entry.entry_id);
+        seen.insert(entry.entry_id.as_uuid());
         let expected_kind = match entry.kind {
             EntryKind::AwardReversal => EntryKind::Award,
             EntryKind::SpendReversal => EntryKind::Spend,
             _ => continue,
         };
-        let Some(reversed) = entry.reversed_entry_id.and_then(|id| ledger.entry.get(&id)) else {
-            violations.push(format!("entry {}: reverses no entry", entry.entry_id));
+        let Some(reversed) = entry
+            .reversed_entry_id
+            .map(|id| id.as_uuid())
+            .and_then(|id| ledger.entry.get(&id))
+        else {
+            violations.push(format!(
+                "entry {}: reverses no entry",
+                entry.entry_id.as_uuid()
+            ));
             continue;
         };
         if reversed.kind != expected_kind
-            || reversed.member_id != entry.member_id
-            || !seen.contains(&reversed.entry_id)
+            || reversed.member_id.as_uuid() != entry.member_id.as_uuid()
+            || !seen.contains(&reversed.entry_id.as_uuid())
         {
             violations.push(format!(
                 "entry {}: reverses {} ({}), not an earlier {expected_kind} of its member",
-                entry.entry_id, reversed.entry_id, reversed.kind
+                entry.entry_id.as_uuid(),
+                reversed.entry_id.as_uuid(),
+                reversed.kind
             ));
         }
-        let total = covered.entry(reversed.entry_id).or_default();
+        let total = covered.entry(reversed.entry_id.as_uuid()).or_default();
         *total += i128::from(entry.reversed_points.unwrap_or(0));
         let limit = i128::from(reversed.points).abs();
         if *total > limit {
             violations.push(format!(
                 "entry {}: reversals of {} cover {total} points of its {limit}",
-                entry.entry_id, reversed.entry_id
+                entry.entry_id.as_uuid(),
+                reversed.entry_id.as_uuid()
             ));
         }
     }
@@ -374,7 +388,7 @@ fn cancellations_return_only_what_the_spend_took(ledger: &Indexed) -> Vec<String
         .iter()
         .filter(|e| e.kind == EntryKind::SpendReversal)
     {
-        let Some(spend) = entry.reversed_entry_id else {
+        let Some(spend) = entry.reversed_entry_id.map(|id| id.as_uuid()) else {
             continue;
         };
         let taken: HashMap<Uuid, i128> = ledger
@@ -382,7 +396,7 @@ fn cancellations_return_only_what_the_spend_took(ledger: &Indexed) -> Vec<String
             .iter()
             .map(|a| (a.batch_id, -i128::from(a.points)))
             .collect();
-        for allocation in ledger.allocations(entry.entry_id) {
+        for allocation in ledger.allocations(entry.entry_id.as_uuid()) {
             let total = returned.entry((spend, allocation.batch_id)).or_default();
             *total += i128::from(allocation.points);
             let took = taken.get(&allocation.batch_id).copied().unwrap_or(0);
@@ -390,7 +404,8 @@ fn cancellations_return_only_what_the_spend_took(ledger: &Indexed) -> Vec<String
                 violations.push(format!(
                     "entry {}: puts {total} points back into batch {}, which spend {spend} \
                      took {took} from",
-                    entry.entry_id, allocation.batch_id
+                    entry.entry_id.as_uuid(),
+                    allocation.batch_id
                 ));
             }
         }
@@ -481,7 +496,7 @@ fn balances_stay_within_net_credits(ledger: &Indexed) -> Vec<String> {
 fn expired_points_are_never_spent_and_only_expired_ones_expire(ledger: &Indexed) -> Vec<String> {
     let mut violations = Vec::new();
     for entry in &ledger.snapshot.entries {
-        for allocation in ledger.allocations(entry.entry_id) {
+        for allocation in ledger.allocations(entry.entry_id.as_uuid()) {
             let Some(batch) = ledger.batch.get(&allocation.batch_id) else {
                 continue;
             };
@@ -498,7 +513,11 @@ fn expired_points_are_never_spent_and_only_expired_ones_expire(ledger: &Indexed)
             if let Some(problem) = problem {
                 violations.push(format!(
                     "entry {} ({}): moves points of batch {} {problem} (expires {}, entry at {})",
-                    entry.entry_id, entry.kind, batch.batch_id, batch.expires_at, entry.created_at
+                    entry.entry_id.as_uuid(),
+                    entry.kind,
+                    batch.batch_id,
+                    batch.expires_at,
+                    entry.created_at
                 ));
             }
         }
@@ -517,14 +536,14 @@ fn spends_draw_the_oldest_points_first(ledger: &Indexed) -> Vec<String> {
         let mut remaining: BTreeMap<(DateTime<Utc>, Uuid), i128> = BTreeMap::new();
         for entry in entries {
             let drawn: HashMap<Uuid, i128> = ledger
-                .allocations(entry.entry_id)
+                .allocations(entry.entry_id.as_uuid())
                 .iter()
                 .map(|a| (a.batch_id, -i128::from(a.points)))
                 .collect();
             let own = (entry.kind == EntryKind::AwardReversal)
                 .then_some(entry.reversed_entry_id)
                 .flatten()
-                .and_then(|award| ledger.batches_of_entry.get(&award))
+                .and_then(|award| ledger.batches_of_entry.get(&award.as_uuid()))
                 .and_then(|batches| batches.first())
                 .map(|batch| batch.batch_id);
             if is_spending(entry) || entry.kind == EntryKind::AwardReversal {
@@ -542,21 +561,22 @@ fn spends_draw_the_oldest_points_first(ledger: &Indexed) -> Vec<String> {
                 if let Some(problem) = oldest_first_problem(&order, &drawn, own) {
                     violations.push(format!(
                         "entry {} ({}): allocations differ from oldest-first: {problem}",
-                        entry.entry_id, entry.kind
+                        entry.entry_id.as_uuid(),
+                        entry.kind
                     ));
                 }
             }
             if is_credit(entry) {
                 for batch in ledger
                     .batches_of_entry
-                    .get(&entry.entry_id)
+                    .get(&entry.entry_id.as_uuid())
                     .into_iter()
                     .flatten()
                 {
                     remaining.insert((batch.earned_at, batch.batch_id), i128::from(batch.amount));
                 }
             }
-            for allocation in ledger.allocations(entry.entry_id) {
+            for allocation in ledger.allocations(entry.entry_id.as_uuid()) {
                 if let Some(batch) = ledger.batch.get(&allocation.batch_id) {
                     *remaining
                         .entry((batch.earned_at, batch.batch_id))
@@ -621,7 +641,7 @@ fn daily_caps_hold_in_every_zone_in_force(ledger: &Indexed) -> Vec<String> {
         .map(|r| (r.version, r.daily_cap_points))
         .collect();
     for (member, entries) in &ledger.entries_of_member {
-        let awards: Vec<&AuditEntry> = entries
+        let awards: Vec<&StoredEntry> = entries
             .iter()
             .copied()
             .filter(|e| e.kind == EntryKind::Award)
@@ -660,7 +680,7 @@ fn daily_caps_hold_in_every_zone_in_force(ledger: &Indexed) -> Vec<String> {
                     violations.push(format!(
                         "award {}: member {member} reached {earned} purchase points on {day} in \
                          {}, over the cap {cap}",
-                        award.entry_id,
+                        award.entry_id.as_uuid(),
                         zone.name()
                     ));
                 }

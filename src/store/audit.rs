@@ -1,29 +1,11 @@
 //! What the audit reads: every row of a program, as stored, in one REPEATABLE READ
 //! snapshot. No figure is summed in SQL here: the audit adds in i128 itself, so a ledger
 //! holding more than i64 is reported, never an error.
-use crate::domain::{EntryKind, ProgramId};
-use chrono::{DateTime, NaiveDate, Utc};
+pub use super::entries::StoredEntry;
+use crate::domain::ProgramId;
+use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
-
-/// An entry with every column a rule reads.
-#[derive(Debug, Clone)]
-pub struct AuditEntry {
-    pub entry_id: Uuid,
-    pub member_id: Uuid,
-    pub kind: EntryKind,
-    pub points: i64,
-    pub rules_version: i64,
-    pub created_at: DateTime<Utc>,
-    pub source: Option<String>,
-    pub external_ref: Option<String>,
-    pub idempotency_key: String,
-    pub cap_day: Option<NaiveDate>,
-    pub reversed_entry_id: Option<Uuid>,
-    pub reversed_points: Option<i64>,
-    pub unrecovered_points: Option<i64>,
-    pub repaid_points: Option<i64>,
-}
 
 /// A batch as stored.
 #[derive(Debug, Clone)]
@@ -58,7 +40,7 @@ pub struct AuditRules {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// In write order (seq).
-    pub entries: Vec<AuditEntry>,
+    pub entries: Vec<StoredEntry>,
     pub batches: Vec<AuditBatch>,
     pub allocations: Vec<AuditAllocation>,
     /// (member, points_owed).
@@ -74,32 +56,15 @@ pub async fn snapshot(
     let program = program.as_str();
     let entries = client
         .query(
-            "SELECT entry_id, member_id, kind, points, rules_version, created_at, source, \
-                    external_ref, idempotency_key, cap_day, reversed_entry_id, reversed_points, \
-                    unrecovered_points, repaid_points \
-             FROM ledger_entries WHERE program_id = $1 ORDER BY seq",
+            &format!(
+                "{} WHERE program_id = $1 ORDER BY seq",
+                super::entries::SELECT_ENTRY
+            ),
             &[&program],
         )
         .await?
         .iter()
-        .map(|row| {
-            Ok(AuditEntry {
-                entry_id: row.try_get("entry_id")?,
-                member_id: row.try_get("member_id")?,
-                kind: row.try_get("kind")?,
-                points: row.try_get("points")?,
-                rules_version: row.try_get("rules_version")?,
-                created_at: row.try_get("created_at")?,
-                source: row.try_get("source")?,
-                external_ref: row.try_get("external_ref")?,
-                idempotency_key: row.try_get("idempotency_key")?,
-                cap_day: row.try_get("cap_day")?,
-                reversed_entry_id: row.try_get("reversed_entry_id")?,
-                reversed_points: row.try_get("reversed_points")?,
-                unrecovered_points: row.try_get("unrecovered_points")?,
-                repaid_points: row.try_get("repaid_points")?,
-            })
-        })
+        .map(super::entries::stored_entry)
         .collect::<Result<_, tokio_postgres::Error>>()?;
     let batches = client
         .query(

@@ -79,15 +79,21 @@ pub struct StoredEntry {
     pub reversed_entry_id: Option<EntryId>,
     pub reversed_points: Option<i64>,
     pub unrecovered_points: Option<i64>,
+    /// Spend reversals: points kept back to repay owed points.
+    pub repaid_points: Option<i64>,
     /// Awards: the program-local day whose cap they counted against.
     pub cap_day: Option<NaiveDate>,
+    pub idempotency_key: String,
 }
 
-const SELECT_ENTRY: &str = "SELECT entry_id, seq, member_id, kind, points, rules_version, \
-     created_at, source, external_ref, amount_minor, currency, reason, actor, \
-     reversed_entry_id, reversed_points, unrecovered_points, cap_day FROM ledger_entries";
+pub(super) const SELECT_ENTRY: &str = "SELECT entry_id, seq, member_id, kind, points, \
+     rules_version, created_at, source, external_ref, amount_minor, currency, reason, actor, \
+     reversed_entry_id, reversed_points, unrecovered_points, repaid_points, cap_day, \
+     idempotency_key FROM ledger_entries";
 
-fn stored_entry(row: &tokio_postgres::Row) -> Result<StoredEntry, tokio_postgres::Error> {
+pub(super) fn stored_entry(
+    row: &tokio_postgres::Row,
+) -> Result<StoredEntry, tokio_postgres::Error> {
     let reversed: Option<uuid::Uuid> = row.try_get("reversed_entry_id")?;
     Ok(StoredEntry {
         entry_id: EntryId::from_uuid(row.try_get("entry_id")?),
@@ -106,7 +112,9 @@ fn stored_entry(row: &tokio_postgres::Row) -> Result<StoredEntry, tokio_postgres
         reversed_entry_id: reversed.map(EntryId::from_uuid),
         reversed_points: row.try_get("reversed_points")?,
         unrecovered_points: row.try_get("unrecovered_points")?,
+        repaid_points: row.try_get("repaid_points")?,
         cap_day: row.try_get("cap_day")?,
+        idempotency_key: row.try_get("idempotency_key")?,
     })
 }
 

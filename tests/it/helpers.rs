@@ -141,6 +141,22 @@ pub fn usd_rules() -> proto::ProgramRules {
     }
 }
 
+/// JPY at 100 points per yen with a 10× tier: the largest purchase earns 10^18 points.
+pub fn quintillion_rules() -> proto::ProgramRules {
+    let mut rules = usd_rules();
+    rules.currency = "JPY".into();
+    rules.base_rate_bp = 1_000_000;
+    rules.min_amount_minor = 0;
+    rules.tiers = vec![proto::Tier {
+        code: "member".into(),
+        name: "Member".into(),
+        qualify_points: 0,
+        maintain_points: 0,
+        multiplier_bp: 100_000,
+    }];
+    rules
+}
+
 impl TestApp {
     pub async fn create_program(&mut self, rules: proto::ProgramRules) {
         self.create_named_program(PROGRAM, rules).await;

@@ -141,22 +141,6 @@ async fn a_liability_period_must_be_ordered_and_not_in_the_future() {
     );
 }
 
-/// JPY at 100 points per yen with a 10× tier: the largest purchase earns 10^18 points.
-fn quintillion_rules() -> proto::ProgramRules {
-    let mut rules = usd_rules();
-    rules.currency = "JPY".into();
-    rules.base_rate_bp = 1_000_000;
-    rules.min_amount_minor = 0;
-    rules.tiers = vec![proto::Tier {
-        code: "member".into(),
-        name: "Member".into(),
-        qualify_points: 0,
-        maintain_points: 0,
-        multiplier_bp: 100_000,
-    }];
-    rules
-}
-
 const QUINTILLION: i64 = 1_000_000_000_000_000_000;
 
 async fn earn_a_quintillion(app: &mut TestApp, member: &str) {
@@ -177,7 +161,8 @@ fn todays_liability(app: &TestApp) -> proto::GetLiabilityRequest {
 #[tokio::test]
 async fn program_totals_past_int64_are_out_of_range_naming_the_figure_and_exact_below() {
     let mut app = spawn_app().await;
-    app.create_program(quintillion_rules()).await;
+    app.create_program(crate::helpers::quintillion_rules())
+        .await;
     let mut members = vec![];
     for _ in 0..9 {
         let member = app.enroll().await;
@@ -226,7 +211,8 @@ async fn program_totals_past_int64_are_out_of_range_naming_the_figure_and_exact_
 #[tokio::test]
 async fn a_member_whose_batches_sum_past_int64_gets_out_of_range_not_internal() {
     let mut app = spawn_app().await;
-    app.create_program(quintillion_rules()).await;
+    app.create_program(crate::helpers::quintillion_rules())
+        .await;
     let member = app.enroll().await;
     earn_a_quintillion(&mut app, &member).await;
     earn_a_quintillion(&mut app, &member).await;

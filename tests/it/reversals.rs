@@ -559,22 +559,6 @@ async fn owed_points_are_repaid_only_up_to_what_is_owed() {
     app.assert_ties_out().await;
 }
 
-/// A JPY program at 100 points per yen with a 10x tier: one allowed award earns 10^18.
-fn jumbo_rules() -> proto::ProgramRules {
-    let mut rules = usd_rules();
-    rules.currency = "JPY".into();
-    rules.base_rate_bp = 1_000_000;
-    rules.min_amount_minor = 0;
-    rules.tiers = vec![proto::Tier {
-        code: "member".into(),
-        name: "Member".into(),
-        qualify_points: 0,
-        maintain_points: 0,
-        multiplier_bp: 100_000,
-    }];
-    rules
-}
-
 /// Awards until the member holds `points` (at 1,000 points per yen).
 async fn earn_jumbo(app: &mut TestApp, member: &str, mut points: i64) {
     while points > 0 {
@@ -588,7 +572,8 @@ async fn earn_jumbo(app: &mut TestApp, member: &str, mut points: i64) {
 #[tokio::test]
 async fn a_spend_reversal_that_would_take_the_balance_past_i64_is_refused_and_writes_nothing() {
     let mut app = spawn_app().await;
-    app.create_program(jumbo_rules()).await;
+    app.create_program(crate::helpers::quintillion_rules())
+        .await;
     let member = app.enroll().await;
     earn_jumbo(&mut app, &member, i64::MAX - 807).await;
     let spend = app.spend(&member, 1_000_000_000_000).await;
