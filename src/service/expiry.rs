@@ -76,12 +76,12 @@ impl Ledger {
     ) -> Result<i64, Error> {
         let ledger = self.clone();
         run_to_completion(async move {
-            let now = ledger.clock.now();
-            // Checked again per entry: the invariant is that this entry, dated `now`, draws
-            // only batches with `expires_at <= now`.
-            refuse_future(as_of, now)?;
             let mut client = ledger.db.get().await?;
             let tx = MemberTx::begin(&mut client, &program, member).await?;
+            // Read under the lock, and checked again per entry: the invariant is that this
+            // entry, dated `now`, draws only batches with `expires_at <= now`.
+            let now = ledger.clock.now();
+            refuse_future(as_of, now)?;
             let due = store::batches::due_for_update(&tx, as_of).await?;
             if due.is_empty() {
                 return Ok(0);

@@ -239,9 +239,13 @@ impl Ledger {
         program: &ProgramId,
         asks: &[mutation::Ask<'_>],
     ) -> Result<(Unit<'c>, Vec<ItemOpening>), Error> {
-        let now = self.clock.now();
         let members: Vec<MemberId> = asks.iter().map(|ask| ask.member).collect();
         let tx = MemberTx::begin_many(client, program, &members).await?;
+        // Read once the lock is held: a member's entries are then dated in the order they
+        // were written, and nothing is drawn from a batch earned after the entry's time
+        // (the audit found spends dated a few ms before a batch an award, waiting on the
+        // lock meanwhile, had just credited).
+        let now = self.clock.now();
         let openings = mutation::open(&tx, asks, now).await?;
         let Some(first) = openings.first() else {
             return Err(members::program_not_found(program));
