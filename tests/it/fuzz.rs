@@ -9,9 +9,8 @@
 //! the seed (fixed by default); `--nocapture` shows the seed and the status-code table.
 use crate::helpers::{spawn_app, start_of_test, timestamp, usd_rules, TestApp, PROGRAM};
 use flash_loyalty::domain::{MAX_AMOUNT_MINOR, MAX_RULE_POINTS};
-use flash_loyalty::grpc::proto::{
-    self, entry_ref::Ref, ledger_client::LedgerClient, programs_client::ProgramsClient,
-};
+use flash_loyalty::grpc::proto::{self, entry_ref::Ref};
+use flash_testing_support::dispatch::{Call, Clients, Reply};
 use futures::stream::{self, StreamExt};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -20,7 +19,6 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -40,44 +38,6 @@ const PROGRAMS: &[&str] = &[PROGRAM, "beta", "gamma-2", "fuzz-0", "fuzz-1", "fuz
 /// How many failures are reported in full.
 const REPORTED_FAILURES: usize = 20;
 const PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One generated call.
-#[derive(Debug, Clone)]
-enum Call {
-    CreateProgram(proto::CreateProgramRequest),
-    GetProgram(proto::GetProgramRequest),
-    UpdateProgram(proto::UpdateProgramRequest),
-    EnrollMember(proto::EnrollMemberRequest),
-    GetMember(proto::GetMemberRequest),
-    Award(proto::AwardRequest),
-    AwardBatch(proto::AwardBatchRequest),
-    Spend(proto::SpendRequest),
-    ReverseAward(proto::ReverseAwardRequest),
-    ReverseSpend(proto::ReverseSpendRequest),
-    Adjust(proto::AdjustRequest),
-    ListEntries(proto::ListEntriesRequest),
-    GetLiability(proto::GetLiabilityRequest),
-}
-
-impl Call {
-    fn rpc(&self) -> &'static str {
-        match self {
-            Call::CreateProgram(_) => "CreateProgram",
-            Call::GetProgram(_) => "GetProgram",
-            Call::UpdateProgram(_) => "UpdateProgram",
-            Call::EnrollMember(_) => "EnrollMember",
-            Call::GetMember(_) => "GetMember",
-            Call::Award(_) => "Award",
-            Call::AwardBatch(_) => "AwardBatch",
-            Call::Spend(_) => "Spend",
-            Call::ReverseAward(_) => "ReverseAward",
-            Call::ReverseSpend(_) => "ReverseSpend",
-            Call::Adjust(_) => "Adjust",
-            Call::ListEntries(_) => "ListEntries",
-            Call::GetLiability(_) => "GetLiability",
-        }
-    }
-}
 
 /// What the seeding wrote: the valid targets of the generated requests.
 #[derive(Debug, Clone)]
@@ -117,18 +77,18 @@ async fn every_rpc_answers_generated_requests_with_a_well_formed_status() {
         receiver.recv().await.map(|call| (call, receiver))
     }));
 
-    let (ledger, programs) = (app.ledger.clone(), app.programs.clone());
+    let clients = Clients {
+        ledger: app.ledger.clone(),
+        programs: app.programs.clone(),
+    };
     let started = Instant::now();
     let mut answers = calls
         .map(|call| {
-            let (ledger, programs) = (ledger.clone(), programs.clone());
+            let clients = clients.clone();
             async move {
-                let answer =
-                    tokio::time::timeout(PER_REQUEST_TIMEOUT, send(&call, ledger, programs))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(Status::deadline_exceeded("fuzz: no answer in 60 s"))
-                        });
+                let answer = tokio::time::timeout(PER_REQUEST_TIMEOUT, send(&call, clients))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("fuzz: no answer in 60 s")));
                 (call, answer)
             }
         })
@@ -241,52 +201,51 @@ fn replayed(replayed: bool) -> Answer {
     }
 }
 
-/// Sends a call.
-async fn send(
-    call: &Call,
-    mut ledger: LedgerClient<Channel>,
-    mut programs: ProgramsClient<Channel>,
-) -> Result<Answer, Status> {
-    let answer = match call.clone() {
-        Call::CreateProgram(r) => replayed(programs.create_program(r).await?.get_ref().replayed),
-        Call::GetProgram(r) => replayed(programs.get_program(r).await.map(|_| false)?),
-        Call::UpdateProgram(r) => replayed(programs.update_program(r).await?.get_ref().unchanged),
-        Call::EnrollMember(r) => {
-            replayed(ledger.enroll_member(r).await?.get_ref().already_enrolled)
-        }
-        Call::GetMember(r) => replayed(ledger.get_member(r).await.map(|_| false)?),
-        Call::Award(r) => replayed(ledger.award(r).await?.get_ref().replayed),
-        Call::AwardBatch(r) => {
-            let count = r.awards.len();
-            let response = ledger.award_batch(r).await?.into_inner();
-            if response.results.len() != count {
-                return Err(Status::internal(format!(
-                    "fuzz: {} results for {count} awards",
-                    response.results.len()
-                )));
-            }
-            let mut answer = Answer::default();
-            for result in response.results {
-                match result.outcome {
-                    Some(proto::award_batch_result::Outcome::Award(award)) => {
-                        answer.items_ok += 1;
-                        answer.items_replayed += usize::from(award.replayed);
-                    }
-                    Some(proto::award_batch_result::Outcome::Error(e)) => {
-                        answer.item_errors.push((e.code, e.message))
-                    }
-                    None => return Err(Status::internal("fuzz: a batch result without outcome")),
-                }
-            }
-            answer
-        }
-        Call::Spend(r) => replayed(ledger.spend(r).await?.get_ref().replayed),
-        Call::ReverseAward(r) => replayed(ledger.reverse_award(r).await?.get_ref().replayed),
-        Call::ReverseSpend(r) => replayed(ledger.reverse_spend(r).await?.get_ref().replayed),
-        Call::Adjust(r) => replayed(ledger.adjust(r).await?.get_ref().replayed),
-        Call::ListEntries(r) => replayed(ledger.list_entries(r).await.map(|_| false)?),
-        Call::GetLiability(r) => replayed(ledger.get_liability(r).await.map(|_| false)?),
+/// Sends a call and reads what the checks and counts need from its answer.
+async fn send(call: &Call, mut clients: Clients) -> Result<Answer, Status> {
+    let answer = match clients.send(call.clone(), None).await? {
+        Reply::CreateProgram(r) => replayed(r.replayed),
+        Reply::GetProgram(_) => replayed(false),
+        Reply::UpdateProgram(r) => replayed(r.unchanged),
+        Reply::EnrollMember(r) => replayed(r.already_enrolled),
+        Reply::GetMember(_) => replayed(false),
+        Reply::Award(r) => replayed(r.replayed),
+        Reply::AwardBatch(response) => batch_answer(call, response)?,
+        Reply::Spend(r) => replayed(r.replayed),
+        Reply::ReverseAward(r) => replayed(r.replayed),
+        Reply::ReverseSpend(r) => replayed(r.replayed),
+        Reply::Adjust(r) => replayed(r.replayed),
+        Reply::ListEntries(_) => replayed(false),
+        Reply::GetLiability(_) => replayed(false),
     };
+    Ok(answer)
+}
+
+/// A batch answers one result per award, each an award or an error.
+fn batch_answer(call: &Call, response: proto::AwardBatchResponse) -> Result<Answer, Status> {
+    let Call::AwardBatch(request) = call else {
+        unreachable!("a batch reply answers a batch call")
+    };
+    let count = request.awards.len();
+    if response.results.len() != count {
+        return Err(Status::internal(format!(
+            "fuzz: {} results for {count} awards",
+            response.results.len()
+        )));
+    }
+    let mut answer = Answer::default();
+    for result in response.results {
+        match result.outcome {
+            Some(proto::award_batch_result::Outcome::Award(award)) => {
+                answer.items_ok += 1;
+                answer.items_replayed += usize::from(award.replayed);
+            }
+            Some(proto::award_batch_result::Outcome::Error(e)) => {
+                answer.item_errors.push((e.code, e.message))
+            }
+            None => return Err(Status::internal("fuzz: a batch result without outcome")),
+        }
+    }
     Ok(answer)
 }
 

@@ -18,13 +18,13 @@
 //! `FLASH_MODEL_CASES` sets the number of cases (256 by default).
 use crate::helpers::{redis_url, spawn_app_with, timestamp, TestApp};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use flash_loyalty::grpc::proto::{self, ledger_client::LedgerClient};
+use flash_loyalty::grpc::proto;
+use flash_testing_support::dispatch::Clients;
 use fred::prelude::{ClientLike, KeysInterface};
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestError, TestRunner};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// The rules of every case's program: USD, 1.5 points per dollar from $1, at most 100
@@ -312,20 +312,13 @@ impl Response {
     }
 }
 
-async fn send(
-    ledger: &mut LedgerClient<Channel>,
-    request: &Request,
-) -> Result<Response, tonic::Status> {
+async fn send(clients: &mut Clients, request: &Request) -> Result<Response, tonic::Status> {
     Ok(match request.clone() {
-        Request::Award(r) => Response::Award(ledger.award(r).await?.into_inner()),
-        Request::Spend(r) => Response::Spend(ledger.spend(r).await?.into_inner()),
-        Request::ReverseAward(r) => {
-            Response::ReverseAward(ledger.reverse_award(r).await?.into_inner())
-        }
-        Request::ReverseSpend(r) => {
-            Response::ReverseSpend(ledger.reverse_spend(r).await?.into_inner())
-        }
-        Request::Adjust(r) => Response::Adjust(ledger.adjust(r).await?.into_inner()),
+        Request::Award(r) => Response::Award(clients.rpc(r, None).await?),
+        Request::Spend(r) => Response::Spend(clients.rpc(r, None).await?),
+        Request::ReverseAward(r) => Response::ReverseAward(clients.rpc(r, None).await?),
+        Request::ReverseSpend(r) => Response::ReverseSpend(clients.rpc(r, None).await?),
+        Request::Adjust(r) => Response::Adjust(clients.rpc(r, None).await?),
     })
 }
 
@@ -1319,7 +1312,10 @@ async fn run_case(
     }
     let mut model = Model::new(members, case_start());
     let mut sent: Vec<Request> = vec![];
-    let mut ledger = app.ledger.clone();
+    let mut clients = Clients {
+        ledger: app.ledger.clone(),
+        programs: app.programs.clone(),
+    };
 
     for (step, op) in case.ops.iter().enumerate() {
         let after = format!("step {step} {op:?}");
@@ -1369,7 +1365,7 @@ async fn run_case(
                     // Each request is built once the one before it has an answer.
                     let request = request(&model);
                     let expected = model.apply(&request);
-                    let actual = send(&mut ledger, &request).await;
+                    let actual = send(&mut clients, &request).await;
                     model
                         .check(&request, expected, actual)
                         .map_err(|error| TestCaseError::fail(format!("{after}: {error}")))?;
@@ -1396,7 +1392,7 @@ async fn run_case(
                 };
                 which = model.involved(&request);
                 let expected = model.apply(&request);
-                let actual = send(&mut ledger, &request).await;
+                let actual = send(&mut clients, &request).await;
                 model
                     .check(&request, expected, actual)
                     .map_err(|error| TestCaseError::fail(format!("{after}: {error}")))?;
