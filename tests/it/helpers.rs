@@ -56,6 +56,39 @@ impl Drop for TestApp {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+        drop_database(&self.database_url);
+    }
+}
+
+/// Drops a test's database, so a passing run leaves no `flash_test_*` behind. Best-effort:
+/// a failure is printed, never a panic in `drop`. `WITH (FORCE)` ends the sessions the
+/// server's pool still holds. Runs on a thread of its own with its own runtime, so it is
+/// safe from any runtime (or none) and waits until the database is gone.
+fn drop_database(database_url: &str) {
+    let Some(name) = database_url.rsplit('/').next().map(str::to_owned) else {
+        return;
+    };
+    if !name.starts_with("flash_test_") {
+        return;
+    }
+    let dropping = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+    });
+    match dropping.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => eprintln!("dropping the test database {database_url}: {error}"),
+        Err(_) => eprintln!("dropping the test database {database_url}: the thread panicked"),
     }
 }
 
