@@ -41,12 +41,15 @@ test: bootstrap
 	psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" -tAc \
 	  "select format('drop database if exists %I with (force);', datname) from pg_database where datname like 'flash\_test\_%'" \
 	  | psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" >/dev/null || true
-	cargo test --all-targets -- --test-threads=8 $(TEST_ARGS)
+	# tests/chaos.rs runs the flash-chaos binary of testing/chaos, which Cargo builds only
+	# for its own package's tests: build every binary of the workspace first.
+	cargo build --workspace --bins
+	cargo test --workspace --all-targets -- --test-threads=8 $(TEST_ARGS)
 
 lint: | $(BUF)
 	cargo fmt --all --check
 	$(BUF) lint
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 # Installs buf at the version package-lock.json pins, only when it is not there yet.
 $(BUF):
@@ -70,7 +73,7 @@ SEED ?=
 # The model-based test runs this many cases after the seeds (256 in `make test`).
 MODEL_CASES ?= 1000
 chaos: bootstrap
-	cargo build --bins
+	cargo build --workspace --bins
 	if [ -n "$(SEED)" ]; then ./target/debug/flash-chaos --seed $(SEED) --seconds $(SECONDS_PER_RUN); \
 	else ./target/debug/flash-chaos --seeds 1..$(SEEDS) --seconds $(SECONDS_PER_RUN); fi
 	if [ -z "$(SEED)" ]; then FLASH_MODEL_CASES=$(MODEL_CASES) cargo test --test it model; fi
@@ -98,7 +101,7 @@ BENCH_HISTORY_SIZES ?= 10000
 BENCH_ARGS ?=
 .PHONY: bench
 bench: bootstrap
-	cargo build --release --bins
+	cargo build --release -p flash-loyalty -p flash-bench --bins
 	./target/release/flash-bench --members $(BENCH_MEMBERS) --entries $(BENCH_ENTRIES) \
 	  --seconds $(BENCH_SECONDS) --clients $(BENCH_CLIENTS) \
 	  --history-sizes $(BENCH_HISTORY_SIZES) $(BENCH_ARGS)

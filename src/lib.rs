@@ -13,6 +13,14 @@
 //! - [`service`]: use cases; each owns its transaction, member lock and cap reservation.
 //! - [`store`]: SQL only; PostgreSQL errors are classified in one place.
 //! - [`cap`]: the Redis daily-cap counters; every Redis failure is a refusal.
+//!
+//! Beside the crate: `src/main.rs` (the `flash` binary), `proto/` (the contract),
+//! `migrations/`, `tests/it/` (the integration tests: one binary, a database per test,
+//! dropped when the test ends), `tests/chaos.rs` (three chaos seeds through `flash-chaos`),
+//! `scripts/` (the bootstrap), `docs/`, and the testing workspace: `testing/support`
+//! (the fault proxy, private Redis, free ports, timestamps and the RPC dispatch the tests
+//! and the chaos driver share), `testing/chaos` (the `flash-chaos` driver) and
+//! `testing/bench` (the `flash-bench` benchmark).
 pub mod app;
 pub mod cap;
 pub mod clock;

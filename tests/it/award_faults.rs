@@ -57,7 +57,7 @@ async fn redis_unreachable_is_unavailable_quickly_and_writes_nothing() {
 #[tokio::test]
 async fn an_award_refused_while_redis_was_down_awards_exactly_once_when_it_is_back() {
     let redis: std::net::SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let proxy = Proxy::start(redis).await;
+    let proxy = Proxy::start(redis).await.expect("start the proxy");
     let url = format!("redis://{}", proxy.address);
     let mut app = spawn_app_with(|settings| settings.redis_url = url).await;
     app.create_program(capped_rules(500)).await;
@@ -83,7 +83,7 @@ async fn an_award_refused_while_redis_was_down_awards_exactly_once_when_it_is_ba
 #[tokio::test]
 async fn awards_resume_after_redis_connections_go_silent() {
     let redis: std::net::SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let proxy = Proxy::start(redis).await;
+    let proxy = Proxy::start(redis).await.expect("start the proxy");
     let url = format!("redis://{}", proxy.address);
     let mut app = spawn_app_with(|settings| settings.redis_url = url).await;
     app.create_program(capped_rules(500)).await;
@@ -106,7 +106,7 @@ async fn awards_resume_after_redis_connections_go_silent() {
 #[tokio::test]
 async fn a_server_started_while_redis_is_down_connects_when_it_comes_back() {
     let redis: std::net::SocketAddr = "127.0.0.1:6379".parse().unwrap();
-    let proxy = Proxy::start(redis).await;
+    let proxy = Proxy::start(redis).await.expect("start the proxy");
     proxy.cut().await;
     let url = format!("redis://{}", proxy.address);
     let mut app = spawn_app_with(|settings| settings.redis_url = url).await;
@@ -124,7 +124,7 @@ async fn a_server_started_while_redis_is_down_connects_when_it_comes_back() {
 
 #[tokio::test]
 async fn the_cap_still_holds_after_redis_is_flushed_mid_day() {
-    let redis = PrivateRedis::start().await;
+    let redis = PrivateRedis::start(None).expect("start a private redis-server");
     let url = redis.url();
     let mut app = spawn_app_with(|settings| settings.redis_url = url).await;
     app.create_program(capped_rules(100)).await;
@@ -132,7 +132,7 @@ async fn the_cap_still_holds_after_redis_is_flushed_mid_day() {
 
     let first = app.award(app.purchase(&member, 6_000)).await;
     assert_eq!(first.awarded_points, 60);
-    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    assert_eq!(redis.cli(&["FLUSHALL"]).expect("redis-cli"), "OK");
 
     let second = app.award(app.purchase(&member, 6_000)).await;
     assert_eq!((second.awarded_points, second.capped), (40, true));

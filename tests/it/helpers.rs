@@ -11,13 +11,14 @@ use flash_loyalty::grpc::proto::{
 use flash_loyalty::service::Ledger;
 use flash_loyalty::store;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 use uuid::Uuid;
+
+/// The proxy, the private Redis and the small helpers every harness shares.
+pub use flash_testing_support::proxy::Proxy;
+pub use flash_testing_support::redis::PrivateRedis;
+pub use flash_testing_support::{free_port, timestamp};
 
 pub const PROGRAM: &str = "acme";
 
@@ -55,6 +56,39 @@ impl Drop for TestApp {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+        drop_database(&self.database_url);
+    }
+}
+
+/// Drops a test's database, so a passing run leaves no `flash_test_*` behind. Best-effort:
+/// a failure is printed, never a panic in `drop`. `WITH (FORCE)` ends the sessions the
+/// server's pool still holds. Runs on a thread of its own with its own runtime, so it is
+/// safe from any runtime (or none) and waits until the database is gone.
+fn drop_database(database_url: &str) {
+    let Some(name) = database_url.rsplit('/').next().map(str::to_owned) else {
+        return;
+    };
+    if !name.starts_with("flash_test_") {
+        return;
+    }
+    let dropping = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+    });
+    match dropping.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => eprintln!("dropping the test database {database_url}: {error}"),
+        Err(_) => eprintln!("dropping the test database {database_url}: the thread panicked"),
     }
 }
 
@@ -367,164 +401,6 @@ impl TestApp {
             .await
             .expect("expiry sweep")
     }
-}
-
-pub fn timestamp(instant: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: instant.timestamp(),
-        nanos: instant.timestamp_subsec_nanos() as i32,
-    }
-}
-
-/// What the proxy does with connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ProxyMode {
-    Forward,
-    /// Closes every connection and refuses new ones.
-    Cut,
-    /// Keeps every connection open but forwards nothing, forever: a half-dead network.
-    BlackHole,
-}
-
-/// A TCP proxy in front of a server, that the test can cut, black-hole and heal.
-pub struct Proxy {
-    pub address: SocketAddr,
-    mode: Arc<std::sync::Mutex<ProxyMode>>,
-    /// Bumped on every fault, so forwarding tasks of earlier connections stop.
-    generation: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Proxy {
-    pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mode = Arc::new(std::sync::Mutex::new(ProxyMode::Forward));
-        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let held: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
-        let (modes, generations) = (mode.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                let current = *modes.lock().unwrap();
-                match current {
-                    ProxyMode::Cut => continue,
-                    ProxyMode::BlackHole => {
-                        held.lock().unwrap().push(inbound);
-                        continue;
-                    }
-                    ProxyMode::Forward => {}
-                }
-                let born = generations.load(Ordering::SeqCst);
-                let (generations, modes, held) = (generations.clone(), modes.clone(), held.clone());
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    let (mut inbound, mut outbound) = (inbound, outbound);
-                    let fault = async {
-                        while generations.load(Ordering::SeqCst) == born {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
-                        _ = fault => {},
-                    }
-                    if *modes.lock().unwrap() == ProxyMode::BlackHole {
-                        held.lock().unwrap().extend([inbound, outbound]);
-                    }
-                });
-            }
-        });
-        Proxy {
-            address,
-            mode,
-            generation,
-        }
-    }
-
-    async fn fault(&self, mode: ProxyMode) {
-        *self.mode.lock().unwrap() = mode;
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    /// Drops every connection and refuses new ones; returns once the forwarding tasks
-    /// have seen the cut.
-    pub async fn cut(&self) {
-        self.fault(ProxyMode::Cut).await;
-    }
-
-    /// Stops forwarding without closing anything; connections made before a heal stay
-    /// silent forever.
-    pub async fn black_hole(&self) {
-        self.fault(ProxyMode::BlackHole).await;
-    }
-
-    /// New connections are forwarded again.
-    pub fn heal(&self) {
-        *self.mode.lock().unwrap() = ProxyMode::Forward;
-    }
-}
-
-/// A private `redis-server` on a free port, killed when dropped: for faults that must
-/// never touch the shared Redis (FLUSHALL, restarts).
-pub struct PrivateRedis {
-    pub port: u16,
-    child: Child,
-}
-
-impl PrivateRedis {
-    pub async fn start() -> PrivateRedis {
-        let port = free_port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return PrivateRedis { port, child };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("private redis-server did not start");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Runs one command with redis-cli against this server.
-    pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// What a refusal says to a program: its `google.rpc.ErrorInfo` reason and metadata, and

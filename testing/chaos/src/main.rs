@@ -13,7 +13,6 @@
 mod checks;
 mod faults;
 mod infra;
-mod proxy;
 mod workload;
 
 use clap::Parser;

@@ -162,7 +162,7 @@ impl FlashEnv {
 
     /// Starts `flash serve` on a free port and waits until it listens.
     pub fn serve(&self, log: &Path) -> anyhow::Result<Server> {
-        let port = free_port()?;
+        let port = flash_testing_support::free_port();
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = self
             .command("serve")
@@ -187,12 +187,6 @@ impl FlashEnv {
         }
         bail!("flash serve did not listen on {port} within {SERVER_START_MAX:?}")
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// The running server; killed when dropped, also on failure.

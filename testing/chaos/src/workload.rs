@@ -1,16 +1,17 @@
 //! The seeded workload: concurrent clients that award, spend, reverse and adjust, each
 //! retrying a call that got no definite answer with the same idempotency key, and the model
 //! of every key's fate the final checks compare the ledger with.
-use flash_loyalty::grpc::proto::{self, ledger_client::LedgerClient};
+use flash_loyalty::grpc::proto;
+use flash_testing_support::dispatch::{Clients, Rpc};
+use flash_testing_support::timestamp;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::transport::Endpoint;
+use tonic::{Code, Status};
 
 pub const PROGRAM: &str = "chaos";
 
@@ -153,7 +154,7 @@ pub struct Ctx {
     pub members: Vec<String>,
     pub member_index: HashMap<String, usize>,
     pub hot: usize,
-    clients: Vec<LedgerClient<Channel>>,
+    clients: Vec<Clients>,
     pub model: Mutex<Model>,
     pub stats: Stats,
     /// Clients start no new operation once set.
@@ -164,13 +165,6 @@ pub struct Ctx {
     pub disabled: Mutex<BTreeSet<Op>>,
     /// Chance that an attempt gets a short deadline and is cancelled mid-flight.
     pub cancel_chance: f64,
-}
-
-pub fn timestamp(instant: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: instant.timestamp(),
-        nanos: instant.timestamp_subsec_nanos() as i32,
-    }
 }
 
 /// Codes after which the caller cannot know whether the call took effect.
@@ -197,7 +191,7 @@ impl Ctx {
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
                     .connect_lazy();
-                LedgerClient::new(channel)
+                Clients::new(channel)
             })
             .collect();
         let members: Vec<String> = (0..members)
@@ -229,22 +223,18 @@ impl Ctx {
     }
 
     /// Sends a call until it gets a definite answer, the same request each time.
-    pub async fn call<T, F, Fut>(
+    pub async fn call<R: Rpc>(
         &self,
         rng: &mut ChaCha8Rng,
         what: &str,
-        mut attempt: F,
-    ) -> Answer<T>
-    where
-        F: FnMut(LedgerClient<Channel>, Duration) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-    {
+        request: &R,
+    ) -> Answer<R::Response> {
         let mut in_a_row = 0u32;
         loop {
             if self.gave_up() {
                 return Answer::GaveUp;
             }
-            let client = self.clients[rng.random_range(0..self.clients.len())].clone();
+            let mut client = self.clients[rng.random_range(0..self.clients.len())].clone();
             let deadline = if rng.random_bool(self.cancel_chance) {
                 Duration::from_millis(rng.random_range(1..120))
             } else {
@@ -253,11 +243,11 @@ impl Ctx {
             self.stats.attempts.fetch_add(1, Ordering::Relaxed);
             let outcome = tokio::time::timeout(
                 deadline + Duration::from_millis(20),
-                attempt(client, deadline),
+                client.rpc(request.clone(), Some(deadline)),
             )
             .await;
             match outcome {
-                Ok(Ok(response)) => return Answer::Ok(response.into_inner()),
+                Ok(Ok(response)) => return Answer::Ok(response),
                 Ok(Err(status)) if !no_definite_answer(&status) => {
                     return match status.code() {
                         Code::FailedPrecondition
@@ -427,13 +417,7 @@ impl Ctx {
                 member_id: member,
                 ..Default::default()
             };
-            let answer = self
-                .call(rng, "enroll", |mut client, deadline| {
-                    let mut request = Request::new(request.clone());
-                    request.set_timeout(deadline);
-                    async move { client.enroll_member(request).await }
-                })
-                .await;
+            let answer = self.call(rng, "enroll", &request).await;
             if !matches!(answer, Answer::Ok(_)) {
                 anyhow::bail!("enrolling a member failed");
             }
@@ -479,12 +463,7 @@ impl Ctx {
         rng: &mut ChaCha8Rng,
         request: &proto::AwardRequest,
     ) -> Answer<proto::AwardResponse> {
-        self.call(rng, "award", |mut client, deadline| {
-            let mut call = Request::new(request.clone());
-            call.set_timeout(deadline);
-            async move { client.award(call).await }
-        })
-        .await
+        self.call(rng, "award", request).await
     }
 
     async fn award(&self, rng: &mut ChaCha8Rng, key: String) {
@@ -519,13 +498,7 @@ impl Ctx {
                 program_id: PROGRAM.into(),
                 awards: pending.clone(),
             };
-            let answer = self
-                .call(rng, "award_batch", |mut client, deadline| {
-                    let mut call = Request::new(batch.clone());
-                    call.set_timeout(deadline);
-                    async move { client.award_batch(call).await }
-                })
-                .await;
+            let answer = self.call(rng, "award_batch", &batch).await;
             let response = match answer {
                 Answer::Ok(response) => response,
                 other => {
@@ -701,13 +674,7 @@ impl Ctx {
             reference: format!("reward-{key}"),
         };
         self.register(&key, "spend", Some(member));
-        let answer = self
-            .call(rng, "spend", |mut client, deadline| {
-                let mut call = Request::new(request.clone());
-                call.set_timeout(deadline);
-                async move { client.spend(call).await }
-            })
-            .await;
+        let answer = self.call(rng, "spend", &request).await;
         match answer {
             Answer::Ok(response) => {
                 let drawn: i64 = response.allocations.iter().map(|a| a.points).sum();
@@ -739,12 +706,7 @@ impl Ctx {
         rng: &mut ChaCha8Rng,
         request: &proto::SpendRequest,
     ) -> Answer<proto::SpendResponse> {
-        self.call(rng, "spend", |mut client, deadline| {
-            let mut call = Request::new(request.clone());
-            call.set_timeout(deadline);
-            async move { client.spend(call).await }
-        })
-        .await
+        self.call(rng, "spend", request).await
     }
 
     /// The same spend sent twice at once (a caller retrying while its first call is still
@@ -897,13 +859,7 @@ impl Ctx {
         };
         let member = self.member_index[&award.request.member_id];
         self.register(&key, "award_reversal", Some(member));
-        let answer = self
-            .call(rng, "reverse_award", |mut client, deadline| {
-                let mut call = Request::new(request.clone());
-                call.set_timeout(deadline);
-                async move { client.reverse_award(call).await }
-            })
-            .await;
+        let answer = self.call(rng, "reverse_award", &request).await;
         match answer {
             Answer::Ok(response) => {
                 if response.member_id != award.request.member_id
@@ -951,13 +907,7 @@ impl Ctx {
         };
         let member = self.model.lock().unwrap().keys[&spend.key].member;
         self.register(&key, "spend_reversal", member);
-        let answer = self
-            .call(rng, "reverse_spend", |mut client, deadline| {
-                let mut call = Request::new(request.clone());
-                call.set_timeout(deadline);
-                async move { client.reverse_spend(call).await }
-            })
-            .await;
+        let answer = self.call(rng, "reverse_spend", &request).await;
         match answer {
             Answer::Ok(response) => {
                 let restored: i64 = response.allocations.iter().map(|a| a.points).sum();
@@ -994,13 +944,7 @@ impl Ctx {
             actor: "flash-chaos".into(),
         };
         self.register(&key, "adjustment", Some(member));
-        let answer = self
-            .call(rng, "adjust", |mut client, deadline| {
-                let mut call = Request::new(request.clone());
-                call.set_timeout(deadline);
-                async move { client.adjust(call).await }
-            })
-            .await;
+        let answer = self.call(rng, "adjust", &request).await;
         match answer {
             Answer::Ok(response) => {
                 if response.points != points {
@@ -1045,12 +989,7 @@ impl Ctx {
             page_size: rng.random_range(1..=200),
             page_token: page_token.to_owned(),
         };
-        self.call(rng, "list_entries", |mut client, deadline| {
-            let mut call = Request::new(request.clone());
-            call.set_timeout(deadline);
-            async move { client.list_entries(call).await }
-        })
-        .await
+        self.call(rng, "list_entries", &request).await
     }
 
     pub async fn get_liability(
@@ -1064,12 +1003,7 @@ impl Ctx {
             from: Some(from),
             to: Some(to),
         };
-        self.call(rng, "get_liability", |mut client, deadline| {
-            let mut call = Request::new(request.clone());
-            call.set_timeout(deadline);
-            async move { client.get_liability(call).await }
-        })
-        .await
+        self.call(rng, "get_liability", &request).await
     }
 
     pub async fn get_member(
@@ -1081,12 +1015,7 @@ impl Ctx {
             program_id: PROGRAM.into(),
             member_id: self.members[member].clone(),
         };
-        self.call(rng, "get_member", |mut client, deadline| {
-            let mut call = Request::new(request.clone());
-            call.set_timeout(deadline);
-            async move { client.get_member(call).await }
-        })
-        .await
+        self.call(rng, "get_member", &request).await
     }
 }
 

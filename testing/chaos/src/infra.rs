@@ -1,8 +1,10 @@
 //! The private world of one run: a PostgreSQL cluster, a redis-server, the Redis proxy and
 //! the `flash serve` processes. Everything is torn down when [`Infra`] is dropped, also on
 //! failure and on panic.
-use crate::proxy::{Mode, Proxy};
 use anyhow::{bail, Context};
+use flash_testing_support::free_port;
+use flash_testing_support::proxy::{Mode, Proxy};
+use flash_testing_support::redis::PrivateRedis;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -12,14 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const DATABASE: &str = "flash";
-
-/// A port nothing listens on (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// Runs a blocking closure without stalling the runtime's other tasks.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -196,77 +190,6 @@ impl PgCluster {
     }
 }
 
-/// A private redis-server on a fixed port, restartable.
-pub struct Redis {
-    pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start(dir: &Path) -> anyhow::Result<Redis> {
-        let mut redis = Redis {
-            port: free_port(),
-            dir: dir.to_path_buf(),
-            child: None,
-        };
-        redis.spawn()?;
-        Ok(redis)
-    }
-
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting redis-server")?;
-        self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10), "redis-server")
-    }
-
-    /// Kills the server (no persistence: every counter is lost) and starts it again.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            kill_child(&mut child);
-        }
-        self.spawn()
-    }
-
-    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut command = Command::new("redis-cli");
-        command.args(["-p", &self.port.to_string()]).args(args);
-        run_quiet(command, &format!("redis-cli {}", args.join(" ")))
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_child(&mut child);
-        }
-    }
-}
-
-fn wait_for_port(port: u16, within: Duration, what: &str) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("{what} did not listen on {port} within {within:?}")
-}
-
 /// One `flash serve` process on a fixed port.
 pub struct Server {
     pub index: usize,
@@ -298,7 +221,7 @@ impl Drop for Server {
 pub struct Infra {
     pub servers: Vec<Mutex<Server>>,
     pub proxy: Proxy,
-    pub redis: Mutex<Redis>,
+    pub redis: Mutex<PrivateRedis>,
     pub pg: PgCluster,
     pub flash: PathBuf,
     pub redis_prefix: String,
@@ -351,8 +274,9 @@ impl Infra {
         let pg = blocking(|| PgCluster::init(&root.0))?;
         // From here on a failure must still stop the cluster: wrap it at once.
         // A failure from here on drops `pg`, which stops the cluster.
-        let redis = blocking(|| Redis::start(&root.0))?;
-        let proxy = Proxy::start(redis.port).await?;
+        let redis =
+            blocking(|| PrivateRedis::start(Some(&root.0))).context("starting redis-server")?;
+        let proxy = Proxy::start(([127, 0, 0, 1], redis.port).into()).await?;
         let infra = Arc::new(Infra {
             servers: (0..servers)
                 .map(|index| {
@@ -404,7 +328,7 @@ impl Infra {
     }
 
     pub fn redis_url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.proxy.port)
+        format!("redis://127.0.0.1:{}", self.proxy.port())
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -502,7 +426,8 @@ impl Infra {
     pub async fn ping_redis_via_proxy(&self) -> anyhow::Result<()> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let probe = async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.proxy.port)).await?;
+            let mut stream =
+                tokio::net::TcpStream::connect(("127.0.0.1", self.proxy.port())).await?;
             stream.write_all(b"PING\r\n").await?;
             let mut reply = [0u8; 7];
             stream.read_exact(&mut reply).await?;

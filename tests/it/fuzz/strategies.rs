@@ -1,401 +1,8 @@
-//! Request fuzzing: every RPC of `flash.loyalty.v1` gets generated requests — boundary and
-//! random values for every field, mixed with valid requests against a seeded program and
-//! enrolled members, sharing idempotency keys across RPCs and payloads — through the real
-//! server. Every answer must be OK or a well-formed status with a message that is never
-//! UNKNOWN, INTERNAL, UNAVAILABLE or CANCELLED (a handler that panicked), and so must every
-//! item error of an AwardBatch; at the end the books tie out and the audit is clean.
-//!
-//! `FLASH_FUZZ_REQUESTS` (default 10 000) sets the number of requests and `FLASH_FUZZ_SEED`
-//! the seed (fixed by default); `--nocapture` shows the seed and the status-code table.
-use crate::helpers::{spawn_app, start_of_test, timestamp, usd_rules, TestApp, PROGRAM};
-use flash_loyalty::domain::{MAX_AMOUNT_MINOR, MAX_RULE_POINTS};
-use flash_loyalty::grpc::proto::{
-    self, entry_ref::Ref, ledger_client::LedgerClient, programs_client::ProgramsClient,
-};
-use futures::stream::{self, StreamExt};
-use proptest::collection::vec;
-use proptest::prelude::*;
-use proptest::strategy::{Union, ValueTree};
-use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tonic::transport::Channel;
-use tonic::{Code, Status};
-use uuid::Uuid;
+//! Strategies: a request is a valid one with some fields (none, one, or any) replaced by
+//! wild values; `mask` picks which.
+use super::*;
 
-const DEFAULT_REQUESTS: usize = 10_000;
-const DEFAULT_SEED: u64 = 0x00F1_A5E5_EED5;
-const IN_FLIGHT: usize = 16;
-const MEMBERS: usize = 24;
-/// Idempotency keys `fuzz-key-{i}` shared by every mutation, so keys are replayed and
-/// reused across RPCs and payloads.
-const KEYS: u32 = 64;
-/// External refs `order-{i}` shared by awards sent under different keys.
-const ORDERS: u32 = 48;
-/// Member ids the fuzzer may enroll itself: a bounded set, so enrollments replay.
-const FRESH_MEMBERS: u128 = 256;
-/// Programs valid CreateProgram/UpdateProgram requests name.
-const PROGRAMS: &[&str] = &[PROGRAM, "beta", "gamma-2", "fuzz-0", "fuzz-1", "fuzz-2"];
-/// How many failures are reported in full.
-const REPORTED_FAILURES: usize = 20;
-const PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// One generated call.
-#[derive(Debug, Clone)]
-enum Call {
-    CreateProgram(proto::CreateProgramRequest),
-    GetProgram(proto::GetProgramRequest),
-    UpdateProgram(proto::UpdateProgramRequest),
-    EnrollMember(proto::EnrollMemberRequest),
-    GetMember(proto::GetMemberRequest),
-    Award(proto::AwardRequest),
-    AwardBatch(proto::AwardBatchRequest),
-    Spend(proto::SpendRequest),
-    ReverseAward(proto::ReverseAwardRequest),
-    ReverseSpend(proto::ReverseSpendRequest),
-    Adjust(proto::AdjustRequest),
-    ListEntries(proto::ListEntriesRequest),
-    GetLiability(proto::GetLiabilityRequest),
-}
-
-impl Call {
-    fn rpc(&self) -> &'static str {
-        match self {
-            Call::CreateProgram(_) => "CreateProgram",
-            Call::GetProgram(_) => "GetProgram",
-            Call::UpdateProgram(_) => "UpdateProgram",
-            Call::EnrollMember(_) => "EnrollMember",
-            Call::GetMember(_) => "GetMember",
-            Call::Award(_) => "Award",
-            Call::AwardBatch(_) => "AwardBatch",
-            Call::Spend(_) => "Spend",
-            Call::ReverseAward(_) => "ReverseAward",
-            Call::ReverseSpend(_) => "ReverseSpend",
-            Call::Adjust(_) => "Adjust",
-            Call::ListEntries(_) => "ListEntries",
-            Call::GetLiability(_) => "GetLiability",
-        }
-    }
-}
-
-/// What the seeding wrote: the valid targets of the generated requests.
-#[derive(Debug, Clone)]
-struct Seeded {
-    members: Vec<String>,
-    award_ids: Vec<String>,
-    spend_ids: Vec<String>,
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_rpc_answers_generated_requests_with_a_well_formed_status() {
-    let requests = env_number("FLASH_FUZZ_REQUESTS").unwrap_or(DEFAULT_REQUESTS as u64) as usize;
-    let seed = env_number("FLASH_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
-    println!("fuzz: seed {seed} (FLASH_FUZZ_SEED={seed} replays it), {requests} requests");
-
-    let mut app = spawn_app().await;
-    let seeded = Arc::new(seed_ledger(&mut app).await);
-    // Requests are generated on their own thread, ahead of the ones in flight.
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Call>(4 * IN_FLIGHT);
-    let generator = {
-        let seeded = seeded.clone();
-        std::thread::spawn(move || {
-            let strategy = call_strategy(&seeded);
-            let mut runner = TestRunner::new_with_rng(Config::default(), seeded_rng(seed));
-            for _ in 0..requests {
-                let call = strategy
-                    .new_tree(&mut runner)
-                    .expect("generate a request")
-                    .current();
-                if sender.blocking_send(call).is_err() {
-                    return;
-                }
-            }
-        })
-    };
-    let calls = Box::pin(stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|call| (call, receiver))
-    }));
-
-    let (ledger, programs) = (app.ledger.clone(), app.programs.clone());
-    let started = Instant::now();
-    let mut answers = calls
-        .map(|call| {
-            let (ledger, programs) = (ledger.clone(), programs.clone());
-            async move {
-                let answer =
-                    tokio::time::timeout(PER_REQUEST_TIMEOUT, send(&call, ledger, programs))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(Status::deadline_exceeded("fuzz: no answer in 60 s"))
-                        });
-                (call, answer)
-            }
-        })
-        .buffer_unordered(IN_FLIGHT);
-
-    let mut tally = Tally::default();
-    let mut failures: Vec<String> = Vec::new();
-    let mut failure_count = 0usize;
-    while let Some((call, answer)) = answers.next().await {
-        let problems = tally.record(&call, &answer);
-        if !problems.is_empty() {
-            failure_count += 1;
-            if failures.len() < REPORTED_FAILURES {
-                let report = format!(
-                    "{}: {}\n  request: {}\n  answer: {}",
-                    call.rpc(),
-                    problems.join("; "),
-                    truncated(&format!("{call:?}")),
-                    truncated(&match &answer {
-                        Ok(items) => format!("OK, batch item errors {items:?}"),
-                        Err(status) => format!("{:?} {:?}", status.code(), status.message()),
-                    }),
-                );
-                eprintln!("fuzz failure (seed {seed}) {report}");
-                failures.push(report);
-            }
-        }
-    }
-    let elapsed = started.elapsed();
-    generator.join().expect("the request generator panicked");
-    tally.print(requests, elapsed);
-    assert!(
-        failures.is_empty(),
-        "seed {seed}: {failure_count} of {requests} answers were not well formed; the first:\n{}",
-        failures.join("\n")
-    );
-    app.assert_ties_out().await;
-}
-
-/// XorShift rather than ChaCha: in a debug build it generates ten times faster.
-fn seeded_rng(seed: u64) -> TestRng {
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    bytes[8..].copy_from_slice(&(seed ^ 0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    TestRng::from_seed(RngAlgorithm::XorShift, &bytes)
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let raw = std::env::var(name).ok()?;
-    let raw = raw.replace('_', "");
-    Some(
-        raw.parse()
-            .unwrap_or_else(|_| panic!("{name}={raw:?} is not a number")),
-    )
-}
-
-fn truncated(text: &str) -> String {
-    const LIMIT: usize = 4_000;
-    if text.len() <= LIMIT {
-        return text.to_owned();
-    }
-    let mut end = LIMIT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes in all)", &text[..end], text.len())
-}
-
-/// A program with a daily cap (so awards go through Redis), members with awards and a
-/// spend each: targets for valid spends and reversals.
-async fn seed_ledger(app: &mut TestApp) -> Seeded {
-    app.create_program(seeded_rules()).await;
-    let mut seeded = Seeded {
-        members: Vec::new(),
-        award_ids: Vec::new(),
-        spend_ids: Vec::new(),
-    };
-    for m in 0..MEMBERS {
-        let member = app.enroll().await;
-        for a in 0..3 {
-            let mut request = app.purchase(&member, 10_000 + 100 * a);
-            request.idempotency_key = format!("seed-award-{m}-{a}");
-            seeded.award_ids.push(app.award(request).await.entry_id);
-        }
-        let mut spend = app.spend_request(&member, 50);
-        spend.idempotency_key = format!("seed-spend-{m}");
-        let spent = app.ledger.spend(spend).await.expect("seed spend");
-        seeded.spend_ids.push(spent.into_inner().entry_id);
-        seeded.members.push(member);
-    }
-    seeded
-}
-
-/// What an OK answer says that the checks and counts need.
-#[derive(Debug, Default)]
-struct Answer {
-    /// The answer is a replay of an earlier call with the same idempotency key.
-    replayed: bool,
-    /// For a batch: every item's error as (code, message).
-    item_errors: Vec<(i32, String)>,
-    /// For a batch: how many items succeeded, and how many of those were replays.
-    items_ok: usize,
-    items_replayed: usize,
-}
-
-fn replayed(replayed: bool) -> Answer {
-    Answer {
-        replayed,
-        ..Answer::default()
-    }
-}
-
-/// Sends a call.
-async fn send(
-    call: &Call,
-    mut ledger: LedgerClient<Channel>,
-    mut programs: ProgramsClient<Channel>,
-) -> Result<Answer, Status> {
-    let answer = match call.clone() {
-        Call::CreateProgram(r) => replayed(programs.create_program(r).await?.get_ref().replayed),
-        Call::GetProgram(r) => replayed(programs.get_program(r).await.map(|_| false)?),
-        Call::UpdateProgram(r) => replayed(programs.update_program(r).await?.get_ref().unchanged),
-        Call::EnrollMember(r) => {
-            replayed(ledger.enroll_member(r).await?.get_ref().already_enrolled)
-        }
-        Call::GetMember(r) => replayed(ledger.get_member(r).await.map(|_| false)?),
-        Call::Award(r) => replayed(ledger.award(r).await?.get_ref().replayed),
-        Call::AwardBatch(r) => {
-            let count = r.awards.len();
-            let response = ledger.award_batch(r).await?.into_inner();
-            if response.results.len() != count {
-                return Err(Status::internal(format!(
-                    "fuzz: {} results for {count} awards",
-                    response.results.len()
-                )));
-            }
-            let mut answer = Answer::default();
-            for result in response.results {
-                match result.outcome {
-                    Some(proto::award_batch_result::Outcome::Award(award)) => {
-                        answer.items_ok += 1;
-                        answer.items_replayed += usize::from(award.replayed);
-                    }
-                    Some(proto::award_batch_result::Outcome::Error(e)) => {
-                        answer.item_errors.push((e.code, e.message))
-                    }
-                    None => return Err(Status::internal("fuzz: a batch result without outcome")),
-                }
-            }
-            answer
-        }
-        Call::Spend(r) => replayed(ledger.spend(r).await?.get_ref().replayed),
-        Call::ReverseAward(r) => replayed(ledger.reverse_award(r).await?.get_ref().replayed),
-        Call::ReverseSpend(r) => replayed(ledger.reverse_spend(r).await?.get_ref().replayed),
-        Call::Adjust(r) => replayed(ledger.adjust(r).await?.get_ref().replayed),
-        Call::ListEntries(r) => replayed(ledger.list_entries(r).await.map(|_| false)?),
-        Call::GetLiability(r) => replayed(ledger.get_liability(r).await.map(|_| false)?),
-    };
-    Ok(answer)
-}
-
-/// Codes a bad (or good) input must never produce with PostgreSQL and Redis up. A handler
-/// that panics shows as CANCELLED (the stream is reset), and DEADLINE_EXCEEDED is the
-/// fuzzer's own bound on a request that hangs.
-fn forbidden(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unknown
-            | Code::Internal
-            | Code::Unavailable
-            | Code::Cancelled
-            | Code::DeadlineExceeded
-    )
-}
-
-/// Status counts per RPC, and of the items of batches.
-#[derive(Default)]
-struct Tally {
-    per_rpc: BTreeMap<&'static str, BTreeMap<String, u64>>,
-    batch_items: BTreeMap<String, u64>,
-}
-
-/// The column of OK answers that replayed an earlier call (or found the member enrolled,
-/// the program's rules unchanged).
-const REPLAYED: &str = "(of which replayed)";
-
-impl Tally {
-    /// Counts an answer and returns what is wrong with it.
-    fn record(&mut self, call: &Call, answer: &Result<Answer, Status>) -> Vec<String> {
-        let mut problems = Vec::new();
-        let counts = self.per_rpc.entry(call.rpc()).or_default();
-        let code = match answer {
-            Ok(_) => Code::Ok,
-            Err(status) => status.code(),
-        };
-        *counts.entry(format!("{code:?}")).or_default() += 1;
-        match answer {
-            Err(status) => {
-                if forbidden(status.code()) {
-                    problems.push(format!("status {:?}", status.code()));
-                }
-                if status.message().trim().is_empty() {
-                    problems.push("an error without a message".into());
-                }
-            }
-            Ok(answer) => {
-                *counts.entry(REPLAYED.into()).or_default() += u64::from(answer.replayed);
-                *self.batch_items.entry("Ok".into()).or_default() += answer.items_ok as u64;
-                *self.batch_items.entry("Ok (replayed)".into()).or_default() +=
-                    answer.items_replayed as u64;
-                for (index, (raw, message)) in answer.item_errors.iter().enumerate() {
-                    let item_code = Code::from_i32(*raw);
-                    *self
-                        .batch_items
-                        .entry(format!("{item_code:?}"))
-                        .or_default() += 1;
-                    if item_code == Code::Ok || forbidden(item_code) {
-                        problems.push(format!("batch item error {index} has code {raw}"));
-                    }
-                    if message.trim().is_empty() {
-                        problems.push(format!("batch item error {index} has no message"));
-                    }
-                }
-            }
-        }
-        problems
-    }
-
-    fn print(&self, requests: usize, elapsed: Duration) {
-        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
-        for codes in self.per_rpc.values() {
-            for (code, count) in codes {
-                *totals.entry(code).or_default() += count;
-            }
-        }
-        let mut columns: Vec<&str> = totals.keys().copied().filter(|c| *c != REPLAYED).collect();
-        columns.push(REPLAYED);
-        let width = columns.iter().map(|c| c.len().max(7)).collect::<Vec<_>>();
-        let mut table = format!("{:<14}", "rpc");
-        for (column, w) in columns.iter().zip(&width) {
-            table.push_str(&format!(" {column:>w$}"));
-        }
-        let mut row = |name: &str, counts: &dyn Fn(&str) -> u64| {
-            table.push_str(&format!("\n{name:<14}"));
-            for (column, w) in columns.iter().zip(&width) {
-                table.push_str(&format!(" {:>w$}", counts(column)));
-            }
-        };
-        for (rpc, codes) in &self.per_rpc {
-            row(rpc, &|c| codes.get(c).copied().unwrap_or(0));
-        }
-        row("total", &|c| totals.get(c).copied().unwrap_or(0));
-        let seconds = elapsed.as_secs_f64();
-        println!(
-            "fuzz: {requests} requests in {seconds:.1} s ({:.0}/s), status codes:\n{table}\n\
-             fuzz: AwardBatch items: {:?}",
-            requests as f64 / seconds.max(f64::EPSILON),
-            self.batch_items
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Strategies. A request is a valid one with some fields (none, one, or any) replaced by
-// wild values: `mask` picks which.
-
-fn mask() -> BoxedStrategy<u32> {
+pub(super) fn mask() -> BoxedStrategy<u32> {
     prop_oneof![
         4 => Just(0u32),
         4 => (0..10u32).prop_map(|bit| 1 << bit),
@@ -404,7 +11,7 @@ fn mask() -> BoxedStrategy<u32> {
     .boxed()
 }
 
-fn pick<T>(mask: u32, bit: u32, valid: T, wild: T) -> T {
+pub(super) fn pick<T>(mask: u32, bit: u32, valid: T, wild: T) -> T {
     if mask & (1 << bit) != 0 {
         wild
     } else {
@@ -412,7 +19,7 @@ fn pick<T>(mask: u32, bit: u32, valid: T, wild: T) -> T {
     }
 }
 
-fn call_strategy(seeded: &Arc<Seeded>) -> BoxedStrategy<Call> {
+pub(super) fn call_strategy(seeded: &Arc<Seeded>) -> BoxedStrategy<Call> {
     Union::new_weighted(vec![
         (3, create_program().prop_map(Call::CreateProgram).boxed()),
         (3, get_program().prop_map(Call::GetProgram).boxed()),
@@ -441,17 +48,17 @@ fn call_strategy(seeded: &Arc<Seeded>) -> BoxedStrategy<Call> {
 }
 
 /// The daily cap of the seeded program.
-const DAILY_CAP: i64 = 50_000;
+pub(super) const DAILY_CAP: i64 = 50_000;
 
 // --- wild values -------------------------------------------------------------------------
 
-fn repeated(count: usize, c: char) -> String {
+pub(super) fn repeated(count: usize, c: char) -> String {
     std::iter::repeat_n(c, count).collect()
 }
 
 /// Strings of `len` characters drawn by `alphabet` from a seeded xorshift: one value tree
 /// per string rather than one per character, which keeps generation cheap.
-fn text(
+pub(super) fn text(
     alphabet: impl Fn(u64) -> char + Clone + 'static,
     len: std::ops::Range<usize>,
 ) -> BoxedStrategy<String> {
@@ -470,18 +77,18 @@ fn text(
         .boxed()
 }
 
-fn slug_char(x: u64) -> char {
+pub(super) fn slug_char(x: u64) -> char {
     char::from(b"abcdefghijklmnopqrstuvwxyz0123456789-"[(x % 37) as usize])
 }
 
-fn name_char(x: u64) -> char {
+pub(super) fn name_char(x: u64) -> char {
     char::from(
         b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 "[(x % 63) as usize],
     )
 }
 
 /// Any character: mostly printable ASCII, then control characters, the BMP and beyond.
-fn any_char(x: u64) -> char {
+pub(super) fn any_char(x: u64) -> char {
     let pick = (x >> 32) as u32;
     let c = match x % 20 {
         0..=9 => 0x20 + pick % 0x5f,
@@ -492,7 +99,7 @@ fn any_char(x: u64) -> char {
     char::from_u32(c).unwrap_or('\u{fffd}')
 }
 
-fn wild_string() -> BoxedStrategy<String> {
+pub(super) fn wild_string() -> BoxedStrategy<String> {
     let special = prop_oneof![
         Just('\0'),
         Just('\n'),
@@ -544,7 +151,7 @@ fn wild_string() -> BoxedStrategy<String> {
     .boxed()
 }
 
-fn wild_i64() -> BoxedStrategy<i64> {
+pub(super) fn wild_i64() -> BoxedStrategy<i64> {
     prop_oneof![
         6 => prop_oneof![
             Just(0i64),
@@ -572,7 +179,7 @@ fn wild_i64() -> BoxedStrategy<i64> {
     .boxed()
 }
 
-fn wild_i32() -> BoxedStrategy<i32> {
+pub(super) fn wild_i32() -> BoxedStrategy<i32> {
     prop_oneof![
         3 => prop_oneof![
             Just(0i32),
@@ -591,7 +198,7 @@ fn wild_i32() -> BoxedStrategy<i32> {
     .boxed()
 }
 
-fn wild_enum() -> BoxedStrategy<i32> {
+pub(super) fn wild_enum() -> BoxedStrategy<i32> {
     prop_oneof![
         4 => 0..4i32,
         2 => prop_oneof![Just(99i32), Just(-1), Just(4), Just(i32::MIN), Just(i32::MAX)],
@@ -600,7 +207,7 @@ fn wild_enum() -> BoxedStrategy<i32> {
     .boxed()
 }
 
-fn wild_timestamp() -> BoxedStrategy<Option<prost_types::Timestamp>> {
+pub(super) fn wild_timestamp() -> BoxedStrategy<Option<prost_types::Timestamp>> {
     let now = start_of_test().timestamp();
     let seconds = prop_oneof![
         Just(i64::MIN),
@@ -642,7 +249,7 @@ fn wild_timestamp() -> BoxedStrategy<Option<prost_types::Timestamp>> {
     .boxed()
 }
 
-fn wild_program_id() -> BoxedStrategy<String> {
+pub(super) fn wild_program_id() -> BoxedStrategy<String> {
     prop_oneof![
         2 => Just(PROGRAM.to_owned()),
         1 => Just("no-such-program".to_owned()),
@@ -655,13 +262,13 @@ fn wild_program_id() -> BoxedStrategy<String> {
     .boxed()
 }
 
-fn uuid_text() -> BoxedStrategy<String> {
+pub(super) fn uuid_text() -> BoxedStrategy<String> {
     any::<u128>()
         .prop_map(|n| Uuid::from_u128(n).to_string())
         .boxed()
 }
 
-fn wild_uuid(seeded: &Arc<Seeded>) -> BoxedStrategy<String> {
+pub(super) fn wild_uuid(seeded: &Arc<Seeded>) -> BoxedStrategy<String> {
     let member = prop::sample::select(seeded.members.clone());
     prop_oneof![
         2 => member.clone(),
@@ -682,7 +289,7 @@ fn wild_uuid(seeded: &Arc<Seeded>) -> BoxedStrategy<String> {
     .boxed()
 }
 
-fn wild_key() -> BoxedStrategy<String> {
+pub(super) fn wild_key() -> BoxedStrategy<String> {
     prop_oneof![
         2 => pool_key(),
         1 => Just(repeated(128, 'k')),
@@ -695,7 +302,7 @@ fn wild_key() -> BoxedStrategy<String> {
     .boxed()
 }
 
-fn wild_entry_ref(seeded: &Arc<Seeded>) -> BoxedStrategy<Option<proto::EntryRef>> {
+pub(super) fn wild_entry_ref(seeded: &Arc<Seeded>) -> BoxedStrategy<Option<proto::EntryRef>> {
     let ids = prop::sample::select(
         seeded
             .award_ids
@@ -716,7 +323,7 @@ fn wild_entry_ref(seeded: &Arc<Seeded>) -> BoxedStrategy<Option<proto::EntryRef>
     .boxed()
 }
 
-fn wild_rules() -> BoxedStrategy<Option<proto::ProgramRules>> {
+pub(super) fn wild_rules() -> BoxedStrategy<Option<proto::ProgramRules>> {
     let currency = prop_oneof![
         Just("USD".to_owned()),
         Just("usd".to_owned()),
@@ -791,21 +398,21 @@ fn wild_rules() -> BoxedStrategy<Option<proto::ProgramRules>> {
 
 // --- valid values ------------------------------------------------------------------------
 
-fn pool_key() -> BoxedStrategy<String> {
+pub(super) fn pool_key() -> BoxedStrategy<String> {
     (0..KEYS).prop_map(|i| format!("fuzz-key-{i}")).boxed()
 }
 
-fn fresh_token() -> BoxedStrategy<String> {
+pub(super) fn fresh_token() -> BoxedStrategy<String> {
     any::<u128>().prop_map(|n| format!("{n:032x}")).boxed()
 }
 
 /// A key from the shared pool, or a fresh one.
-fn valid_key() -> BoxedStrategy<String> {
+pub(super) fn valid_key() -> BoxedStrategy<String> {
     prop_oneof![3 => pool_key(), 1 => fresh_token().prop_map(|t| format!("fresh-{t}"))].boxed()
 }
 
 /// A valid instant up to 400 days before the (fixed) test clock.
-fn valid_time() -> BoxedStrategy<prost_types::Timestamp> {
+pub(super) fn valid_time() -> BoxedStrategy<prost_types::Timestamp> {
     let now = start_of_test();
     (0..400 * 86_400i64, 0..1_000_000_000u32)
         .prop_map(move |(back, nanos)| {
@@ -816,11 +423,11 @@ fn valid_time() -> BoxedStrategy<prost_types::Timestamp> {
         .boxed()
 }
 
-fn valid_member(seeded: &Arc<Seeded>) -> BoxedStrategy<String> {
+pub(super) fn valid_member(seeded: &Arc<Seeded>) -> BoxedStrategy<String> {
     prop::sample::select(seeded.members.clone()).boxed()
 }
 
-fn valid_tiers() -> BoxedStrategy<Vec<proto::Tier>> {
+pub(super) fn valid_tiers() -> BoxedStrategy<Vec<proto::Tier>> {
     let tier = |code: &str, name: &str, qualify, maintain, multiplier_bp| proto::Tier {
         code: code.into(),
         name: name.into(),
@@ -841,14 +448,14 @@ fn valid_tiers() -> BoxedStrategy<Vec<proto::Tier>> {
 
 /// The seeded program's rules: a CreateProgram with them replays, an UpdateProgram with
 /// them may find them unchanged.
-fn seeded_rules() -> proto::ProgramRules {
+pub(super) fn seeded_rules() -> proto::ProgramRules {
     proto::ProgramRules {
         daily_cap_points: Some(DAILY_CAP),
         ..usd_rules()
     }
 }
 
-fn valid_rules() -> BoxedStrategy<proto::ProgramRules> {
+pub(super) fn valid_rules() -> BoxedStrategy<proto::ProgramRules> {
     let random = (
         prop_oneof![8 => Just("USD"), 1 => Just("EUR"), 1 => Just("JPY"), 1 => Just("KWD")],
         prop_oneof![
@@ -882,13 +489,13 @@ fn valid_rules() -> BoxedStrategy<proto::ProgramRules> {
     prop_oneof![1 => Just(seeded_rules()), 2 => random].boxed()
 }
 
-fn valid_program_id() -> BoxedStrategy<String> {
+pub(super) fn valid_program_id() -> BoxedStrategy<String> {
     prop_oneof![3 => Just(PROGRAM), 2 => prop::sample::select(PROGRAMS)]
         .prop_map(str::to_owned)
         .boxed()
 }
 
-fn valid_name() -> BoxedStrategy<String> {
+pub(super) fn valid_name() -> BoxedStrategy<String> {
     prop_oneof![
         Just("Acme".to_owned()),
         Just(repeated(200, 'é')),
@@ -899,7 +506,7 @@ fn valid_name() -> BoxedStrategy<String> {
 
 // --- requests ----------------------------------------------------------------------------
 
-fn create_program() -> impl Strategy<Value = proto::CreateProgramRequest> {
+pub(super) fn create_program() -> impl Strategy<Value = proto::CreateProgramRequest> {
     let valid = (valid_program_id(), valid_name(), valid_rules());
     let wild = (wild_program_id(), wild_string(), wild_rules());
     (valid, wild, mask()).prop_map(|((id, name, rules), (w_id, w_name, w_rules), m)| {
@@ -911,12 +518,12 @@ fn create_program() -> impl Strategy<Value = proto::CreateProgramRequest> {
     })
 }
 
-fn get_program() -> impl Strategy<Value = proto::GetProgramRequest> {
+pub(super) fn get_program() -> impl Strategy<Value = proto::GetProgramRequest> {
     prop_oneof![valid_program_id(), wild_program_id()]
         .prop_map(|program_id| proto::GetProgramRequest { program_id })
 }
 
-fn update_program() -> impl Strategy<Value = proto::UpdateProgramRequest> {
+pub(super) fn update_program() -> impl Strategy<Value = proto::UpdateProgramRequest> {
     let valid = (
         valid_program_id(),
         valid_rules(),
@@ -936,13 +543,15 @@ fn update_program() -> impl Strategy<Value = proto::UpdateProgramRequest> {
     )
 }
 
-fn fresh_member() -> BoxedStrategy<String> {
+pub(super) fn fresh_member() -> BoxedStrategy<String> {
     (0..FRESH_MEMBERS)
         .prop_map(|i| Uuid::from_u128(0xf022_0000_0000_4000_8000_0000_0000_0000 + i).to_string())
         .boxed()
 }
 
-fn enroll_member(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::EnrollMemberRequest> {
+pub(super) fn enroll_member(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = proto::EnrollMemberRequest> {
     let valid = (
         prop_oneof![valid_member(seeded), fresh_member()],
         prop_oneof![
@@ -982,7 +591,7 @@ fn enroll_member(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::EnrollMem
     )
 }
 
-fn get_member(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::GetMemberRequest> {
+pub(super) fn get_member(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::GetMemberRequest> {
     (
         valid_member(seeded),
         wild_program_id(),
@@ -997,7 +606,7 @@ fn get_member(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::GetMemberReq
 
 /// A valid award: either the canonical one of a pool key (so that resending it replays),
 /// or a random one (so that a pool key is reused with another payload).
-fn valid_award(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AwardRequest> {
+pub(super) fn valid_award(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AwardRequest> {
     let members = seeded.members.clone();
     let canonical = (0..KEYS).prop_map(move |i| proto::AwardRequest {
         program_id: PROGRAM.into(),
@@ -1037,7 +646,7 @@ fn valid_award(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AwardRequest> {
     prop_oneof![canonical, random].boxed()
 }
 
-fn award(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AwardRequest> {
+pub(super) fn award(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AwardRequest> {
     let currency = prop_oneof![
         Just("EUR".to_owned()),
         Just("usd".to_owned()),
@@ -1073,7 +682,7 @@ fn award(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AwardRequest> {
         .boxed()
 }
 
-fn award_batch(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::AwardBatchRequest> {
+pub(super) fn award_batch(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::AwardBatchRequest> {
     let item = (
         award(seeded),
         prop_oneof![3 => Just(true), 1 => Just(false)],
@@ -1100,7 +709,7 @@ fn award_batch(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::AwardBatchR
     )
 }
 
-fn valid_spend(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::SpendRequest> {
+pub(super) fn valid_spend(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::SpendRequest> {
     let members = seeded.members.clone();
     let canonical = (0..KEYS).prop_map(move |i| proto::SpendRequest {
         program_id: PROGRAM.into(),
@@ -1125,7 +734,7 @@ fn valid_spend(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::SpendRequest> {
     prop_oneof![canonical, random].boxed()
 }
 
-fn spend(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::SpendRequest> {
+pub(super) fn spend(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::SpendRequest> {
     let wild = (
         wild_program_id(),
         wild_uuid(seeded),
@@ -1145,7 +754,10 @@ fn spend(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::SpendRequest> {
 }
 
 /// A reference to a seeded entry by id or key, or to whatever a pool key wrote.
-fn valid_entry_ref(ids: Vec<String>, seed_keys: Vec<String>) -> BoxedStrategy<proto::EntryRef> {
+pub(super) fn valid_entry_ref(
+    ids: Vec<String>,
+    seed_keys: Vec<String>,
+) -> BoxedStrategy<proto::EntryRef> {
     prop_oneof![
         2 => prop::sample::select(ids).prop_map(Ref::EntryId),
         1 => prop::sample::select(seed_keys).prop_map(Ref::IdempotencyKey),
@@ -1156,13 +768,13 @@ fn valid_entry_ref(ids: Vec<String>, seed_keys: Vec<String>) -> BoxedStrategy<pr
 }
 
 /// Keys `fuzz-reversal-{i}` of canonical reversals, shared by both reversal RPCs.
-const REVERSAL_KEYS: u32 = 32;
+pub(super) const REVERSAL_KEYS: u32 = 32;
 
-type Reversal = (String, proto::EntryRef, Option<i64>, String);
+pub(super) type Reversal = (String, proto::EntryRef, Option<i64>, String);
 
 /// A valid reversal as (key, entry, points, reason): the canonical one of a reversal key
 /// (so that resending it replays), or a random one.
-fn valid_reversal(
+pub(super) fn valid_reversal(
     ids: Vec<String>,
     seed_keys: Vec<String>,
     reason: &'static str,
@@ -1188,15 +800,15 @@ fn valid_reversal(
     prop_oneof![canonical, random].boxed()
 }
 
-fn optional_points() -> BoxedStrategy<Option<i64>> {
+pub(super) fn optional_points() -> BoxedStrategy<Option<i64>> {
     prop_oneof![Just(None), (1..80i64).prop_map(Some)].boxed()
 }
 
-fn wild_optional_points() -> BoxedStrategy<Option<i64>> {
+pub(super) fn wild_optional_points() -> BoxedStrategy<Option<i64>> {
     prop_oneof![Just(None), wild_i64().prop_map(Some)].boxed()
 }
 
-fn valid_reason() -> BoxedStrategy<String> {
+pub(super) fn valid_reason() -> BoxedStrategy<String> {
     prop_oneof![
         Just(String::new()),
         Just("refund-1".to_owned()),
@@ -1205,7 +817,9 @@ fn valid_reason() -> BoxedStrategy<String> {
     .boxed()
 }
 
-fn reverse_award(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::ReverseAwardRequest> {
+pub(super) fn reverse_award(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = proto::ReverseAwardRequest> {
     let seed_keys = (0..MEMBERS)
         .flat_map(|m| (0..3).map(move |a| format!("seed-award-{m}-{a}")))
         .collect();
@@ -1230,7 +844,9 @@ fn reverse_award(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::ReverseAw
     )
 }
 
-fn reverse_spend(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::ReverseSpendRequest> {
+pub(super) fn reverse_spend(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = proto::ReverseSpendRequest> {
     let seed_keys = (0..MEMBERS).map(|m| format!("seed-spend-{m}")).collect();
     let valid = valid_reversal(seeded.spend_ids.clone(), seed_keys, "cancel");
     let wild = (
@@ -1253,7 +869,7 @@ fn reverse_spend(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::ReverseSp
     )
 }
 
-fn valid_adjust(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AdjustRequest> {
+pub(super) fn valid_adjust(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AdjustRequest> {
     let members = seeded.members.clone();
     let canonical = (0..KEYS).prop_map(move |i| {
         let points = i64::from(i + 1);
@@ -1291,7 +907,7 @@ fn valid_adjust(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AdjustRequest> {
     prop_oneof![canonical, random].boxed()
 }
 
-fn adjust(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::AdjustRequest> {
+pub(super) fn adjust(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::AdjustRequest> {
     let wild = (
         wild_program_id(),
         wild_uuid(seeded),
@@ -1312,7 +928,9 @@ fn adjust(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::AdjustRequest> {
     )
 }
 
-fn list_entries(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::ListEntriesRequest> {
+pub(super) fn list_entries(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = proto::ListEntriesRequest> {
     let valid = (
         valid_member(seeded),
         prop_oneof![Just(0i32), 1..=200i32],
@@ -1347,7 +965,7 @@ fn list_entries(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::ListEntrie
     )
 }
 
-fn get_liability() -> impl Strategy<Value = proto::GetLiabilityRequest> {
+pub(super) fn get_liability() -> impl Strategy<Value = proto::GetLiabilityRequest> {
     let now = start_of_test();
     let valid = (0..800 * 86_400i64, 0..800 * 86_400i64).prop_map(move |(a, b)| {
         let (from, to) = (a.max(b), a.min(b));

@@ -1,8 +1,11 @@
 //! The end-of-run checks: the ledger against the model of acknowledged outcomes.
 use crate::infra::{blocking, Infra};
-use crate::workload::{Answer, Ctx, Fate, PROGRAM};
+use crate::workload::{Answer, Ctx, Fate, KeyRecord, Stats, PROGRAM};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
+
+/// The model's record of every key sent.
+type Keys = HashMap<String, KeyRecord>;
 
 pub struct Limits {
     pub daily_cap_points: i64,
@@ -40,34 +43,68 @@ async fn checks(
 ) -> anyhow::Result<()> {
     let stats = &ctx.stats;
     let db = infra.connect(crate::infra::DATABASE).await?;
-
-    // 1. Every acknowledged key has its one entry, every refused key none.
-    let rows = db
-        .query(
-            "SELECT idempotency_key, kind, points, member_id::text FROM ledger_entries \
-             WHERE program_id = $1",
-            &[&PROGRAM],
-        )
-        .await?;
-    let mut entries: HashMap<String, (String, i64, String)> = HashMap::new();
-    let mut expired: HashMap<String, i64> = HashMap::new();
-    for row in &rows {
-        let (key, kind, points, member): (String, String, i64, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        if kind == "expiry" {
-            *expired.entry(member.clone()).or_default() += points;
-        }
-        entries.insert(key, (kind, points, member));
-    }
-    let swept: i64 = expired.values().sum();
-    let sweeps = rows
-        .iter()
-        .filter(|r| r.get::<_, String>(1) == "expiry")
-        .count();
-    stats.note(format!("{sweeps} expiry entries, {swept} points swept"));
+    let ledger = Ledger::read(&db, stats).await?;
     let model = ctx.model.lock().unwrap().keys.clone();
+    every_acknowledged_key_has_its_one_entry(ctx, &model, &ledger.entries);
+    balances_match_the_model(ctx, rng, &model, &ledger.expired).await;
+    let per_member = entries_per_member(&db).await?;
+    list_entries_pages_through_each_members_entries(ctx, rng, &per_member).await;
+    let total: i64 = per_member.values().map(|(_, sum)| sum).sum();
+    liability_ties_out(&db, ctx, rng, total).await?;
+    books_tie_out(&db, stats).await?;
+    no_member_day_earned_past_the_cap(&db, stats, limits).await?;
+    no_session_idle_in_transaction(&db, stats).await?;
+    memory_stayed_bounded(infra, stats, limits);
+    flash_audit_passes(infra, stats)?;
+    Ok(())
+}
+
+/// The program's entries as the checks read them.
+struct Ledger {
+    /// Every entry by its idempotency key: (kind, points, member).
+    entries: HashMap<String, (String, i64, String)>,
+    /// Points written off by expiry sweeps, per member (negative).
+    expired: HashMap<String, i64>,
+}
+
+impl Ledger {
+    async fn read(db: &tokio_postgres::Client, stats: &Stats) -> anyhow::Result<Ledger> {
+        let rows = db
+            .query(
+                "SELECT idempotency_key, kind, points, member_id::text FROM ledger_entries \
+                 WHERE program_id = $1",
+                &[&PROGRAM],
+            )
+            .await?;
+        let mut entries: HashMap<String, (String, i64, String)> = HashMap::new();
+        let mut expired: HashMap<String, i64> = HashMap::new();
+        for row in &rows {
+            let (key, kind, points, member): (String, String, i64, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if kind == "expiry" {
+                *expired.entry(member.clone()).or_default() += points;
+            }
+            entries.insert(key, (kind, points, member));
+        }
+        let swept: i64 = expired.values().sum();
+        let sweeps = rows
+            .iter()
+            .filter(|r| r.get::<_, String>(1) == "expiry")
+            .count();
+        stats.note(format!("{sweeps} expiry entries, {swept} points swept"));
+        Ok(Ledger { entries, expired })
+    }
+}
+
+/// 1. Every acknowledged key has its one entry, every refused key none.
+fn every_acknowledged_key_has_its_one_entry(
+    ctx: &Ctx,
+    model: &Keys,
+    entries: &HashMap<String, (String, i64, String)>,
+) {
+    let stats = &ctx.stats;
     let (mut unresolved, mut missing, mut written) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, record) in &model {
+    for (key, record) in model {
         let entry = entries.get(key);
         match (&record.fate, entry) {
             (Fate::Unresolved, _) => unresolved.push(key.clone()),
@@ -124,8 +161,16 @@ async fn checks(
     if !strangers.is_empty() {
         stats.fail(format!("entries under keys never sent: {strangers:?}"));
     }
+}
 
-    // 2. Each member's balance equals the model: acknowledged deltas less swept expiries.
+/// 2. Each member's balance equals the model: acknowledged deltas less swept expiries.
+async fn balances_match_the_model(
+    ctx: &Ctx,
+    rng: &mut ChaCha8Rng,
+    model: &Keys,
+    expired: &HashMap<String, i64>,
+) {
+    let stats = &ctx.stats;
     let mut model_balance = vec![0i64; ctx.members.len()];
     let mut unknown_members = vec![false; ctx.members.len()];
     for record in model.values() {
@@ -152,8 +197,12 @@ async fn checks(
             _ => stats.fail(format!("member {member}: GetMember failed after healing")),
         }
     }
+}
 
-    // 2b. ListEntries pages through exactly the member's entries, newest first.
+/// Each member's entries in the ledger: (count, Σ points).
+async fn entries_per_member(
+    db: &tokio_postgres::Client,
+) -> anyhow::Result<HashMap<String, (i64, i64)>> {
     let per_member = db
         .query(
             "SELECT member_id::text, count(*), COALESCE(sum(points), 0)::bigint \
@@ -165,6 +214,16 @@ async fn checks(
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
         .collect();
+    Ok(per_member)
+}
+
+/// 2b. ListEntries pages through exactly the member's entries, newest first.
+async fn list_entries_pages_through_each_members_entries(
+    ctx: &Ctx,
+    rng: &mut ChaCha8Rng,
+    per_member: &HashMap<String, (i64, i64)>,
+) {
+    let stats = &ctx.stats;
     for (index, member) in ctx.members.iter().enumerate() {
         let (mut count, mut sum, mut token, mut pages) = (0i64, 0i64, String::new(), 0);
         let mut seen = std::collections::HashSet::new();
@@ -198,10 +257,17 @@ async fn checks(
             ));
         }
     }
+}
 
-    // 2c. GetLiability: outstanding = Σ balances, remaining = Σ entries, the roll-forward
-    // adds up and closes on Σ entries.
-    let total: i64 = per_member.values().map(|(_, sum)| sum).sum();
+/// 2c. GetLiability: outstanding = Σ balances, remaining = Σ entries (`total`), the
+/// roll-forward adds up and closes on Σ entries.
+async fn liability_ties_out(
+    db: &tokio_postgres::Client,
+    ctx: &Ctx,
+    rng: &mut ChaCha8Rng,
+    total: i64,
+) -> anyhow::Result<()> {
+    let stats = &ctx.stats;
     let live: i64 = db
         .query_one(
             "SELECT COALESCE(sum(remaining), 0)::bigint FROM point_batches \
@@ -211,8 +277,8 @@ async fn checks(
         .await?
         .get(0);
     let to_instant = chrono::Utc::now();
-    let from = crate::workload::timestamp(to_instant - chrono::Duration::hours(1));
-    let to = crate::workload::timestamp(to_instant);
+    let from = flash_testing_support::timestamp(to_instant - chrono::Duration::hours(1));
+    let to = flash_testing_support::timestamp(to_instant);
     // The sweeps run with their clock moved ahead, so their entries are dated after `to`:
     // the roll-forward closes on the entries dated before it, the batches on all of them.
     let dated: i64 = db
@@ -266,8 +332,11 @@ async fn checks(
         Answer::Unimplemented => stats.note("GetLiability is unimplemented: not checked"),
         _ => stats.fail("GetLiability failed after healing"),
     }
+    Ok(())
+}
 
-    // 3. The books tie out: Σ entries = Σ batch remaining, per member; nothing negative.
+/// 3. The books tie out: Σ entries = Σ batch remaining, per member; nothing negative.
+async fn books_tie_out(db: &tokio_postgres::Client, stats: &Stats) -> anyhow::Result<()> {
     let rows = db
         .query(
             "SELECT m.member_id::text, \
@@ -287,8 +356,15 @@ async fn checks(
             ));
         }
     }
+    Ok(())
+}
 
-    // 4. No member/day earned more capped purchase points than the cap.
+/// 4. No member/day earned more capped purchase points than the cap.
+async fn no_member_day_earned_past_the_cap(
+    db: &tokio_postgres::Client,
+    stats: &Stats,
+    limits: &Limits,
+) -> anyhow::Result<()> {
     let rows = db
         .query(
             "SELECT member_id::text, cap_day::text, sum(points)::bigint FROM ledger_entries \
@@ -303,8 +379,14 @@ async fn checks(
             limits.daily_cap_points
         ));
     }
+    Ok(())
+}
 
-    // 5. No session left idle in a transaction once everything settled.
+/// 5. No session left idle in a transaction once everything settled.
+async fn no_session_idle_in_transaction(
+    db: &tokio_postgres::Client,
+    stats: &Stats,
+) -> anyhow::Result<()> {
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     let rows = db
         .query(
@@ -321,8 +403,11 @@ async fn checks(
             "session {pid} ({app}) idle in transaction for {idle:.1}s after settling: {query}"
         ));
     }
+    Ok(())
+}
 
-    // 6. Memory stayed bounded.
+/// 6. Memory stayed bounded.
+fn memory_stayed_bounded(infra: &Infra, stats: &Stats, limits: &Limits) {
     let rss = infra.max_rss_kib.load(std::sync::atomic::Ordering::Relaxed);
     if rss > limits.max_rss_kib {
         stats.fail(format!(
@@ -331,8 +416,10 @@ async fn checks(
             limits.max_rss_kib / 1024
         ));
     }
+}
 
-    // 7. `flash audit`, once it exists.
+/// 7. `flash audit`, once it exists.
+fn flash_audit_passes(infra: &Infra, stats: &Stats) -> anyhow::Result<()> {
     let output = blocking(|| {
         infra
             .flash_command()

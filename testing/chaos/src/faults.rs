@@ -1,7 +1,7 @@
 //! The seeded fault schedule and the expiry sweeps.
 use crate::infra::{blocking, Infra};
-use crate::proxy::Mode;
 use crate::workload::Ctx;
+use flash_testing_support::proxy::Mode;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;

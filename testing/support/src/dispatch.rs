@@ -1,0 +1,123 @@
+//! One way to send an RPC of `flash.loyalty.v1`: the fuzzer sends any [`Call`], the model
+//! its mutations, the chaos driver every request under a deadline — all through
+//! [`Clients::send`], so a new RPC is added here once and every harness can send it.
+use flash_loyalty::grpc::proto::{
+    self, ledger_client::LedgerClient, programs_client::ProgramsClient,
+};
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::Status;
+
+/// The clients of both services over one channel.
+#[derive(Clone)]
+pub struct Clients {
+    pub ledger: LedgerClient<Channel>,
+    pub programs: ProgramsClient<Channel>,
+}
+
+impl Clients {
+    pub fn new(channel: Channel) -> Clients {
+        Clients {
+            ledger: LedgerClient::new(channel.clone()),
+            programs: ProgramsClient::new(channel),
+        }
+    }
+}
+
+/// A request type and the RPC that takes it.
+pub trait Rpc: Clone + Into<Call> + Send + Sync + 'static {
+    type Response: Send;
+    /// The reply's own variant; `None` only for a reply to another RPC.
+    fn response(reply: Reply) -> Option<Self::Response>;
+}
+
+macro_rules! rpcs {
+    ($($variant:ident($request:ident => $response:ident) via $client:ident.$method:ident;)*) => {
+        /// One request to one RPC.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Call {
+            $($variant(proto::$request),)*
+        }
+
+        /// The answer to a [`Call`], in the call's own variant.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Reply {
+            $($variant(proto::$response),)*
+        }
+
+        impl Call {
+            /// The RPC's name, as the proto spells it.
+            pub fn rpc(&self) -> &'static str {
+                match self {
+                    $(Call::$variant(_) => stringify!($variant),)*
+                }
+            }
+        }
+
+        $(
+            impl From<proto::$request> for Call {
+                fn from(request: proto::$request) -> Call {
+                    Call::$variant(request)
+                }
+            }
+
+            impl Rpc for proto::$request {
+                type Response = proto::$response;
+                fn response(reply: Reply) -> Option<proto::$response> {
+                    match reply {
+                        Reply::$variant(response) => Some(response),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    }
+                }
+            }
+        )*
+
+        impl Clients {
+            /// Sends a call, with `deadline` as its gRPC timeout when given.
+            pub async fn send(&mut self, call: Call, deadline: Option<Duration>) -> Result<Reply, Status> {
+                Ok(match call {
+                    $(Call::$variant(request) => Reply::$variant(
+                        self.$client.$method(with_deadline(request, deadline)).await?.into_inner(),
+                    ),)*
+                })
+            }
+        }
+    };
+}
+
+rpcs! {
+    CreateProgram(CreateProgramRequest => CreateProgramResponse) via programs.create_program;
+    GetProgram(GetProgramRequest => GetProgramResponse) via programs.get_program;
+    UpdateProgram(UpdateProgramRequest => UpdateProgramResponse) via programs.update_program;
+    EnrollMember(EnrollMemberRequest => EnrollMemberResponse) via ledger.enroll_member;
+    GetMember(GetMemberRequest => GetMemberResponse) via ledger.get_member;
+    Award(AwardRequest => AwardResponse) via ledger.award;
+    AwardBatch(AwardBatchRequest => AwardBatchResponse) via ledger.award_batch;
+    Spend(SpendRequest => SpendResponse) via ledger.spend;
+    ReverseAward(ReverseAwardRequest => ReverseAwardResponse) via ledger.reverse_award;
+    ReverseSpend(ReverseSpendRequest => ReverseSpendResponse) via ledger.reverse_spend;
+    Adjust(AdjustRequest => AdjustResponse) via ledger.adjust;
+    ListEntries(ListEntriesRequest => ListEntriesResponse) via ledger.list_entries;
+    GetLiability(GetLiabilityRequest => GetLiabilityResponse) via ledger.get_liability;
+}
+
+impl Clients {
+    /// Sends one typed request and hands back its typed response.
+    pub async fn rpc<R: Rpc>(
+        &mut self,
+        request: R,
+        deadline: Option<Duration>,
+    ) -> Result<R::Response, Status> {
+        let reply = self.send(request.into(), deadline).await?;
+        Ok(R::response(reply).expect("a reply in its call's own variant"))
+    }
+}
+
+fn with_deadline<T>(message: T, deadline: Option<Duration>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline);
+    }
+    request
+}

@@ -1,0 +1,231 @@
+//! The operations a case is made of, their strategies, and the requests and responses
+//! they become on the wire.
+use super::*;
+
+#[derive(Debug, Clone)]
+pub(super) enum Step {
+    Hours(i64),
+    Days(i64),
+    /// To the next expiry of any batch holding points, offset by -1, 0 or +1 second.
+    ToNextExpiry(i64),
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Op {
+    Award {
+        member: usize,
+        amount_minor: i64,
+        source: i32,
+    },
+    /// The purchase of an earlier award again under a new key (ALREADY_EXISTS), or the
+    /// same order id from another source (another purchase).
+    RepeatPurchase {
+        award: usize,
+        other_source: bool,
+    },
+    Spend {
+        member: usize,
+        points: i64,
+    },
+    ReverseAward {
+        award: usize,
+        points: Option<i64>,
+        by_id: bool,
+    },
+    ReverseSpend {
+        spend: usize,
+        points: Option<i64>,
+        by_id: bool,
+    },
+    Adjust {
+        member: usize,
+        points: i64,
+    },
+    Advance(Step),
+    Expire,
+    /// Re-sends an earlier request as it was.
+    Replay {
+        op: usize,
+    },
+    /// Re-sends an earlier request's key with one field changed, or with another kind of
+    /// request (a credit).
+    ReplayChanged {
+        op: usize,
+        as_credit: bool,
+    },
+    /// Redis loses today's cap counters of every member (a flush or restart): the
+    /// service must rebuild them from PostgreSQL, never read them as zero.
+    LoseCapCounters,
+    /// The program moves to another time zone (an index into `ZONES`).
+    ChangeZone(usize),
+    /// Award, spend, refund the award and cancel the spend: the refund first or the
+    /// cancellation first, which must end at the same balance.
+    RefundAndCancel {
+        member: usize,
+        refund_first: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Case {
+    pub(super) members: usize,
+    pub(super) ops: Vec<Op>,
+}
+
+pub(super) fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
+    let index = 0..64usize;
+    let reverse_points = prop_oneof![1 => Just(None), 2 => (1..=40i64).prop_map(Some)];
+    prop_oneof![
+        5 => (0..members, prop_oneof![
+            1 => 1..=200i64,
+            3 => 1..=9_000i64,
+            // The largest purchase, and one past it (refused).
+            1 => MAX_AMOUNT_MINOR..=MAX_AMOUNT_MINOR + 1,
+        ], 1..=3i32).prop_map(
+            |(member, amount_minor, source)| Op::Award { member, amount_minor, source }
+        ),
+        1 => (index.clone(), any::<bool>())
+            .prop_map(|(award, other_source)| Op::RepeatPurchase { award, other_source }),
+        4 => (0..members, prop_oneof![2 => 1..=25i64, 1 => 1..=150i64])
+            .prop_map(|(member, points)| Op::Spend { member, points }),
+        2 => (index.clone(), reverse_points.clone(), any::<bool>()).prop_map(
+            |(award, points, by_id)| Op::ReverseAward { award, points, by_id }
+        ),
+        2 => (index.clone(), reverse_points, any::<bool>()).prop_map(
+            |(spend, points, by_id)| Op::ReverseSpend { spend, points, by_id }
+        ),
+        2 => (0..members, prop_oneof![
+            4 => -40..=-1i64,
+            4 => 1..=80i64,
+            // The largest credit, and one past the limit either way (refused).
+            1 => MAX_ADJUST_POINTS..=MAX_ADJUST_POINTS + 1,
+            1 => Just(-MAX_ADJUST_POINTS - 1),
+        ])
+            .prop_map(|(member, points)| Op::Adjust { member, points }),
+        2 => (1..=36i64).prop_map(|hours| Op::Advance(Step::Hours(hours))),
+        2 => (1..=20i64).prop_map(|days| Op::Advance(Step::Days(days))),
+        1 => (-1..=1i64).prop_map(|offset| Op::Advance(Step::ToNextExpiry(offset))),
+        1 => Just(Op::Expire),
+        2 => index.clone().prop_map(|op| Op::Replay { op }),
+        1 => (index, prop::bool::weighted(0.2))
+            .prop_map(|(op, as_credit)| Op::ReplayChanged { op, as_credit }),
+        1 => Just(Op::LoseCapCounters),
+        1 => (0..ZONES.len()).prop_map(Op::ChangeZone),
+        2 => (0..members, any::<bool>())
+            .prop_map(|(member, refund_first)| Op::RefundAndCancel { member, refund_first }),
+    ]
+}
+
+pub(super) fn case_strategy() -> impl Strategy<Value = Case> {
+    (2..=4usize).prop_flat_map(|members| {
+        prop::collection::vec(op_strategy(members), 0..=MAX_OPS)
+            .prop_map(move |ops| Case { members, ops })
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests and responses
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Request {
+    Award(proto::AwardRequest),
+    Spend(proto::SpendRequest),
+    ReverseAward(proto::ReverseAwardRequest),
+    ReverseSpend(proto::ReverseSpendRequest),
+    Adjust(proto::AdjustRequest),
+}
+
+impl Request {
+    pub(super) fn key(&self) -> &str {
+        match self {
+            Request::Award(r) => &r.idempotency_key,
+            Request::Spend(r) => &r.idempotency_key,
+            Request::ReverseAward(r) => &r.idempotency_key,
+            Request::ReverseSpend(r) => &r.idempotency_key,
+            Request::Adjust(r) => &r.idempotency_key,
+        }
+    }
+
+    /// The same key with one field the outcome depends on changed.
+    pub(super) fn changed(&self) -> Request {
+        match self.clone() {
+            Request::Award(r) => Request::Award(proto::AwardRequest {
+                amount_minor: r.amount_minor + 1,
+                ..r
+            }),
+            Request::Spend(r) => Request::Spend(proto::SpendRequest {
+                points: r.points + 1,
+                ..r
+            }),
+            Request::ReverseAward(r) => Request::ReverseAward(proto::ReverseAwardRequest {
+                reason: format!("{} (changed)", r.reason),
+                ..r
+            }),
+            Request::ReverseSpend(r) => Request::ReverseSpend(proto::ReverseSpendRequest {
+                points: Some(r.points.map_or(1, |p| p + 1)),
+                ..r
+            }),
+            Request::Adjust(r) => Request::Adjust(proto::AdjustRequest {
+                points: r.points + r.points.signum(),
+                ..r
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Response {
+    Award(proto::AwardResponse),
+    Spend(proto::SpendResponse),
+    ReverseAward(proto::ReverseAwardResponse),
+    ReverseSpend(proto::ReverseSpendResponse),
+    Adjust(proto::AdjustResponse),
+}
+
+impl Response {
+    pub(super) fn replayed(&self) -> bool {
+        match self {
+            Response::Award(r) => r.replayed,
+            Response::Spend(r) => r.replayed,
+            Response::ReverseAward(r) => r.replayed,
+            Response::ReverseSpend(r) => r.replayed,
+            Response::Adjust(r) => r.replayed,
+        }
+    }
+
+    pub(super) fn entry_id(&self) -> &str {
+        match self {
+            Response::Award(r) => &r.entry_id,
+            Response::Spend(r) => &r.entry_id,
+            Response::ReverseAward(r) => &r.entry_id,
+            Response::ReverseSpend(r) => &r.entry_id,
+            Response::Adjust(r) => &r.entry_id,
+        }
+    }
+
+    /// The response with its `replayed` flag set as given.
+    pub(super) fn with_replayed(&self, replayed: bool) -> Response {
+        let mut response = self.clone();
+        match &mut response {
+            Response::Award(r) => r.replayed = replayed,
+            Response::Spend(r) => r.replayed = replayed,
+            Response::ReverseAward(r) => r.replayed = replayed,
+            Response::ReverseSpend(r) => r.replayed = replayed,
+            Response::Adjust(r) => r.replayed = replayed,
+        }
+        response
+    }
+}
+
+pub(super) async fn send(
+    clients: &mut Clients,
+    request: &Request,
+) -> Result<Response, tonic::Status> {
+    Ok(match request.clone() {
+        Request::Award(r) => Response::Award(clients.rpc(r, None).await?),
+        Request::Spend(r) => Response::Spend(clients.rpc(r, None).await?),
+        Request::ReverseAward(r) => Response::ReverseAward(clients.rpc(r, None).await?),
+        Request::ReverseSpend(r) => Response::ReverseSpend(clients.rpc(r, None).await?),
+        Request::Adjust(r) => Response::Adjust(clients.rpc(r, None).await?),
+    })
+}

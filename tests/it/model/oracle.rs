@@ -1,0 +1,690 @@
+//! The oracle: an in-memory model of the ledger's rules — batches, FIFO draws, the daily
+//! cap under every zone in force, refunds and cancellations, expiry — written from the
+//! rules as the README states them. It never imports the service's domain code
+//! (`flash_loyalty::domain`, `service`, `store`): only the wire types it compares against.
+//! Its independence is what makes it worth having; a rule copied from the service would
+//! share the service's bugs.
+use super::*;
+
+#[derive(Debug, Clone)]
+pub(super) struct Batch {
+    pub(super) member: usize,
+    pub(super) earned_at: DateTime<Utc>,
+    pub(super) expires_at: DateTime<Utc>,
+    pub(super) remaining: i64,
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Entry {
+    Award {
+        member: usize,
+        points: i64,
+        batch: Option<usize>,
+        reversed: i64,
+    },
+    Spend {
+        member: usize,
+        points: i64,
+        /// (batch, points) in the order drawn.
+        draws: Vec<(usize, i64)>,
+        reversed: i64,
+    },
+    Other,
+}
+
+/// What the service must answer. Draws name model batches by their creation index.
+#[derive(Debug, Clone)]
+pub(super) enum Expected {
+    Replay(Response),
+    Error(Code),
+    Award {
+        requested: i64,
+        awarded: i64,
+        balance: i64,
+    },
+    Spend {
+        points: i64,
+        draws: Vec<(usize, i64)>,
+        balance: i64,
+    },
+    ReverseAward {
+        member: usize,
+        reversed: i64,
+        draws: Vec<(usize, i64)>,
+        remaining_reversible: i64,
+        balance: i64,
+    },
+    ReverseSpend {
+        member: usize,
+        reversed: i64,
+        restorations: Vec<(usize, i64)>,
+        expired: i64,
+        repaid: i64,
+        balance: i64,
+    },
+    Adjust {
+        points: i64,
+        credited: Option<usize>,
+        draws: Vec<(usize, i64)>,
+        balance: i64,
+    },
+}
+
+pub(super) struct Model {
+    pub(super) now: DateTime<Utc>,
+    pub(super) members: Vec<String>,
+    /// Every batch ever credited, in creation order.
+    pub(super) batches: Vec<Batch>,
+    /// The service's id of each batch, learnt from its answers.
+    pub(super) batch_ids: Vec<Option<String>>,
+    pub(super) known_batch_ids: HashMap<String, usize>,
+    /// Claimed keys: the request that claimed each and the service's original answer.
+    pub(super) claimed: HashMap<String, (Request, Response)>,
+    /// Entries written, by idempotency key; entry ids map to keys.
+    pub(super) entries: HashMap<String, Entry>,
+    pub(super) entry_keys: HashMap<String, String>,
+    pub(super) purchases: HashSet<(i32, String)>,
+    /// Every award that earned points: (member, when, points).
+    pub(super) earned: Vec<(usize, DateTime<Utc>, i64)>,
+    /// The program's zones: (in force from, zone), oldest first.
+    pub(super) zones: Vec<(DateTime<Utc>, chrono_tz::Tz)>,
+    pub(super) lifetime_earned: Vec<i64>,
+    /// Points of refunded awards the member had already spent: repaid by cancellations.
+    pub(super) owed: Vec<i64>,
+    /// Keys of the awards and spends written, in order.
+    pub(super) awards: Vec<String>,
+    pub(super) spends: Vec<String>,
+}
+
+impl Model {
+    pub(super) fn new(members: Vec<String>, now: DateTime<Utc>) -> Model {
+        let count = members.len();
+        Model {
+            now,
+            members,
+            batches: vec![],
+            batch_ids: vec![],
+            known_batch_ids: HashMap::new(),
+            claimed: HashMap::new(),
+            entries: HashMap::new(),
+            entry_keys: HashMap::new(),
+            purchases: HashSet::new(),
+            earned: vec![],
+            zones: vec![(now, zone(ZONES[0]))],
+            lifetime_earned: vec![0; count],
+            owed: vec![0; count],
+            awards: vec![],
+            spends: vec![],
+        }
+    }
+
+    pub(super) fn member_index(&self, member_id: &str) -> usize {
+        self.members
+            .iter()
+            .position(|m| m == member_id)
+            .expect("a member of the case")
+    }
+
+    pub(super) fn live(&self, batch: &Batch) -> bool {
+        batch.remaining > 0 && batch.expires_at > self.now
+    }
+
+    pub(super) fn balance(&self, member: usize) -> i64 {
+        self.batches
+            .iter()
+            .filter(|b| b.member == member && self.live(b))
+            .map(|b| b.remaining)
+            .sum()
+    }
+
+    /// (next expiry, points expiring then) of a member's live batches.
+    pub(super) fn next_expiry(&self, member: usize) -> Option<(DateTime<Utc>, i64)> {
+        let live: Vec<&Batch> = self
+            .batches
+            .iter()
+            .filter(|b| b.member == member && self.live(b))
+            .collect();
+        let next = live.iter().map(|b| b.expires_at).min()?;
+        let points = live
+            .iter()
+            .filter(|b| b.expires_at == next)
+            .map(|b| b.remaining)
+            .sum();
+        Some((next, points))
+    }
+
+    pub(super) fn credit(&mut self, member: usize, points: i64) -> usize {
+        self.batches.push(Batch {
+            member,
+            earned_at: self.now,
+            expires_at: self.now + Duration::days(VALIDITY_DAYS),
+            remaining: points,
+        });
+        self.batch_ids.push(None);
+        self.batches.len() - 1
+    }
+
+    /// Takes `points` from the member's live batches, oldest earned first, ties broken by
+    /// creation order, skipping `except`. Returns the draws; they may fall short.
+    pub(super) fn draw_fifo(
+        &mut self,
+        member: usize,
+        points: i64,
+        except: Option<usize>,
+    ) -> Vec<(usize, i64)> {
+        let mut order: Vec<usize> = (0..self.batches.len())
+            .filter(|&i| {
+                Some(i) != except && self.batches[i].member == member && self.live(&self.batches[i])
+            })
+            .collect();
+        order.sort_by_key(|&i| (self.batches[i].earned_at, i));
+        let mut left = points;
+        let mut draws = vec![];
+        for i in order {
+            if left == 0 {
+                break;
+            }
+            let taken = left.min(self.batches[i].remaining);
+            self.batches[i].remaining -= taken;
+            left -= taken;
+            draws.push((i, taken));
+        }
+        draws
+    }
+
+    pub(super) fn resolve(&self, reference: &Option<proto::EntryRef>) -> Option<(String, Entry)> {
+        let key = match reference.as_ref()?.r#ref.as_ref()? {
+            proto::entry_ref::Ref::IdempotencyKey(key) => key.clone(),
+            proto::entry_ref::Ref::EntryId(id) => self.entry_keys.get(id)?.clone(),
+        };
+        let entry = self.entries.get(&key)?.clone();
+        Some((key, entry))
+    }
+
+    /// The member a request is about, when the model knows it.
+    pub(super) fn involved(&self, request: &Request) -> Option<usize> {
+        match request {
+            Request::Award(r) => Some(self.member_index(&r.member_id)),
+            Request::Spend(r) => Some(self.member_index(&r.member_id)),
+            Request::Adjust(r) => Some(self.member_index(&r.member_id)),
+            Request::ReverseAward(r) => match self.resolve(&r.award)?.1 {
+                Entry::Award { member, .. } => Some(member),
+                _ => None,
+            },
+            Request::ReverseSpend(r) => match self.resolve(&r.spend)?.1 {
+                Entry::Spend { member, .. } => Some(member),
+                _ => None,
+            },
+        }
+    }
+
+    /// Applies a request to the model and says what the service must answer: the checks
+    /// every request gets at the edge and against its key, then one function per operation.
+    pub(super) fn apply(&mut self, request: &Request) -> Expected {
+        // Fields past the API's limits are refused at the edge, before any key is looked at.
+        let out_of_range = match request {
+            Request::Award(r) => r.amount_minor > MAX_AMOUNT_MINOR,
+            Request::Adjust(r) => r.points.abs() > MAX_ADJUST_POINTS,
+            Request::Spend(r) => r.points > MAX_ADJUST_POINTS,
+            _ => false,
+        };
+        if out_of_range {
+            return Expected::Error(Code::InvalidArgument);
+        }
+        if let Some((original, response)) = self.claimed.get(request.key()) {
+            return if original == request {
+                Expected::Replay(response.clone())
+            } else {
+                Expected::Error(Code::AlreadyExists)
+            };
+        }
+        let key = request.key().to_owned();
+        match request {
+            Request::Award(r) => self.apply_award(key, r),
+            Request::Spend(r) => self.apply_spend(key, r),
+            Request::Adjust(r) => self.apply_adjust(key, r),
+            Request::ReverseAward(r) => self.apply_reverse_award(key, r),
+            Request::ReverseSpend(r) => self.apply_reverse_spend(key, r),
+        }
+    }
+
+    pub(super) fn apply_award(&mut self, key: String, r: &proto::AwardRequest) -> Expected {
+        let member = self.member_index(&r.member_id);
+        if !self.purchases.insert((r.source, r.external_ref.clone())) {
+            return Expected::Error(Code::AlreadyExists);
+        }
+        let requested = if r.amount_minor < MIN_AMOUNT_MINOR {
+            0
+        } else {
+            // floor(amount × rate_bp × multiplier_bp / (10^exponent × 10^8))
+            let points =
+                i128::from(r.amount_minor) * i128::from(BASE_RATE_BP) * 10_000 / 10_000_000_000;
+            i64::try_from(points).unwrap()
+        };
+        let awarded = if requested > 0 {
+            let granted = requested.min(self.cap_room(member));
+            self.earned.push((member, self.now, granted));
+            granted
+        } else {
+            0
+        };
+        let balance = self.balance(member) + awarded;
+        let batch = (awarded > 0).then(|| self.credit(member, awarded));
+        self.lifetime_earned[member] += awarded;
+        self.entries.insert(
+            key.clone(),
+            Entry::Award {
+                member,
+                points: awarded,
+                batch,
+                reversed: 0,
+            },
+        );
+        self.awards.push(key);
+        Expected::Award {
+            requested,
+            awarded,
+            balance,
+        }
+    }
+
+    pub(super) fn apply_spend(&mut self, key: String, r: &proto::SpendRequest) -> Expected {
+        let member = self.member_index(&r.member_id);
+        let available = self.balance(member);
+        if available < r.points {
+            return Expected::Error(Code::FailedPrecondition);
+        }
+        let draws = self.draw_fifo(member, r.points, None);
+        self.entries.insert(
+            key.clone(),
+            Entry::Spend {
+                member,
+                points: r.points,
+                draws: draws.clone(),
+                reversed: 0,
+            },
+        );
+        self.spends.push(key);
+        Expected::Spend {
+            points: r.points,
+            draws,
+            balance: available - r.points,
+        }
+    }
+
+    pub(super) fn apply_adjust(&mut self, key: String, r: &proto::AdjustRequest) -> Expected {
+        let member = self.member_index(&r.member_id);
+        let available = self.balance(member);
+        let (credited, draws) = if r.points > 0 {
+            (Some(self.credit(member, r.points)), vec![])
+        } else {
+            if available < -r.points {
+                return Expected::Error(Code::FailedPrecondition);
+            }
+            (None, self.draw_fifo(member, -r.points, None))
+        };
+        self.entries.insert(key, Entry::Other);
+        Expected::Adjust {
+            points: r.points,
+            credited,
+            draws,
+            balance: available + r.points,
+        }
+    }
+
+    pub(super) fn apply_reverse_award(
+        &mut self,
+        key: String,
+        r: &proto::ReverseAwardRequest,
+    ) -> Expected {
+        let Some((award_key, entry)) = self.resolve(&r.award) else {
+            return Expected::Error(Code::NotFound);
+        };
+        let Entry::Award {
+            member,
+            points: awarded,
+            batch,
+            reversed,
+        } = entry
+        else {
+            return Expected::Error(Code::InvalidArgument);
+        };
+        let reversible = awarded - reversed;
+        if reversible <= 0 {
+            return Expected::Error(Code::FailedPrecondition);
+        }
+        let points = r.points.unwrap_or(reversible);
+        if points > reversible {
+            return Expected::Error(Code::FailedPrecondition);
+        }
+        let mut draws = vec![];
+        let mut left = points;
+        if let Some(own) = batch {
+            if self.live(&self.batches[own]) {
+                let taken = left.min(self.batches[own].remaining);
+                self.batches[own].remaining -= taken;
+                left -= taken;
+                draws.push((own, taken));
+            }
+        }
+        draws.extend(self.draw_fifo(member, left, batch));
+        let recovered: i64 = draws.iter().map(|d| d.1).sum();
+        // What was spent already cannot be taken back: the member owes it.
+        self.owed[member] += points - recovered;
+        self.lifetime_earned[member] -= points;
+        if let Some(Entry::Award { reversed, .. }) = self.entries.get_mut(&award_key) {
+            *reversed += points;
+        }
+        self.entries.insert(key, Entry::Other);
+        debug_assert!(recovered <= points);
+        Expected::ReverseAward {
+            member,
+            reversed: points,
+            draws,
+            remaining_reversible: reversible - points,
+            balance: self.balance(member),
+        }
+    }
+
+    pub(super) fn apply_reverse_spend(
+        &mut self,
+        key: String,
+        r: &proto::ReverseSpendRequest,
+    ) -> Expected {
+        let Some((spend_key, entry)) = self.resolve(&r.spend) else {
+            return Expected::Error(Code::NotFound);
+        };
+        let Entry::Spend {
+            member,
+            points: spent,
+            draws,
+            reversed,
+        } = entry
+        else {
+            return Expected::Error(Code::InvalidArgument);
+        };
+        let left = spent - reversed;
+        if left <= 0 {
+            return Expected::Error(Code::FailedPrecondition);
+        }
+        let points = r.points.unwrap_or(left);
+        if points > left {
+            return Expected::Error(Code::FailedPrecondition);
+        }
+        // Earlier reversals covered the spend's first `reversed` points, in the
+        // order they were drawn; this one covers the next `points`.
+        let (mut skip, mut cover) = (reversed, points);
+        let mut restorations = vec![];
+        let (mut expired, mut repaid) = (0, 0);
+        for (batch, drawn) in draws {
+            let skipped = skip.min(drawn);
+            skip -= skipped;
+            let part = (drawn - skipped).min(cover);
+            if part == 0 {
+                continue;
+            }
+            cover -= part;
+            if self.batches[batch].expires_at <= self.now {
+                expired += part;
+                continue;
+            }
+            // Owed points are repaid first, from the first parts put back.
+            let repay = part.min(self.owed[member]);
+            self.owed[member] -= repay;
+            repaid += repay;
+            if part > repay {
+                self.batches[batch].remaining += part - repay;
+                restorations.push((batch, part - repay));
+            }
+        }
+        if let Some(Entry::Spend { reversed, .. }) = self.entries.get_mut(&spend_key) {
+            *reversed += points;
+        }
+        self.entries.insert(key, Entry::Other);
+        Expected::ReverseSpend {
+            member,
+            reversed: points,
+            restorations,
+            expired,
+            repaid,
+            balance: self.balance(member),
+        }
+    }
+
+    pub(super) fn cap_room(&self, member: usize) -> i64 {
+        let from = self.now - Duration::hours(CAP_ZONE_LOOKBACK_HOURS);
+        let mut room = DAILY_CAP_POINTS;
+        for (index, (effective, zone)) in self.zones.iter().enumerate() {
+            let until = self.zones.get(index + 1).map(|(next, _)| *next);
+            if *effective > self.now || until.is_some_and(|until| until <= from) {
+                continue;
+            }
+            let (_, start) = local_day(self.now, *zone);
+            let used: i64 = self
+                .earned
+                .iter()
+                .filter(|(m, at, _)| *m == member && *at >= start && *at <= self.now)
+                .map(|(_, _, points)| points)
+                .sum();
+            room = room.min(DAILY_CAP_POINTS - used);
+        }
+        room.max(0)
+    }
+
+    /// The sweep: every batch due by now loses its points. Returns the points expired.
+    pub(super) fn expire(&mut self) -> i64 {
+        let now = self.now;
+        let mut expired = 0;
+        for batch in &mut self.batches {
+            if batch.remaining > 0 && batch.expires_at <= now {
+                expired += batch.remaining;
+                batch.remaining = 0;
+            }
+        }
+        expired
+    }
+
+    /// Records (or checks) which service batch a model batch is.
+    pub(super) fn same_batch(
+        &mut self,
+        service_id: &str,
+        batch: usize,
+    ) -> Result<(), TestCaseError> {
+        match &self.batch_ids[batch] {
+            Some(known) => prop_assert_eq!(known, service_id, "batch #{} has another id", batch),
+            None => {
+                let other = self.known_batch_ids.get(service_id);
+                prop_assert!(
+                    other.is_none(),
+                    "batch {} is both #{} and #{}",
+                    service_id,
+                    other.unwrap(),
+                    batch
+                );
+                self.batch_ids[batch] = Some(service_id.to_owned());
+                self.known_batch_ids.insert(service_id.to_owned(), batch);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_allocations(
+        &mut self,
+        what: &str,
+        actual: &[proto::Allocation],
+        expected: &[(usize, i64)],
+    ) -> Result<(), TestCaseError> {
+        let points: Vec<i64> = actual.iter().map(|a| a.points).collect();
+        let want: Vec<i64> = expected.iter().map(|d| d.1).collect();
+        prop_assert_eq!(points, want, "{}: allocation points in order", what);
+        for (allocation, &(batch, _)) in actual.iter().zip(expected) {
+            self.same_batch(&allocation.batch_id, batch)?;
+            let model = &self.batches[batch];
+            prop_assert_eq!(
+                allocation.earned_at,
+                Some(timestamp(model.earned_at)),
+                "{}: earned_at of batch #{}",
+                what,
+                batch
+            );
+            prop_assert_eq!(
+                allocation.expires_at,
+                Some(timestamp(model.expires_at)),
+                "{}: expires_at of batch #{}",
+                what,
+                batch
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks the service's answer against the model's expectation, and learns from it.
+    pub(super) fn check(
+        &mut self,
+        request: &Request,
+        expected: Expected,
+        actual: Result<Response, tonic::Status>,
+    ) -> Result<(), TestCaseError> {
+        let response = match (expected, actual) {
+            (Expected::Error(code), Err(status)) => {
+                prop_assert_eq!(status.code(), code, "{}", status.message());
+                return Ok(());
+            }
+            (Expected::Error(code), Ok(response)) => {
+                return Err(TestCaseError::fail(format!(
+                    "expected {code:?}, the service answered {response:?}"
+                )));
+            }
+            (expected, Err(status)) => {
+                return Err(TestCaseError::fail(format!(
+                    "expected {expected:?}, the service answered {:?}: {}",
+                    status.code(),
+                    status.message()
+                )));
+            }
+            (Expected::Replay(original), Ok(response)) => {
+                prop_assert!(response.replayed(), "a replay must say replayed");
+                prop_assert_eq!(
+                    response.with_replayed(false),
+                    original,
+                    "a replay answers the original"
+                );
+                return Ok(());
+            }
+            (expected, Ok(response)) => {
+                prop_assert!(!response.replayed(), "a first request is not a replay");
+                self.check_outcome(expected, &response)?;
+                response
+            }
+        };
+        self.entry_keys
+            .insert(response.entry_id().to_owned(), request.key().to_owned());
+        self.claimed
+            .insert(request.key().to_owned(), (request.clone(), response));
+        Ok(())
+    }
+
+    pub(super) fn check_outcome(
+        &mut self,
+        expected: Expected,
+        response: &Response,
+    ) -> Result<(), TestCaseError> {
+        match (expected, response) {
+            (
+                Expected::Award {
+                    requested,
+                    awarded,
+                    balance,
+                },
+                Response::Award(r),
+            ) => {
+                prop_assert_eq!(r.requested_points, requested, "award: requested points");
+                prop_assert_eq!(r.awarded_points, awarded, "award: awarded points");
+                prop_assert_eq!(r.capped, awarded < requested, "award: capped");
+                prop_assert_eq!(r.balance_points, balance, "award: balance");
+            }
+            (
+                Expected::Spend {
+                    points,
+                    draws,
+                    balance,
+                },
+                Response::Spend(r),
+            ) => {
+                prop_assert_eq!(r.points, points, "spend: points");
+                self.check_allocations("spend", &r.allocations, &draws)?;
+                prop_assert_eq!(r.balance_points, balance, "spend: balance");
+            }
+            (
+                Expected::ReverseAward {
+                    member,
+                    reversed,
+                    draws,
+                    remaining_reversible,
+                    balance,
+                },
+                Response::ReverseAward(r),
+            ) => {
+                let recovered: i64 = draws.iter().map(|d| d.1).sum();
+                prop_assert_eq!(&r.member_id, &self.members[member], "reverse award: member");
+                prop_assert_eq!(r.reversed_points, reversed, "reverse award: reversed");
+                prop_assert_eq!(r.recovered_points, recovered, "reverse award: recovered");
+                prop_assert_eq!(
+                    r.unrecovered_points,
+                    reversed - recovered,
+                    "reverse award: unrecovered"
+                );
+                self.check_allocations("reverse award", &r.allocations, &draws)?;
+                prop_assert_eq!(
+                    r.remaining_reversible_points,
+                    remaining_reversible,
+                    "reverse award: remaining reversible"
+                );
+                prop_assert_eq!(r.balance_points, balance, "reverse award: balance");
+            }
+            (
+                Expected::ReverseSpend {
+                    member,
+                    reversed,
+                    restorations,
+                    expired,
+                    repaid,
+                    balance,
+                },
+                Response::ReverseSpend(r),
+            ) => {
+                prop_assert_eq!(r.repaid_points, repaid, "reverse spend: repaid");
+                let restored: i64 = restorations.iter().map(|d| d.1).sum();
+                prop_assert_eq!(&r.member_id, &self.members[member], "reverse spend: member");
+                prop_assert_eq!(r.reversed_points, reversed, "reverse spend: reversed");
+                prop_assert_eq!(r.restored_points, restored, "reverse spend: restored");
+                prop_assert_eq!(r.expired_points, expired, "reverse spend: expired");
+                self.check_allocations("reverse spend", &r.allocations, &restorations)?;
+                prop_assert_eq!(r.balance_points, balance, "reverse spend: balance");
+            }
+            (
+                Expected::Adjust {
+                    points,
+                    credited,
+                    draws,
+                    balance,
+                },
+                Response::Adjust(r),
+            ) => {
+                prop_assert_eq!(r.points, points, "adjust: points");
+                match credited {
+                    Some(batch) => self.same_batch(&r.batch_id, batch)?,
+                    None => prop_assert_eq!(&r.batch_id, "", "adjust: a debit has no batch"),
+                }
+                self.check_allocations("adjust", &r.allocations, &draws)?;
+                prop_assert_eq!(r.balance_points, balance, "adjust: balance");
+            }
+            (expected, response) => {
+                return Err(TestCaseError::fail(format!(
+                    "expected {expected:?}, the service answered {response:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}

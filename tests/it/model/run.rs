@@ -1,0 +1,433 @@
+//! Running a case: the requests each operation becomes, sending them, checking every
+//! answer and every member against the model, and the sweeps.
+use super::*;
+
+/// Builds the request an operation sends; None when it has nothing to refer to yet.
+pub(super) fn request_for(
+    op: &Op,
+    step: usize,
+    program: &str,
+    model: &Model,
+    sent: &[Request],
+) -> Option<Request> {
+    let key = format!("k-{step}");
+    let member_id = |member: usize| model.members[member].clone();
+    let by_ref = |key: &str, by_id: bool| {
+        let reference = if by_id {
+            let (_, response) = &model.claimed[key];
+            proto::entry_ref::Ref::EntryId(response.entry_id().to_owned())
+        } else {
+            proto::entry_ref::Ref::IdempotencyKey(key.to_owned())
+        };
+        Some(proto::EntryRef {
+            r#ref: Some(reference),
+        })
+    };
+    Some(match op {
+        Op::Award {
+            member,
+            amount_minor,
+            source,
+        } => Request::Award(proto::AwardRequest {
+            program_id: program.into(),
+            member_id: member_id(*member),
+            idempotency_key: key,
+            source: *source,
+            external_ref: format!("order-{step}"),
+            amount_minor: *amount_minor,
+            currency: "USD".into(),
+            occurred_at: Some(timestamp(model.now)),
+        }),
+        Op::RepeatPurchase {
+            award,
+            other_source,
+        } => {
+            let awards: Vec<&proto::AwardRequest> = sent
+                .iter()
+                .filter_map(|r| match r {
+                    Request::Award(a) => Some(a),
+                    _ => None,
+                })
+                .collect();
+            let earlier = awards.get(award % awards.len().max(1))?;
+            let source = if *other_source {
+                earlier.source % 3 + 1
+            } else {
+                earlier.source
+            };
+            Request::Award(proto::AwardRequest {
+                idempotency_key: key,
+                source,
+                occurred_at: Some(timestamp(model.now)),
+                ..(*earlier).clone()
+            })
+        }
+        Op::Spend { member, points } => Request::Spend(proto::SpendRequest {
+            program_id: program.into(),
+            member_id: member_id(*member),
+            idempotency_key: key,
+            points: *points,
+            reference: format!("reward-{step}"),
+        }),
+        Op::ReverseAward {
+            award,
+            points,
+            by_id,
+        } => {
+            let award_key = model.awards.get(award % model.awards.len().max(1))?;
+            Request::ReverseAward(proto::ReverseAwardRequest {
+                program_id: program.into(),
+                idempotency_key: key,
+                award: by_ref(award_key, *by_id),
+                points: *points,
+                reason: format!("refund-{step}"),
+            })
+        }
+        Op::ReverseSpend {
+            spend,
+            points,
+            by_id,
+        } => {
+            let spend_key = model.spends.get(spend % model.spends.len().max(1))?;
+            Request::ReverseSpend(proto::ReverseSpendRequest {
+                program_id: program.into(),
+                idempotency_key: key,
+                spend: by_ref(spend_key, *by_id),
+                points: *points,
+                reason: format!("cancel-{step}"),
+            })
+        }
+        Op::Adjust { member, points } => Request::Adjust(proto::AdjustRequest {
+            program_id: program.into(),
+            member_id: member_id(*member),
+            idempotency_key: key,
+            points: *points,
+            reason: format!("goodwill-{step}"),
+            actor: "model".into(),
+        }),
+        Op::Replay { op } => sent.get(op % sent.len().max(1))?.clone(),
+        Op::ReplayChanged { op, as_credit } => {
+            let earlier = sent.get(op % sent.len().max(1))?;
+            if *as_credit {
+                Request::Adjust(proto::AdjustRequest {
+                    program_id: program.into(),
+                    member_id: model.members[0].clone(),
+                    idempotency_key: earlier.key().to_owned(),
+                    points: 1,
+                    reason: format!("reused key at step {step}"),
+                    actor: "model".into(),
+                })
+            } else {
+                earlier.changed()
+            }
+        }
+        Op::Advance(_)
+        | Op::Expire
+        | Op::LoseCapCounters
+        | Op::ChangeZone(_)
+        | Op::RefundAndCancel { .. } => return None,
+    })
+}
+
+/// The four requests of `Op::RefundAndCancel`: an award of $50, a spend of the whole
+/// balance (so the award's points are spent), then
+/// the refund of the award and the cancellation of the spend in the order given. Each is
+/// made from the model as it stands when its turn comes.
+#[allow(clippy::type_complexity)]
+pub(super) fn refund_and_cancel(
+    step: usize,
+    program: &str,
+    model: &Model,
+    member: usize,
+    refund_first: bool,
+) -> Vec<Box<dyn Fn(&Model) -> Request>> {
+    let (program, member_id) = (program.to_owned(), model.members[member].clone());
+    let award_key = format!("k-{step}-award");
+    let spend_key = format!("k-{step}-spend");
+    let award = {
+        let (program, member_id, key) = (program.clone(), member_id.clone(), award_key.clone());
+        Box::new(move |model: &Model| {
+            Request::Award(proto::AwardRequest {
+                program_id: program.clone(),
+                member_id: member_id.clone(),
+                idempotency_key: key.clone(),
+                source: 1,
+                external_ref: format!("order-{step}-refunded"),
+                amount_minor: 5_000,
+                currency: "USD".into(),
+                occurred_at: Some(timestamp(model.now)),
+            })
+        }) as Box<dyn Fn(&Model) -> Request>
+    };
+    let spend = {
+        let (program, member_id, key) = (program.clone(), member_id, spend_key.clone());
+        Box::new(move |model: &Model| {
+            Request::Spend(proto::SpendRequest {
+                program_id: program.clone(),
+                member_id: member_id.clone(),
+                idempotency_key: key.clone(),
+                points: model.balance(member).clamp(1, MAX_ADJUST_POINTS),
+                reference: format!("reward-{step}"),
+            })
+        }) as Box<dyn Fn(&Model) -> Request>
+    };
+    let by_key = |key: &str| {
+        Some(proto::EntryRef {
+            r#ref: Some(proto::entry_ref::Ref::IdempotencyKey(key.to_owned())),
+        })
+    };
+    let refund = {
+        let (program, award) = (program.clone(), by_key(&award_key));
+        Box::new(move |_: &Model| {
+            Request::ReverseAward(proto::ReverseAwardRequest {
+                program_id: program.clone(),
+                idempotency_key: format!("k-{step}-refund"),
+                award: award.clone(),
+                points: None,
+                reason: "refund".into(),
+            })
+        }) as Box<dyn Fn(&Model) -> Request>
+    };
+    let cancel = {
+        let spend = by_key(&spend_key);
+        Box::new(move |_: &Model| {
+            Request::ReverseSpend(proto::ReverseSpendRequest {
+                program_id: program.clone(),
+                idempotency_key: format!("k-{step}-cancel"),
+                spend: spend.clone(),
+                points: None,
+                reason: "cancelled".into(),
+            })
+        }) as Box<dyn Fn(&Model) -> Request>
+    };
+    if refund_first {
+        vec![award, spend, refund, cancel]
+    } else {
+        vec![award, spend, cancel, refund]
+    }
+}
+
+/// Every member's (or only member `which`'s) balance, lifetime earned points and next
+/// expiry, as GetMember answers them, match the model.
+pub(super) async fn check_members(
+    app: &TestApp,
+    program: &str,
+    model: &Model,
+    which: Option<usize>,
+    after: &str,
+) -> Result<(), TestCaseError> {
+    let mut ledger = app.ledger.clone();
+    for index in 0..model.members.len() {
+        if which.is_some_and(|only| only != index) {
+            continue;
+        }
+        let request = proto::GetMemberRequest {
+            program_id: program.into(),
+            member_id: model.members[index].clone(),
+        };
+        let member = ledger
+            .get_member(request)
+            .await
+            .map_err(|status| TestCaseError::fail(format!("GetMember: {status}")))?
+            .into_inner()
+            .member
+            .unwrap();
+        prop_assert_eq!(
+            member.balance_points,
+            model.balance(index),
+            "member #{} balance after {}",
+            index,
+            after
+        );
+        prop_assert_eq!(
+            member.lifetime_earned_points,
+            model.lifetime_earned[index],
+            "member #{} lifetime earned after {}",
+            index,
+            after
+        );
+        let next = model.next_expiry(index);
+        prop_assert_eq!(
+            member.next_expiry_at,
+            next.map(|(at, _)| timestamp(at)),
+            "member #{} next expiry after {}",
+            index,
+            after
+        );
+        prop_assert_eq!(
+            member.next_expiry_points,
+            next.map_or(0, |(_, points)| points),
+            "member #{} next expiry points after {}",
+            index,
+            after
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn sweep(
+    app: &TestApp,
+    model: &mut Model,
+    after: &str,
+) -> Result<(), TestCaseError> {
+    let expected = model.expire();
+    let outcome = app
+        .service
+        .expire_due(app.clock_now())
+        .await
+        .map_err(|error| TestCaseError::fail(format!("expiry sweep: {error}")))?;
+    prop_assert_eq!(outcome.members_failed, 0, "{}: members failed", after);
+    prop_assert_eq!(
+        outcome.points_expired,
+        expected,
+        "{}: points expired",
+        after
+    );
+    Ok(())
+}
+
+pub(super) async fn run_case(
+    app: &TestApp,
+    redis: &fred::prelude::Client,
+    prefix: &str,
+    number: usize,
+    case: &Case,
+) -> Result<(), TestCaseError> {
+    // Write off whatever an earlier (failed) case left, so sweeps count this case only.
+    app.clock.set(far_future());
+    app.service
+        .expire_due(far_future())
+        .await
+        .map_err(|error| TestCaseError::fail(format!("cleanup sweep: {error}")))?;
+    app.clock.set(case_start());
+
+    let program = format!("m-{number}");
+    let mut programs = app.programs.clone();
+    programs
+        .create_program(proto::CreateProgramRequest {
+            program_id: program.clone(),
+            name: "Model".into(),
+            rules: Some(program_rules(ZONES[0])),
+        })
+        .await
+        .map_err(|status| TestCaseError::fail(format!("create program: {status}")))?;
+    let mut members = vec![];
+    for _ in 0..case.members {
+        let member_id = uuid::Uuid::new_v4().to_string();
+        app.ledger
+            .clone()
+            .enroll_member(proto::EnrollMemberRequest {
+                program_id: program.clone(),
+                member_id: member_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| TestCaseError::fail(format!("enroll: {status}")))?;
+        members.push(member_id);
+    }
+    let mut model = Model::new(members, case_start());
+    let mut sent: Vec<Request> = vec![];
+    let mut clients = Clients {
+        ledger: app.ledger.clone(),
+        programs: app.programs.clone(),
+    };
+
+    for (step, op) in case.ops.iter().enumerate() {
+        let after = format!("step {step} {op:?}");
+        // A request is checked by its answer and its member's GetMember; a clock move or a
+        // sweep by every member's (GetMember costs as much as a request on 2 cores).
+        let mut which = None;
+        match op {
+            Op::Advance(how) => {
+                let to = match how {
+                    Step::Hours(hours) => model.now + Duration::hours(*hours),
+                    Step::Days(days) => model.now + Duration::days(*days),
+                    Step::ToNextExpiry(offset) => {
+                        let next = model
+                            .batches
+                            .iter()
+                            .filter(|b| model.live(b))
+                            .map(|b| b.expires_at)
+                            .min();
+                        match next {
+                            Some(at) => (at + Duration::seconds(*offset)).max(model.now),
+                            None => model.now,
+                        }
+                    }
+                };
+                model.now = to;
+                app.clock.set(to);
+            }
+            Op::Expire => sweep(app, &mut model, &after).await?,
+            Op::ChangeZone(index) => {
+                let mut programs = app.programs.clone();
+                programs
+                    .update_program(proto::UpdateProgramRequest {
+                        program_id: program.clone(),
+                        rules: Some(program_rules(ZONES[*index])),
+                        expected_rules_version: 0,
+                        name: String::new(),
+                    })
+                    .await
+                    .map_err(|status| TestCaseError::fail(format!("{after}: {status}")))?;
+                model.zones.push((model.now, zone(ZONES[*index])));
+            }
+            Op::RefundAndCancel {
+                member,
+                refund_first,
+            } => {
+                for request in refund_and_cancel(step, &program, &model, *member, *refund_first) {
+                    // Each request is built once the one before it has an answer.
+                    let request = request(&model);
+                    let expected = model.apply(&request);
+                    let actual = send(&mut clients, &request).await;
+                    model
+                        .check(&request, expected, actual)
+                        .map_err(|error| TestCaseError::fail(format!("{after}: {error}")))?;
+                    sent.push(request);
+                }
+                which = Some(*member);
+            }
+            Op::LoseCapCounters => {
+                let mut keys: Vec<String> = vec![];
+                for member in &model.members {
+                    for name in ZONES {
+                        let (day, _) = local_day(model.now, zone(name));
+                        keys.push(format!("{prefix}cap:{{{program}:{member}}}:{name}:{day}"));
+                    }
+                }
+                redis
+                    .del::<i64, _>(keys)
+                    .await
+                    .map_err(|error| TestCaseError::fail(format!("redis DEL: {error}")))?;
+            }
+            _ => {
+                let Some(request) = request_for(op, step, &program, &model, &sent) else {
+                    continue;
+                };
+                which = model.involved(&request);
+                let expected = model.apply(&request);
+                let actual = send(&mut clients, &request).await;
+                model
+                    .check(&request, expected, actual)
+                    .map_err(|error| TestCaseError::fail(format!("{after}: {error}")))?;
+                sent.push(request);
+            }
+        }
+        check_members(app, &program, &model, which, &after).await?;
+    }
+
+    // Past every expiry: the sweep writes off exactly what the model says is left.
+    model.now = far_future();
+    app.clock.set(model.now);
+    sweep(app, &mut model, "the final sweep").await?;
+    check_members(app, &program, &model, None, "the final sweep").await?;
+    let program_id = flash_loyalty::domain::ProgramId::parse(&program).unwrap();
+    let report = app
+        .service
+        .audit(&program_id)
+        .await
+        .map_err(|error| TestCaseError::fail(format!("audit: {error}")))?;
+    prop_assert!(report.is_clean(), "{}", report);
+    Ok(())
+}
