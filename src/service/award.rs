@@ -72,6 +72,39 @@ impl Outcome for AwardOutcome {
     }
 }
 
+impl GroupPlan {
+    /// Whether the item was answered already: a replay of an earlier call (its stored
+    /// outcome) or of an earlier item of this group with the same key and request. The same
+    /// key with another request is ALREADY_EXISTS naming what differs.
+    fn answered_before(
+        &mut self,
+        index: usize,
+        command: &AwardCommand,
+        request: &serde_json::Value,
+        item: &ItemOpening,
+    ) -> Result<bool, Error> {
+        let key = &command.idempotency_key;
+        if let Some(prior) = &item.prior {
+            let outcome: AwardOutcome = replayed(key, prior, request)?;
+            self.outcomes.push((index, outcome));
+            return Ok(true);
+        }
+        let Some(&(first, ref first_request, entry)) = self.keys.get(key.as_str()) else {
+            return Ok(false);
+        };
+        let prior = entries::KeyedEntry {
+            entry_id: entry,
+            member_id: command.member,
+            kind: EntryKind::Award,
+            request: first_request.clone(),
+            outcome: serde_json::Value::Null,
+        };
+        replay_or_conflict::<serde_json::Value>(key, &prior, request)?;
+        self.replays.push((index, first));
+        Ok(true)
+    }
+}
+
 impl Ledger {
     /// Credits the points a purchase earns: validate → lock the member → claim the key →
     /// compute → reserve the daily cap → write the entry and its batch → commit.
@@ -268,36 +301,11 @@ impl Ledger {
         item: &ItemOpening,
     ) -> Result<(), Error> {
         let key = &command.idempotency_key;
-        if let Some(prior) = &item.prior {
-            let outcome: AwardOutcome = replayed(key, prior, request)?;
-            plan.outcomes.push((index, outcome));
-            return Ok(());
-        }
-        if let Some(&(first, ref first_request, entry)) = plan.keys.get(key.as_str()) {
-            // The same key earlier in this group: a replay of it, or a conflict.
-            let prior = entries::KeyedEntry {
-                entry_id: entry,
-                member_id: command.member,
-                kind: EntryKind::Award,
-                request: first_request.clone(),
-                outcome: serde_json::Value::Null,
-            };
-            replay_or_conflict::<serde_json::Value>(key, &prior, request)?;
-            plan.replays.push((index, first));
+        if plan.answered_before(index, command, request, item)? {
             return Ok(());
         }
         let rules = &unit.rules.rules;
-        if command.currency != rules.currency.code() {
-            return Err(Error::invalid(
-                "currency",
-                format!(
-                    "program {} earns in {}, got {}",
-                    command.program,
-                    rules.currency.code(),
-                    command.currency
-                ),
-            ));
-        }
+        check_currency(command, rules)?;
         let tier_rank = unit.member_row(command.member)?.tier_rank;
         let purchase = (
             command.source.as_str().to_owned(),
@@ -309,17 +317,7 @@ impl Ledger {
         {
             return Err(purchase_already_awarded(command, entry));
         }
-        let requested_points = if command.amount_minor < rules.document.min_amount_minor {
-            0
-        } else {
-            purchase_points(
-                command.amount_minor,
-                rules.currency,
-                rules.document.base_rate_bp,
-                rules.tier(tier_rank).multiplier_bp,
-            )
-            .map_err(|_| Error::invalid("amount_minor", "the points it earns overflow"))?
-        };
+        let requested_points = requested_points(command, rules, tier_rank)?;
         let reservation = match rules.document.daily_cap_points {
             Some(cap_points) if requested_points > 0 => {
                 let pending = plan.granted.get(&command.member).copied().unwrap_or(0);
@@ -501,6 +499,44 @@ struct GroupPlan {
     reservations: Vec<Reservation>,
     /// Points granted to each member by the group's fresh awards.
     granted: HashMap<MemberId, i64>,
+}
+
+/// The program earns in one currency; an award in another is the caller's mistake.
+fn check_currency(
+    command: &AwardCommand,
+    rules: &crate::domain::ProgramRules,
+) -> Result<(), Error> {
+    if command.currency == rules.currency.code() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "currency",
+        format!(
+            "program {} earns in {}, got {}",
+            command.program,
+            rules.currency.code(),
+            command.currency
+        ),
+    ))
+}
+
+/// The points a purchase earns before the daily cap: none below the minimum amount, else
+/// amount × base rate × the member's tier multiplier, floored; overflow is refused.
+fn requested_points(
+    command: &AwardCommand,
+    rules: &crate::domain::ProgramRules,
+    tier_rank: usize,
+) -> Result<i64, Error> {
+    if command.amount_minor < rules.document.min_amount_minor {
+        return Ok(0);
+    }
+    purchase_points(
+        command.amount_minor,
+        rules.currency,
+        rules.document.base_rate_bp,
+        rules.tier(tier_rank).multiplier_bp,
+    )
+    .map_err(|_| Error::invalid("amount_minor", "the points it earns overflow"))
 }
 
 fn purchase_already_awarded(command: &AwardCommand, entry: EntryId) -> Error {

@@ -912,9 +912,7 @@ impl Ctx {
             Answer::Ok(response) => {
                 let restored: i64 = response.allocations.iter().map(|a| a.points).sum();
                 if response.spend_entry_id != spend.entry_id
-                    || response.restored_points
-                        + response.expired_points
-                        + response.repaid_points
+                    || response.restored_points + response.expired_points + response.repaid_points
                         != response.reversed_points
                     || points.is_some_and(|p| p != response.reversed_points)
                     || restored != response.restored_points
