@@ -196,8 +196,9 @@ pub async fn find_by_key(
 }
 
 /// Purchase points credited to the member in `[start, end)`: the truth a lost Redis cap
-/// counter is rebuilt from. A rare read, bounded by the member through the member-history
-/// index; `days` (the awards' cap days that can fall in the interval) only filters.
+/// counter is rebuilt from. `days` bounds the scan to the member's awards whose cap day
+/// (their local date under the zone of their time) can fall in the interval, so one index
+/// serves it.
 pub const PURCHASE_POINTS_BETWEEN: &str = "SELECT COALESCE(sum(points), 0)::text \
      FROM ledger_entries WHERE program_id = $1 AND member_id = $2 AND kind = 'award' \
      AND cap_day BETWEEN $3 AND $4 AND created_at >= $5 AND created_at < $6";
