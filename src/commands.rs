@@ -20,13 +20,12 @@ pub async fn create_demo_program(settings: &Settings, clock: Arc<dyn Clock>) -> 
     let pool = pool(settings)?;
     store::migrate(&pool).await?;
     let rules = RulesDocument {
-        currency: "USD".into(),
-        timezone: "America/New_York".into(),
-        base_rate_bp: 10_000,
-        min_amount_minor: 100,
-        daily_cap_points: Some(500),
-        points_validity_days: 365,
-        tiers: vec![],
+        grace_reminder_days: vec![7, 1],
+        reupgrade_bonus_points: 200,
+        birthday_bonus_points: 100,
+        reengagement_after_days: Some(90),
+        reengagement_bonus_points: 50,
+        ..RulesDocument::earning("USD", "America/New_York", 10_000, 100, Some(500), 365)
     };
     let program = ProgramId::parse("demo")?;
     match Programs::new(pool, clock)

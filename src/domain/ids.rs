@@ -110,7 +110,30 @@ impl IdempotencyKey {
                 "must not contain control characters",
             ));
         }
+        if raw.starts_with(Self::DERIVED_PREFIX) {
+            return Err(InvalidField::new(
+                "idempotency_key",
+                format!(
+                    "keys starting with {:?} are reserved for credits the engine derives \
+                     from their cause (bonuses)",
+                    Self::DERIVED_PREFIX
+                ),
+            ));
+        }
         Ok(Self(raw.to_owned()))
+    }
+
+    /// Keys of derived credits start with this; callers cannot send one.
+    pub const DERIVED_PREFIX: &'static str = "flash:";
+
+    /// The key of a credit derived from its cause (`flash:birthday:{member}:{year}`, …):
+    /// the same cause always makes the same key, so it is paid once.
+    pub fn derived(cause: &str) -> Self {
+        let mut key = format!("{}{cause}", Self::DERIVED_PREFIX);
+        while key.chars().count() > Self::MAX_CHARS {
+            key.pop();
+        }
+        Self(key)
     }
 
     pub fn as_str(&self) -> &str {

@@ -17,10 +17,12 @@ pub enum EntryKind {
     Adjustment,
     /// Points written off past their batch's expiry.
     Expiry,
+    /// A manual tier change (SetTier): no points, recorded with its reason and actor.
+    TierSet,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 7] = [
+    pub const ALL: [EntryKind; 8] = [
         EntryKind::Award,
         EntryKind::Bonus,
         EntryKind::Spend,
@@ -28,6 +30,7 @@ impl EntryKind {
         EntryKind::SpendReversal,
         EntryKind::Adjustment,
         EntryKind::Expiry,
+        EntryKind::TierSet,
     ];
 
     /// The name stored in `ledger_entries.kind` and shown in messages.
@@ -40,6 +43,7 @@ impl EntryKind {
             EntryKind::SpendReversal => "spend_reversal",
             EntryKind::Adjustment => "adjustment",
             EntryKind::Expiry => "expiry",
+            EntryKind::TierSet => "tier_set",
         }
     }
 

@@ -1,15 +1,18 @@
 //! Domain types and rules: parse-don't-validate newtypes and pure arithmetic. No IO.
 mod allocation;
+mod events;
 mod ids;
 mod kind;
 mod lock;
 mod money;
 mod rules;
+mod tiers;
 
 pub use allocation::{
     draw_for_reversal, draw_oldest_first, repay_owed, restore_for_spend_reversal, spendable_points,
     BatchBalance, Draw,
 };
+pub use events::EventType;
 pub use ids::{EntryId, IdempotencyKey, MemberId, ProgramId};
 pub use kind::EntryKind;
 pub use lock::member_lock_key;
@@ -17,6 +20,10 @@ pub use money::{purchase_points, Currency, MAX_AMOUNT_MINOR};
 pub use rules::{
     cap_zones, local_day, local_day_bounds, ProgramRules, RulesDocument, Tier, CAP_ZONE_LOOKBACK,
     MAX_RULE_POINTS,
+};
+pub use tiers::{
+    evaluate as evaluate_tier, qualifying_rank, rank_after, status_window_start, upgrade_to, Grace,
+    TierState, TierStep,
 };
 
 /// A request field that failed validation; becomes INVALID_ARGUMENT naming the field.

@@ -33,6 +33,90 @@ pub struct RulesDocument {
     pub daily_cap_points: Option<i64>,
     pub points_validity_days: i32,
     pub tiers: Vec<Tier>,
+    /// Status points are those earned in the last this many months (1–36).
+    #[serde(default = "default_tier_window_months")]
+    pub tier_window_months: i32,
+    /// Days a member below its tier's maintain points keeps the tier before moving down.
+    #[serde(default = "default_grace_days")]
+    pub grace_days: i32,
+    /// Days before a grace ends to warn again, each once per grace.
+    #[serde(default)]
+    pub grace_reminder_days: Vec<i32>,
+    /// Re-qualifying this many days after a demotion from a tier pays the bonus below.
+    #[serde(default = "default_reupgrade_window_days")]
+    pub reupgrade_window_days: i32,
+    /// Paid once per demotion on re-qualifying in time; 0: none. Never counts toward status.
+    #[serde(default)]
+    pub reupgrade_bonus_points: i64,
+    /// Paid once a year on the member's birthday in the program's zone; 0: none.
+    #[serde(default)]
+    pub birthday_bonus_points: i64,
+    /// Days without a purchase award after which the re-engagement bonus is paid; None: off.
+    #[serde(default)]
+    pub reengagement_after_days: Option<i32>,
+    /// Paid once per inactive spell; 0: none.
+    #[serde(default)]
+    pub reengagement_bonus_points: i64,
+    /// Days ahead a batch's expiry is announced (`points.expiring_soon`).
+    #[serde(default = "default_expiring_soon_days")]
+    pub expiring_soon_days: i32,
+    /// Days events are kept for subscribers before the pruning job deletes them.
+    #[serde(default = "default_events_retention_days")]
+    pub events_retention_days: i32,
+}
+
+pub const DEFAULT_TIER_WINDOW_MONTHS: i32 = 12;
+pub const DEFAULT_GRACE_DAYS: i32 = 30;
+pub const DEFAULT_REUPGRADE_WINDOW_DAYS: i32 = 90;
+pub const DEFAULT_EXPIRING_SOON_DAYS: i32 = 30;
+pub const DEFAULT_EVENTS_RETENTION_DAYS: i32 = 30;
+
+fn default_tier_window_months() -> i32 {
+    DEFAULT_TIER_WINDOW_MONTHS
+}
+fn default_grace_days() -> i32 {
+    DEFAULT_GRACE_DAYS
+}
+fn default_reupgrade_window_days() -> i32 {
+    DEFAULT_REUPGRADE_WINDOW_DAYS
+}
+fn default_expiring_soon_days() -> i32 {
+    DEFAULT_EXPIRING_SOON_DAYS
+}
+fn default_events_retention_days() -> i32 {
+    DEFAULT_EVENTS_RETENTION_DAYS
+}
+
+impl RulesDocument {
+    /// Earning rules with every tier, bonus and event setting at its default.
+    pub fn earning(
+        currency: &str,
+        timezone: &str,
+        base_rate_bp: i64,
+        min_amount_minor: i64,
+        daily_cap_points: Option<i64>,
+        points_validity_days: i32,
+    ) -> Self {
+        Self {
+            currency: currency.into(),
+            timezone: timezone.into(),
+            base_rate_bp,
+            min_amount_minor,
+            daily_cap_points,
+            points_validity_days,
+            tiers: vec![],
+            tier_window_months: DEFAULT_TIER_WINDOW_MONTHS,
+            grace_days: DEFAULT_GRACE_DAYS,
+            grace_reminder_days: vec![],
+            reupgrade_window_days: DEFAULT_REUPGRADE_WINDOW_DAYS,
+            reupgrade_bonus_points: 0,
+            birthday_bonus_points: 0,
+            reengagement_after_days: None,
+            reengagement_bonus_points: 0,
+            expiring_soon_days: DEFAULT_EXPIRING_SOON_DAYS,
+            events_retention_days: DEFAULT_EVENTS_RETENTION_DAYS,
+        }
+    }
 }
 
 /// Validated rules: only this type is used to compute points.
@@ -78,6 +162,7 @@ impl ProgramRules {
             document.tiers = default_tiers();
         }
         check_tiers(&document.tiers)?;
+        check_tier_policy(&mut document)?;
         Ok(Self {
             document,
             currency,
@@ -231,6 +316,79 @@ fn check_tiers(tiers: &[Tier]) -> Result<(), InvalidField> {
     Ok(())
 }
 
+const MAX_GRACE_DAYS: i32 = 3660;
+const MAX_NOTICE_DAYS: i32 = 3660;
+
+/// Validates the tier, bonus and event settings; sorts the reminders, latest first.
+fn check_tier_policy(document: &mut RulesDocument) -> Result<(), InvalidField> {
+    let days = |field: &str, value: i32, min: i32, max: i32| {
+        check_range(field, i64::from(value), i64::from(min), i64::from(max))
+    };
+    days(
+        "rules.tier_window_months",
+        document.tier_window_months,
+        1,
+        36,
+    )?;
+    days("rules.grace_days", document.grace_days, 0, MAX_GRACE_DAYS)?;
+    if document.grace_reminder_days.len() > 10 {
+        return Err(InvalidField::new(
+            "rules.grace_reminder_days",
+            "at most 10 reminders",
+        ));
+    }
+    for (index, reminder) in document.grace_reminder_days.iter().enumerate() {
+        days(
+            &format!("rules.grace_reminder_days[{index}]"),
+            *reminder,
+            1,
+            document.grace_days.max(1),
+        )?;
+    }
+    document
+        .grace_reminder_days
+        .sort_unstable_by(|a, b| b.cmp(a));
+    document.grace_reminder_days.dedup();
+    days(
+        "rules.reupgrade_window_days",
+        document.reupgrade_window_days,
+        0,
+        MAX_GRACE_DAYS,
+    )?;
+    for (field, points) in [
+        (
+            "rules.reupgrade_bonus_points",
+            document.reupgrade_bonus_points,
+        ),
+        (
+            "rules.birthday_bonus_points",
+            document.birthday_bonus_points,
+        ),
+        (
+            "rules.reengagement_bonus_points",
+            document.reengagement_bonus_points,
+        ),
+    ] {
+        check_range(field, points, 0, MAX_RULE_POINTS)?;
+    }
+    if let Some(after) = document.reengagement_after_days {
+        days("rules.reengagement_after_days", after, 1, MAX_NOTICE_DAYS)?;
+    }
+    days(
+        "rules.expiring_soon_days",
+        document.expiring_soon_days,
+        0,
+        MAX_NOTICE_DAYS,
+    )?;
+    days(
+        "rules.events_retention_days",
+        document.events_retention_days,
+        1,
+        MAX_NOTICE_DAYS,
+    )?;
+    Ok(())
+}
+
 fn default_tiers() -> Vec<Tier> {
     let tier = |code: &str, name: &str, qualify, maintain, multiplier_bp| Tier {
         code: code.into(),
@@ -252,15 +410,7 @@ mod tests {
     use super::*;
 
     fn document() -> RulesDocument {
-        RulesDocument {
-            currency: "USD".into(),
-            timezone: "Europe/Paris".into(),
-            base_rate_bp: 10_000,
-            min_amount_minor: 100,
-            daily_cap_points: Some(500),
-            points_validity_days: 365,
-            tiers: vec![],
-        }
+        RulesDocument::earning("USD", "Europe/Paris", 10_000, 100, Some(500), 365)
     }
 
     #[test]

@@ -353,6 +353,7 @@ fn adjust_command(request: proto::AdjustRequest) -> Result<AdjustCommand, Error>
         points: request.points,
         reason: parse_reference("reason", &request.reason)?,
         actor: parse_reference("actor", &request.actor)?,
+        counts_toward_tier: request.counts_toward_tier,
     })
 }
 
@@ -410,6 +411,7 @@ fn entry_message(entry: HistoryEntry) -> proto::Entry {
         EntryKind::Adjustment => proto::EntryKind::Adjustment,
         EntryKind::Expiry => proto::EntryKind::Expiry,
         EntryKind::Bonus => proto::EntryKind::Bonus,
+        EntryKind::TierSet => proto::EntryKind::TierSet,
     };
     let source = match entry.source {
         Some(PurchaseSource::Receipt) => proto::PurchaseSource::Receipt,

@@ -75,13 +75,33 @@ fn rules_document(
     rules: Option<proto::ProgramRules>,
 ) -> Result<RulesDocument, crate::service::Error> {
     let rules = rules.ok_or_else(|| InvalidField::new("rules", "is required"))?;
+    let defaults = RulesDocument::earning(
+        &rules.currency,
+        &rules.timezone,
+        rules.base_rate_bp,
+        rules.min_amount_minor,
+        rules.daily_cap_points,
+        rules.points_validity_days,
+    );
     Ok(RulesDocument {
-        currency: rules.currency,
-        timezone: rules.timezone,
-        base_rate_bp: rules.base_rate_bp,
-        min_amount_minor: rules.min_amount_minor,
-        daily_cap_points: rules.daily_cap_points,
-        points_validity_days: rules.points_validity_days,
+        tier_window_months: rules
+            .tier_window_months
+            .unwrap_or(defaults.tier_window_months),
+        grace_days: rules.grace_days.unwrap_or(defaults.grace_days),
+        grace_reminder_days: rules.grace_reminder_days,
+        reupgrade_window_days: rules
+            .reupgrade_window_days
+            .unwrap_or(defaults.reupgrade_window_days),
+        reupgrade_bonus_points: rules.reupgrade_bonus_points.unwrap_or(0),
+        birthday_bonus_points: rules.birthday_bonus_points.unwrap_or(0),
+        reengagement_after_days: rules.reengagement_after_days,
+        reengagement_bonus_points: rules.reengagement_bonus_points.unwrap_or(0),
+        expiring_soon_days: rules
+            .expiring_soon_days
+            .unwrap_or(defaults.expiring_soon_days),
+        events_retention_days: rules
+            .events_retention_days
+            .unwrap_or(defaults.events_retention_days),
         tiers: rules
             .tiers
             .into_iter()
@@ -93,6 +113,7 @@ fn rules_document(
                 multiplier_bp: tier.multiplier_bp,
             })
             .collect(),
+        ..defaults
     })
 }
 
@@ -119,6 +140,16 @@ fn program_message(program: ProgramView) -> proto::Program {
                     multiplier_bp: tier.multiplier_bp,
                 })
                 .collect(),
+            tier_window_months: Some(rules.tier_window_months),
+            grace_days: Some(rules.grace_days),
+            grace_reminder_days: rules.grace_reminder_days,
+            reupgrade_window_days: Some(rules.reupgrade_window_days),
+            reupgrade_bonus_points: Some(rules.reupgrade_bonus_points),
+            birthday_bonus_points: Some(rules.birthday_bonus_points),
+            reengagement_after_days: rules.reengagement_after_days,
+            reengagement_bonus_points: Some(rules.reengagement_bonus_points),
+            expiring_soon_days: Some(rules.expiring_soon_days),
+            events_retention_days: Some(rules.events_retention_days),
         }),
         rules_version: program.rules_version,
         created_at: Some(timestamp(program.created_at)),

@@ -3,7 +3,8 @@
 use super::outcome::AllocationView;
 use super::spend::{allocation_views, plan_fifo_draw};
 use super::{run_to_completion, Error, Ledger, Opened, Outcome};
-use crate::domain::{EntryId, EntryKind, IdempotencyKey, MemberId, ProgramId};
+use crate::domain::{EntryId, EntryKind, EventType, IdempotencyKey, MemberId, ProgramId};
+use crate::store::events::NewEvent;
 use crate::store::{entries, mutation};
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,8 @@ pub struct AdjustCommand {
     pub points: i64,
     pub reason: String,
     pub actor: String,
+    /// Whether the adjustment counts toward status points (default: no).
+    pub counts_toward_tier: bool,
 }
 
 /// The outcome of an adjustment; stored with the entry and returned as-is on a replay.
@@ -47,13 +50,17 @@ impl Ledger {
     pub async fn adjust(&self, command: AdjustCommand) -> Result<AdjustOutcome, Error> {
         let ledger = self.clone();
         run_to_completion(async move {
-            let request = json!({
+            let mut request = json!({
                 "op": "adjust",
                 "member_id": command.member.to_string(),
                 "points": command.points,
                 "reason": command.reason,
                 "actor": command.actor,
             });
+            // Only when set: requests stored before the flag existed replay as they were.
+            if command.counts_toward_tier {
+                request["counts_toward_tier"] = json!(true);
+            }
             let mut client = ledger.db.get().await?;
             let unit = match ledger
                 .open(
@@ -99,6 +106,7 @@ impl Ledger {
                 credit = Some(batch);
             }
             let effects = mutation::Effects {
+                member: command.member,
                 entry: entries::NewEntry {
                     entry_id,
                     kind: EntryKind::Adjustment,
@@ -116,6 +124,20 @@ impl Ledger {
                 credit,
                 draws: &draws,
                 owed_delta: 0,
+                status: command
+                    .counts_toward_tier
+                    .then_some((command.points, unit.now)),
+                events: &[NewEvent::new(
+                    EventType::PointsAdjusted,
+                    command.member,
+                    json!({
+                        "entry_id": outcome.entry_id,
+                        "member_id": command.member.to_string(),
+                        "points": command.points,
+                        "counts_toward_tier": command.counts_toward_tier,
+                        "balance_points": outcome.balance_points,
+                    }),
+                )],
             };
             unit.finish(&effects).await?;
             Ok(outcome)

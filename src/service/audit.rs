@@ -231,6 +231,7 @@ fn entries_have_their_kinds_shape(ledger: &Indexed) -> Vec<String> {
             EntryKind::Bonus => points > 0,
             EntryKind::Spend | EntryKind::Expiry => points < 0,
             EntryKind::Adjustment => points != 0,
+            EntryKind::TierSet => points == 0,
             // reversed = recovered + unrecovered, where recovered = −points.
             EntryKind::AwardReversal => {
                 points <= 0 && unrecovered >= 0 && reversed == unrecovered - points

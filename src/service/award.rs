@@ -5,9 +5,10 @@ use super::{
 };
 use crate::cap::{CapDay, Reservation, Reserve};
 use crate::domain::{
-    cap_zones, local_day, local_day_bounds, purchase_points, EntryId, EntryKind, IdempotencyKey,
-    MemberId, ProgramId, PurchaseSource,
+    cap_zones, local_day, local_day_bounds, purchase_points, EntryId, EntryKind, EventType,
+    IdempotencyKey, MemberId, ProgramId, PurchaseSource,
 };
+use crate::store::events::NewEvent;
 use crate::store::{entries, mutation};
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
@@ -232,7 +233,7 @@ impl Ledger {
             .iter()
             .map(|&i| mutation::Ask {
                 member: commands[i].member,
-                key: commands[i].idempotency_key.as_str(),
+                key: Some(commands[i].idempotency_key.as_str()),
                 purchase: Some(mutation::PurchaseRef {
                     source: commands[i].source.as_str(),
                     external_ref: &commands[i].external_ref,
@@ -248,7 +249,7 @@ impl Ledger {
                 .await;
             results[i] = result.err().map(Err);
         }
-        let written = self.write_group(unit, &plan, commands, &requests).await;
+        let written = self.write_group(unit, &mut plan, commands, &requests).await;
         match written {
             Ok(()) => {}
             Err((error, committed_maybe)) => {
@@ -317,6 +318,7 @@ impl Ledger {
         {
             return Err(purchase_already_awarded(command, entry));
         }
+        // The crossing credit earns at the multiplier of the tier held before it.
         let requested_points = requested_points(command, rules, tier_rank)?;
         let reservation = match rules.document.daily_cap_points {
             Some(cap_points) if requested_points > 0 => {
@@ -341,6 +343,8 @@ impl Ledger {
             }
         };
         let entry_id = EntryId::generate();
+        plan.upgrades
+            .extend(unit.count_status(command.member, awarded_points, entry_id));
         *plan.granted.entry(command.member).or_default() += awarded_points;
         plan.reservations.extend(reservation);
         plan.keys
@@ -366,8 +370,8 @@ impl Ledger {
     /// failure, says whether the commit was sent (so the awards may have been written).
     async fn write_group(
         &self,
-        unit: Unit<'_>,
-        plan: &GroupPlan,
+        mut unit: Unit<'_>,
+        plan: &mut GroupPlan,
         commands: &[AwardCommand],
         requests: &[serde_json::Value],
     ) -> Result<(), (Error, bool)> {
@@ -409,9 +413,37 @@ impl Ledger {
                 })
             })
             .collect();
-        mutation::write_awards(&unit.tx, rules.version, now, &awards)
+        let events: Vec<NewEvent> = awards
+            .iter()
+            .filter_map(|award| {
+                let outcome = outcomes
+                    .values()
+                    .find(|o| o.entry_id == award.entry_id.to_string())?;
+                Some(NewEvent::new(
+                    EventType::PointsAwarded,
+                    award.member,
+                    json!({
+                        "entry_id": outcome.entry_id,
+                        "member_id": award.member.to_string(),
+                        "source": award.purchase.source,
+                        "external_ref": award.purchase.external_ref,
+                        "amount_minor": award.purchase.amount_minor,
+                        "requested_points": outcome.requested_points,
+                        "points": outcome.awarded_points,
+                        "capped": outcome.capped,
+                        "balance_points": outcome.balance_points,
+                        "rules_version": outcome.rules_version,
+                    }),
+                ))
+            })
+            .collect();
+        mutation::write_awards(&unit.tx, rules.version, now, &awards, &events)
             .await
             .map_err(|error| (error.into(), false))?;
+        let upgrades = std::mem::take(&mut plan.upgrades);
+        self.write_upgrades(&mut unit, upgrades)
+            .await
+            .map_err(|error| (error, false))?;
         unit.tx
             .commit()
             .await
@@ -499,6 +531,8 @@ struct GroupPlan {
     reservations: Vec<Reservation>,
     /// Points granted to each member by the group's fresh awards.
     granted: HashMap<MemberId, i64>,
+    /// Tiers the fresh awards lifted, written after them.
+    upgrades: Vec<super::tiers::Upgrade>,
 }
 
 /// The program earns in one currency; an award in another is the caller's mistake.

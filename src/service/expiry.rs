@@ -2,7 +2,8 @@
 //! under each member's lock. Balances never count expired batches even before it runs;
 //! the sweep makes the books say so.
 use super::{run_to_completion, Error, Ledger};
-use crate::domain::{Draw, EntryId, EntryKind, IdempotencyKey, MemberId, ProgramId};
+use crate::domain::{Draw, EntryId, EntryKind, EventType, IdempotencyKey, MemberId, ProgramId};
+use crate::store::events::NewEvent;
 use crate::store::{self, entries, mutation, MemberTx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -102,6 +103,7 @@ impl Ledger {
             let as_of_text = as_of.to_rfc3339();
             let record = json!({ "op": "expiry", "as_of": as_of_text, "points": points });
             let effects = mutation::Effects {
+                member,
                 entry: entries::NewEntry {
                     entry_id,
                     kind: EntryKind::Expiry,
@@ -119,6 +121,17 @@ impl Ledger {
                 credit: None,
                 draws: &draws,
                 owed_delta: 0,
+                status: None,
+                events: &[NewEvent::new(
+                    EventType::PointsExpired,
+                    member,
+                    json!({
+                        "entry_id": entry_id.to_string(),
+                        "member_id": member.to_string(),
+                        "points": points,
+                        "batch_ids": due.iter().map(|batch| batch.batch_id.to_string()).collect::<Vec<_>>(),
+                    }),
+                )],
             };
             mutation::write(&tx, &effects).await?;
             tx.commit().await?;

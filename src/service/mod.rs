@@ -3,6 +3,7 @@
 mod adjust;
 mod audit;
 mod award;
+mod bonus;
 mod error;
 mod expiry;
 mod history;
@@ -11,10 +12,12 @@ mod outcome;
 mod programs;
 mod reversal;
 mod spend;
+mod tiers;
 
 pub use adjust::{AdjustCommand, AdjustOutcome};
 pub use audit::AuditReport;
 pub use award::{AwardCommand, AwardOutcome};
+pub use bonus::{BonusCause, BonusCredit, BonusOutcome};
 pub use error::{Error, Unavailable};
 pub use expiry::ExpiryOutcome;
 pub use history::{HistoryEntry, HistoryPage, Liability, RollForward};
@@ -25,6 +28,9 @@ pub use reversal::{
     EntryRef, ReverseAwardCommand, ReverseAwardOutcome, ReverseSpendCommand, ReverseSpendOutcome,
 };
 pub use spend::{SpendCommand, SpendOutcome};
+pub use tiers::{
+    SetTierCommand, SetTierOutcome, TierChangeView, TierEvaluation, TierHistoryPage, TierStatusView,
+};
 
 use crate::cap::DailyCap;
 use crate::clock::Clock;
@@ -135,8 +141,18 @@ struct Unit<'c> {
     tx: MemberTx<'c>,
     now: DateTime<Utc>,
     rules: Arc<RulesAt>,
-    /// Each locked member's row (None: not enrolled) and spendable balance at `now`.
-    members: HashMap<MemberId, (Option<store::members::StoredMember>, i64)>,
+    /// Each locked member's row, balance and status, kept current as the unit credits.
+    members: HashMap<MemberId, MemberState>,
+}
+
+/// A locked member as the unit sees it.
+struct MemberState {
+    /// None: not enrolled.
+    row: Option<store::members::StoredMember>,
+    /// Spendable balance at `now`, after the unit's credits so far.
+    balance: i64,
+    /// Status points of the tier window ending at `now`, after the unit's credits so far.
+    status: i64,
 }
 
 impl Unit<'_> {
@@ -144,7 +160,7 @@ impl Unit<'_> {
     fn member_row(&self, member: MemberId) -> Result<&store::members::StoredMember, Error> {
         self.members
             .get(&member)
-            .and_then(|(row, _)| row.as_ref())
+            .and_then(|state| state.row.as_ref())
             .ok_or_else(|| Error::MemberNotFound {
                 program: self.tx.program().clone(),
                 member,
@@ -160,16 +176,23 @@ impl Unit<'_> {
     fn balance_points(&self) -> i64 {
         self.members
             .get(&self.tx.member())
-            .map_or(0, |(_, balance)| *balance)
+            .map_or(0, |state| state.balance)
     }
 
     /// Credits `points` to a member's running balance and returns the new balance;
     /// FAILED_PRECONDITION when it would pass i64::MAX (so every balance and every stored
     /// figure stays an i64).
     fn credit_balance(&mut self, member: MemberId, points: i64) -> Result<i64, Error> {
-        let (_, balance) = self.members.entry(member).or_insert((None, 0));
-        *balance = balance.checked_add(points).ok_or(Error::BalanceOverflow)?;
-        Ok(*balance)
+        let state = self.members.entry(member).or_insert(MemberState {
+            row: None,
+            balance: 0,
+            status: 0,
+        });
+        state.balance = state
+            .balance
+            .checked_add(points)
+            .ok_or(Error::BalanceOverflow)?;
+        Ok(state.balance)
     }
 
     /// The balance of the unit's one member after crediting `points`, without recording it.
@@ -217,7 +240,7 @@ impl Ledger {
     ) -> Result<Opened<'c, T>, Error> {
         let ask = mutation::Ask {
             member,
-            key: key.as_str(),
+            key: Some(key.as_str()),
             purchase: None,
         };
         let (unit, mut items) = self.open_many(client, program, &[ask]).await?;
@@ -254,14 +277,20 @@ impl Ledger {
         let mut states = HashMap::new();
         let mut items = Vec::with_capacity(openings.len());
         for (ask, opening) in asks.iter().zip(openings) {
-            let balance = i64::try_from(opening.balance_points).map_err(|_| {
-                Error::Unexpected(anyhow::anyhow!(
-                    "member {} holds {} points, past i64",
-                    ask.member,
-                    opening.balance_points
-                ))
-            })?;
-            states.insert(ask.member, (opening.member, balance));
+            let figure = |what: &str, value: i128| {
+                i64::try_from(value).map_err(|_| {
+                    Error::Unexpected(anyhow::anyhow!(
+                        "member {} has {value} {what}, past i64",
+                        ask.member
+                    ))
+                })
+            };
+            let state = MemberState {
+                balance: figure("points", opening.balance_points)?,
+                status: figure("status points", opening.status_points)?,
+                row: opening.member,
+            };
+            states.insert(ask.member, state);
             items.push(ItemOpening {
                 prior: opening.prior,
                 purchase_entry: opening.purchase_entry,

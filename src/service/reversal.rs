@@ -5,8 +5,9 @@ use super::spend::allocation_views;
 use super::{run_to_completion, Error, Ledger, Opened, Outcome, Unit};
 use crate::domain::{
     draw_for_reversal, repay_owed, restore_for_spend_reversal, BatchBalance, EntryId, EntryKind,
-    IdempotencyKey, ProgramId,
+    EventType, IdempotencyKey, ProgramId,
 };
+use crate::store::events::NewEvent;
 use crate::store::{self, entries, entries::StoredEntry, mutation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -165,6 +166,7 @@ impl Ledger {
                 replayed: false,
             };
             let effects = mutation::Effects {
+                member: award.member_id,
                 entry: entries::NewEntry {
                     entry_id,
                     kind: EntryKind::AwardReversal,
@@ -189,6 +191,22 @@ impl Ledger {
                 // Points already spent are owed, and repaid by a later cancellation of
                 // the spend that took them (see `reverse_spend`).
                 owed_delta: unrecovered,
+                // A refund takes its points out of status at the award's own instant, so
+                // the two leave the rolling window together.
+                status: Some((-points, award.created_at)),
+                events: &[NewEvent::new(
+                    EventType::PointsAwardReversed,
+                    award.member_id,
+                    json!({
+                        "entry_id": outcome.entry_id,
+                        "member_id": outcome.member_id,
+                        "award_entry_id": outcome.award_entry_id,
+                        "reversed_points": points,
+                        "recovered_points": recovered,
+                        "unrecovered_points": unrecovered,
+                        "balance_points": outcome.balance_points,
+                    }),
+                )],
             };
             unit.finish(&effects).await?;
             Ok(outcome)
@@ -251,6 +269,7 @@ impl Ledger {
                 replayed: false,
             };
             let effects = mutation::Effects {
+                member: spend.member_id,
                 entry: entries::NewEntry {
                     entry_id,
                     kind: EntryKind::SpendReversal,
@@ -273,6 +292,21 @@ impl Ledger {
                 credit: None,
                 draws: &restorations,
                 owed_delta: -repaid,
+                status: None,
+                events: &[NewEvent::new(
+                    EventType::PointsSpendReversed,
+                    spend.member_id,
+                    json!({
+                        "entry_id": outcome.entry_id,
+                        "member_id": outcome.member_id,
+                        "spend_entry_id": outcome.spend_entry_id,
+                        "reversed_points": points,
+                        "restored_points": restored,
+                        "expired_points": expired,
+                        "repaid_points": repaid,
+                        "balance_points": outcome.balance_points,
+                    }),
+                )],
             };
             unit.finish(&effects).await?;
             Ok(outcome)

@@ -2,9 +2,10 @@
 use super::outcome::AllocationView;
 use super::{run_to_completion, Error, Ledger, Opened, Outcome, Unit};
 use crate::domain::{
-    draw_oldest_first, spendable_points, BatchBalance, Draw, EntryId, EntryKind, IdempotencyKey,
-    MemberId, ProgramId,
+    draw_oldest_first, spendable_points, BatchBalance, Draw, EntryId, EntryKind, EventType,
+    IdempotencyKey, MemberId, ProgramId,
 };
+use crate::store::events::NewEvent;
 use crate::store::{self, entries, mutation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -76,6 +77,7 @@ impl Ledger {
                 replayed: false,
             };
             let effects = mutation::Effects {
+                member: command.member,
                 entry: entries::NewEntry {
                     entry_id,
                     kind: EntryKind::Spend,
@@ -93,6 +95,17 @@ impl Ledger {
                 credit: None,
                 draws: &draws,
                 owed_delta: 0,
+                status: None,
+                events: &[NewEvent::new(
+                    EventType::PointsSpent,
+                    command.member,
+                    json!({
+                        "entry_id": outcome.entry_id,
+                        "member_id": command.member.to_string(),
+                        "points": command.points,
+                        "balance_points": outcome.balance_points,
+                    }),
+                )],
             };
             unit.finish(&effects).await?;
             Ok(outcome)

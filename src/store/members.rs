@@ -1,6 +1,6 @@
 //! Members and the figures derived from their batches and entries.
 use super::Sum;
-use crate::domain::{MemberId, ProgramId};
+use crate::domain::{Grace, MemberId, ProgramId, TierState};
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::{GenericClient, Row};
 
@@ -13,7 +13,48 @@ pub struct StoredMember {
     pub tier_rank: usize,
     /// Points of refunded awards that had been spent; repaid by later spend reversals.
     pub points_owed: i64,
+    /// The downgrade grace in progress.
+    pub grace: Option<Grace>,
+    /// A manual tier holds against downgrades until then.
+    pub tier_hold_until: Option<DateTime<Utc>>,
 }
+
+impl StoredMember {
+    pub fn tier_state(&self) -> TierState {
+        TierState {
+            rank: self.tier_rank,
+            grace: self.grace.clone(),
+            hold_until: self.tier_hold_until,
+        }
+    }
+}
+
+/// The member columns [`from_row`] reads.
+macro_rules! member_columns {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            "member_id, ",
+            $alias,
+            "birthday, ",
+            $alias,
+            "enrolled_at, ",
+            $alias,
+            "tier_rank, ",
+            $alias,
+            "points_owed, ",
+            $alias,
+            "grace_started_at, ",
+            $alias,
+            "grace_ends_at, ",
+            $alias,
+            "grace_reminders_sent, ",
+            $alias,
+            "tier_hold_until"
+        )
+    };
+}
+pub(crate) use member_columns;
 
 /// A member's points at an instant, derived from the ledger (never stored). Sums are
 /// read as `numeric` ([`Sum`]): lifetime earnings may pass i64 over the years, and a ledger
@@ -32,16 +73,19 @@ pub struct PointsSummary {
 /// Enrolls in one statement: the member row is inserted, or an existing one's birthday
 /// updated when one is given, only if the program exists; answers the program's rules
 /// version, the row and whether it already existed. No row: no such program.
-pub const ENROLL: &str = "WITH program AS ( \
+pub const ENROLL: &str = concat!(
+    "WITH program AS ( \
        SELECT rules_version FROM programs WHERE program_id = $1), \
      enrolled AS ( \
        INSERT INTO members (program_id, member_id, birthday, enrolled_at) \
        SELECT $1, $2, $3, $4 FROM program \
        ON CONFLICT (program_id, member_id) \
        DO UPDATE SET birthday = COALESCE(EXCLUDED.birthday, members.birthday) \
-       RETURNING member_id, birthday, enrolled_at, tier_rank, points_owed, \
-         (xmax <> 0) AS existed) \
-     SELECT program.rules_version, enrolled.* FROM program JOIN enrolled ON true";
+       RETURNING ",
+    member_columns!(""),
+    ", (xmax <> 0) AS existed) \
+     SELECT program.rules_version, enrolled.* FROM program JOIN enrolled ON true"
+);
 
 /// Enrolls the member (see [`ENROLL`]): the rules version, the row and whether it
 /// existed; None when the program does not exist.
@@ -76,11 +120,13 @@ pub async fn enroll(
 
 /// The program's rules version and the member's row (None: not enrolled); None when the
 /// program does not exist.
-pub const GET_WITH_PROGRAM: &str = "SELECT p.rules_version, m.member_id, m.birthday, \
-       m.enrolled_at, m.tier_rank, m.points_owed \
-     FROM programs p LEFT JOIN LATERAL (SELECT * FROM members \
+pub const GET_WITH_PROGRAM: &str = concat!(
+    "SELECT p.rules_version, ",
+    member_columns!("m."),
+    " FROM programs p LEFT JOIN LATERAL (SELECT * FROM members \
          WHERE program_id = $1 AND member_id = $2 OFFSET 0) m ON true \
-     WHERE p.program_id = $1";
+     WHERE p.program_id = $1"
+);
 
 pub async fn get_with_program(
     client: &deadpool_postgres::Client,
@@ -108,8 +154,11 @@ pub async fn get(
 ) -> Result<Option<StoredMember>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT member_id, birthday, enrolled_at, tier_rank, points_owed FROM members \
-             WHERE program_id = $1 AND member_id = $2",
+            concat!(
+                "SELECT ",
+                member_columns!(""),
+                " FROM members WHERE program_id = $1 AND member_id = $2"
+            ),
             &[&program.as_str(), &member.as_uuid()],
         )
         .await?;
@@ -169,13 +218,26 @@ fn summary_from_row(row: &Row) -> Result<PointsSummary, tokio_postgres::Error> {
     })
 }
 
-fn from_row(row: &Row) -> Result<StoredMember, tokio_postgres::Error> {
+/// A member row read with [`member_columns!`].
+pub(super) fn from_row(row: &Row) -> Result<StoredMember, tokio_postgres::Error> {
     let tier_rank: i32 = row.try_get("tier_rank")?;
+    let started: Option<DateTime<Utc>> = row.try_get("grace_started_at")?;
+    let ends: Option<DateTime<Utc>> = row.try_get("grace_ends_at")?;
+    let grace = match (started, ends) {
+        (Some(started_at), Some(ends_at)) => Some(Grace {
+            started_at,
+            ends_at,
+            reminders_sent: row.try_get("grace_reminders_sent")?,
+        }),
+        _ => None,
+    };
     Ok(StoredMember {
         member_id: MemberId::from_uuid(row.try_get("member_id")?),
         birthday: row.try_get("birthday")?,
         enrolled_at: row.try_get("enrolled_at")?,
         tier_rank: usize::try_from(tier_rank).unwrap_or(0),
         points_owed: row.try_get("points_owed")?,
+        grace,
+        tier_hold_until: row.try_get("tier_hold_until")?,
     })
 }

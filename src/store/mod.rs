@@ -4,12 +4,14 @@ pub mod audit;
 pub mod batches;
 pub mod entries;
 mod error;
+pub mod events;
 pub mod hot_path;
 mod member_tx;
 pub mod members;
 pub mod mutation;
 pub mod programs;
 pub mod reports;
+pub mod tiers;
 
 pub use error::{classify, DbFailure};
 pub use member_tx::{MemberTx, LOCK_MEMBER, LOCK_MEMBERS};

@@ -3,7 +3,8 @@
 //! speed (docs/PERFORMANCE.md); the statements are prepared once per connection, and
 //! `flash-bench` builds its pgbench baseline from these very constants.
 use super::entries::{KeyedEntry, NewEntry};
-use super::members::StoredMember;
+use super::events::{outbox_insert, NewEvent, OutboxRows};
+use super::members::{member_columns, StoredMember};
 use super::MemberTx;
 use crate::domain::{Draw, EntryId, MemberId};
 use chrono::{DateTime, Utc};
@@ -17,29 +18,39 @@ use uuid::Uuid;
 /// empty statistics; the lookups are lateral subqueries that cannot be flattened, so they
 /// run once per item by index, never as a join over the whole program). An item's source
 /// and external ref are NULL when it is not an award.
-pub const OPEN: &str = "SELECT i.n, p.rules_version, \
-       m.member_id, m.birthday, m.enrolled_at, m.tier_rank, m.points_owed, \
-       k.entry_id AS key_entry_id, k.member_id AS key_member_id, k.kind AS key_kind, \
+pub const OPEN: &str = concat!(
+    "SELECT i.n, p.rules_version, ",
+    member_columns!("m."),
+    ", k.entry_id AS key_entry_id, k.member_id AS key_member_id, k.kind AS key_kind, \
        k.request AS key_request, k.outcome AS key_outcome, \
        (SELECT a.entry_id FROM ledger_entries a WHERE a.program_id = $1 \
            AND a.source = i.source AND a.external_ref = i.external_ref) AS purchase_entry_id, \
        (SELECT COALESCE(sum(b.remaining), 0)::text FROM point_batches b \
          WHERE b.program_id = $1 AND b.member_id = i.member_id AND b.remaining > 0 \
-           AND b.expires_at > $6) AS balance \
+           AND b.expires_at > $6) AS balance, \
+       (SELECT COALESCE(sum(s.status_points), 0)::text FROM ledger_entries s \
+         WHERE s.program_id = $1 AND s.member_id = i.member_id AND s.status_at IS NOT NULL \
+           AND s.status_at > w.window_start AND s.status_at <= $6) AS status_points \
      FROM programs p \
+     CROSS JOIN LATERAL (SELECT (($6::timestamptz AT TIME ZONE 'UTC') - make_interval(months => \
+         COALESCE((r.rules->>'tier_window_months')::int, 12))) AT TIME ZONE 'UTC' \
+         AS window_start FROM program_rules r \
+         WHERE r.program_id = $1 AND r.version = p.rules_version) w \
      CROSS JOIN unnest($2::uuid[], $3::text[], $4::text[], $5::text[]) \
        WITH ORDINALITY AS i(member_id, idempotency_key, source, external_ref, n) \
      LEFT JOIN LATERAL (SELECT * FROM members \
          WHERE program_id = $1 AND member_id = i.member_id OFFSET 0) m ON true \
      LEFT JOIN LATERAL (SELECT * FROM ledger_entries \
          WHERE program_id = $1 AND idempotency_key = i.idempotency_key OFFSET 0) k ON true \
-     WHERE p.program_id = $1 ORDER BY i.n";
+     WHERE p.program_id = $1 ORDER BY i.n"
+);
 
 /// One item [`open`] asks about.
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
     pub member: MemberId,
-    pub key: &'a str,
+    /// The mutation's idempotency key; None for work that has none (an evaluation).
+    pub key: Option<&'a str>,
     /// The purchase of an award, for the purchase check.
     pub purchase: Option<PurchaseRef<'a>>,
 }
@@ -57,6 +68,8 @@ pub struct Opening {
     /// Σ remaining of the member's batches unexpired at the instant; i128 because a
     /// corrupted ledger may hold more than i64, which the caller refuses.
     pub balance_points: i128,
+    /// Σ status points of the member's rolling tier window ending at the instant.
+    pub status_points: i128,
 }
 
 /// The purchase an award credits, for the purchase check of [`open`].
@@ -74,7 +87,7 @@ pub async fn open(
     now: DateTime<Utc>,
 ) -> Result<Vec<Opening>, tokio_postgres::Error> {
     let members: Vec<Uuid> = asks.iter().map(|ask| ask.member.as_uuid()).collect();
-    let keys: Vec<&str> = asks.iter().map(|ask| ask.key).collect();
+    let keys: Vec<Option<&str>> = asks.iter().map(|ask| ask.key).collect();
     let sources: Vec<Option<&str>> = asks.iter().map(|a| a.purchase.map(|p| p.source)).collect();
     let refs: Vec<Option<&str>> = asks
         .iter()
@@ -99,16 +112,7 @@ pub async fn open(
 
 fn opening(row: &tokio_postgres::Row) -> Result<Opening, tokio_postgres::Error> {
     let member = match row.try_get::<_, Option<Uuid>>("member_id")? {
-        Some(member_id) => {
-            let tier_rank: i32 = row.try_get("tier_rank")?;
-            Some(StoredMember {
-                member_id: MemberId::from_uuid(member_id),
-                birthday: row.try_get("birthday")?,
-                enrolled_at: row.try_get("enrolled_at")?,
-                tier_rank: usize::try_from(tier_rank).unwrap_or(0),
-                points_owed: row.try_get("points_owed")?,
-            })
-        }
+        Some(_) => Some(super::members::from_row(row)?),
         None => None,
     };
     let prior = match row.try_get::<_, Option<Uuid>>("key_entry_id")? {
@@ -123,6 +127,7 @@ fn opening(row: &tokio_postgres::Row) -> Result<Opening, tokio_postgres::Error> 
     };
     let purchase_entry: Option<Uuid> = row.try_get("purchase_entry_id")?;
     let balance: String = row.try_get("balance")?;
+    let status: String = row.try_get("status_points")?;
     Ok(Opening {
         rules_version: row.try_get("rules_version")?,
         member,
@@ -130,6 +135,7 @@ fn opening(row: &tokio_postgres::Row) -> Result<Opening, tokio_postgres::Error> 
         purchase_entry: purchase_entry.map(EntryId::from_uuid),
         // sum() of bigints is a numeric printed as an integer.
         balance_points: balance.parse().unwrap_or(i128::MAX),
+        status_points: status.parse().unwrap_or(i128::MAX),
     })
 }
 
@@ -137,13 +143,15 @@ fn opening(row: &tokio_postgres::Row) -> Result<Opening, tokio_postgres::Error> 
 /// draws (negative) or restorations (positive) on batches with their allocation rows, and
 /// the change to the points the member owes. Constraints check what they can state
 /// (remaining between 0 and amount, owed not negative, the entry's shape by kind).
-pub const WRITE: &str = "WITH entry AS ( \
+pub const WRITE: &str = concat!(
+    "WITH entry AS ( \
        INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points, \
          idempotency_key, request, outcome, rules_version, created_at, source, \
          external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped, \
-         reason, actor, reversed_entry_id, reversed_points, unrecovered_points, repaid_points) \
+         reason, actor, reversed_entry_id, reversed_points, unrecovered_points, repaid_points, \
+         status_points, status_at) \
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23, $24) \
+         $18, $19, $20, $21, $22, $23, $24, $35, $36) \
        RETURNING entry_id), \
      credit AS ( \
        INSERT INTO point_batches \
@@ -164,18 +172,23 @@ pub const WRITE: &str = "WITH entry AS ( \
        RETURNING batch_id), \
      owed AS ( \
        UPDATE members SET points_owed = points_owed + $30::bigint \
-       WHERE $30::bigint <> 0 AND program_id = $1 AND member_id = $3 RETURNING member_id) \
-     SELECT (SELECT count(*) FROM applied) AS applied, (SELECT count(*) FROM credit) AS credited";
+       WHERE $30::bigint <> 0 AND program_id = $1 AND member_id = $3 RETURNING member_id), \
+     outbox AS (",
+    outbox_insert!("$1", "$10", "$31", "$32", "$33", "$34"),
+    ") SELECT (SELECT count(*) FROM applied) AS applied, (SELECT count(*) FROM credit) AS credited"
+);
 
 /// Writes purchase awards, of one member or many, each with its batch when it earned
 /// points: the award path's one write, whether the call carried one award or a batch.
-pub const WRITE_AWARDS: &str = "WITH entry AS ( \
+pub const WRITE_AWARDS: &str = concat!(
+    "WITH entry AS ( \
        INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points, \
          idempotency_key, request, outcome, rules_version, created_at, source, \
-         external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped) \
+         external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped, \
+         status_points, status_at) \
        SELECT $1, e.entry_id, e.member_id, 'award', e.points, e.idempotency_key, e.request, \
          e.outcome, $2, $3, e.source, e.external_ref, e.amount_minor, e.currency, \
-         e.occurred_at, e.requested_points, e.cap_day, e.capped \
+         e.occurred_at, e.requested_points, e.cap_day, e.capped, e.points, $3 \
        FROM unnest($4::uuid[], $5::uuid[], $6::bigint[], $7::text[], $8::jsonb[], $9::jsonb[], \
          $10::text[], $11::text[], $12::bigint[], $13::text[], $14::timestamptz[], \
          $15::bigint[], $16::date[], $17::bool[]) \
@@ -188,8 +201,11 @@ pub const WRITE_AWARDS: &str = "WITH entry AS ( \
        SELECT $1, c.batch_id, c.member_id, c.entry_id, c.amount, c.amount, $3, c.expires_at \
        FROM unnest($18::uuid[], $19::uuid[], $20::uuid[], $21::bigint[], $22::timestamptz[]) \
          AS c(batch_id, member_id, entry_id, amount, expires_at) \
-       RETURNING batch_id) \
-     SELECT (SELECT count(*) FROM entry) AS entries, (SELECT count(*) FROM credit) AS credits";
+       RETURNING batch_id), \
+     outbox AS (",
+    outbox_insert!("$1", "$3", "$23", "$24", "$25", "$26"),
+    ") SELECT (SELECT count(*) FROM entry) AS entries, (SELECT count(*) FROM credit) AS credits"
+);
 
 /// One award to write with [`write_awards`].
 #[derive(Debug, Clone)]
@@ -211,7 +227,9 @@ pub async fn write_awards(
     rules_version: i64,
     created_at: DateTime<Utc>,
     awards: &[NewAward<'_>],
+    events: &[NewEvent],
 ) -> Result<(), WriteError> {
+    let outbox = OutboxRows::of(events);
     let entry_ids: Vec<Uuid> = awards.iter().map(|a| a.entry_id.as_uuid()).collect();
     let members: Vec<Uuid> = awards.iter().map(|a| a.member.as_uuid()).collect();
     let points: Vec<i64> = awards.iter().map(|a| a.points).collect();
@@ -262,6 +280,10 @@ pub async fn write_awards(
                 &batch_entries,
                 &batch_amounts,
                 &batch_expiries,
+                &outbox.ids,
+                &outbox.members,
+                &outbox.types,
+                &outbox.payloads,
             ],
         )
         .await?;
@@ -287,12 +309,18 @@ pub struct NewBatch {
 /// Everything one mutation writes.
 #[derive(Debug, Clone)]
 pub struct Effects<'a> {
+    /// The member whose entry it is (one of the unit's locked members).
+    pub member: MemberId,
     pub entry: NewEntry<'a>,
     pub credit: Option<NewBatch>,
     /// Signed changes to existing batches, each recorded as an allocation of the entry.
     pub draws: &'a [Draw],
     /// Added to the member's `points_owed` (negative: repaid).
     pub owed_delta: i64,
+    /// The entry's effect on status points and the instant it counts at; None: none.
+    pub status: Option<(i64, DateTime<Utc>)>,
+    /// The events the mutation emits, written with it.
+    pub events: &'a [NewEvent],
 }
 
 /// Records a mutation: the one write of every use case.
@@ -302,6 +330,14 @@ pub async fn write(tx: &MemberTx<'_>, effects: &Effects<'_>) -> Result<(), Write
     let credit = effects.credit.as_ref();
     let batch_ids: Vec<Uuid> = effects.draws.iter().map(|d| d.batch_id).collect();
     let draw_points: Vec<i64> = effects.draws.iter().map(|d| d.points).collect();
+    let outbox = OutboxRows::of(effects.events);
+    if !tx.members().contains(&effects.member) {
+        return Err(WriteError::RowsMissed {
+            what: "entries of an unlocked member",
+            expected: 0,
+            written: 1,
+        });
+    }
     let statement = tx.prepared(WRITE).await?;
     let row = tx
         .query_one(
@@ -309,7 +345,7 @@ pub async fn write(tx: &MemberTx<'_>, effects: &Effects<'_>) -> Result<(), Write
             &[
                 &tx.program().as_str(),
                 &entry.entry_id.as_uuid(),
-                &tx.member().as_uuid(),
+                &effects.member.as_uuid(),
                 &entry.kind,
                 &entry.points,
                 &entry.idempotency_key.as_str(),
@@ -337,6 +373,12 @@ pub async fn write(tx: &MemberTx<'_>, effects: &Effects<'_>) -> Result<(), Write
                 &batch_ids,
                 &draw_points,
                 &effects.owed_delta,
+                &outbox.ids,
+                &outbox.members,
+                &outbox.types,
+                &outbox.payloads,
+                &effects.status.map(|(points, _)| points),
+                &effects.status.map(|(_, at)| at),
             ],
         )
         .await?;

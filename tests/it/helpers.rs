@@ -172,6 +172,7 @@ pub fn usd_rules() -> proto::ProgramRules {
         daily_cap_points: None,
         points_validity_days: 365,
         tiers: vec![],
+        ..Default::default()
     }
 }
 

@@ -57,6 +57,7 @@ async fn the_roll_forward_of_a_scripted_month_ties_to_the_batches() {
                 points,
                 reason: "support".into(),
                 actor: "ops".into(),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -363,6 +363,7 @@ async fn adjustments_credit_and_debit_with_reason_and_actor_in_history() {
         points,
         reason: format!("goodwill {key}"),
         actor: "agent@acme".into(),
+        ..Default::default()
     };
     let credit = app
         .ledger
@@ -585,6 +586,7 @@ async fn a_spend_reversal_that_would_take_the_balance_past_i64_is_refused_and_wr
             points: 1_000_000_000_000,
             reason: "goodwill".into(),
             actor: "support".into(),
+            ..Default::default()
         })
         .await
         .unwrap();

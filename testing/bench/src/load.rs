@@ -54,6 +54,7 @@ pub async fn create_program(endpoint: &str) -> anyhow::Result<()> {
                 daily_cap_points: None,
                 points_validity_days: 365,
                 tiers: vec![],
+                ..Default::default()
             }),
         })
         .await?;

@@ -186,6 +186,7 @@ async fn create_program(
             daily_cap_points: Some(daily_cap_points),
             points_validity_days: validity_days,
             tiers: vec![],
+            ..Default::default()
         }),
     };
     let mut last = None;

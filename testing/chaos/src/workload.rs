@@ -942,6 +942,7 @@ impl Ctx {
             points,
             reason: format!("goodwill-{key}"),
             actor: "flash-chaos".into(),
+            ..Default::default()
         };
         self.register(&key, "adjustment", Some(member));
         let answer = self.call(rng, "adjust", &request).await;

@@ -391,6 +391,7 @@ pub(super) fn wild_rules() -> BoxedStrategy<Option<proto::ProgramRules>> {
                 daily_cap_points: pick(m, 4, valid.daily_cap_points, cap),
                 points_validity_days: pick(m, 5, valid.points_validity_days, days),
                 tiers: pick(m, 6, valid.tiers, tiers),
+                ..Default::default()
             },
         );
     prop_oneof![1 => Just(None), 6 => rules.prop_map(Some)].boxed()
@@ -484,6 +485,7 @@ pub(super) fn valid_rules() -> BoxedStrategy<proto::ProgramRules> {
                 daily_cap_points: cap,
                 points_validity_days: days,
                 tiers,
+                ..Default::default()
             },
         );
     prop_oneof![1 => Just(seeded_rules()), 2 => random].boxed()
@@ -880,6 +882,7 @@ pub(super) fn valid_adjust(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AdjustR
             points: if i % 2 == 0 { points } else { -points },
             reason: "goodwill".into(),
             actor: "fuzzer".into(),
+            ..Default::default()
         }
     });
     let random = (
@@ -902,6 +905,7 @@ pub(super) fn valid_adjust(seeded: &Arc<Seeded>) -> BoxedStrategy<proto::AdjustR
                 points,
                 reason,
                 actor,
+                ..Default::default()
             },
         );
     prop_oneof![canonical, random].boxed()
@@ -924,6 +928,7 @@ pub(super) fn adjust(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::Adjus
             points: pick(m, 3, v.points, points),
             reason: pick(m, 4, v.reason, reason),
             actor: pick(m, 5, v.actor, actor),
+            ..Default::default()
         },
     )
 }

@@ -98,6 +98,7 @@ fn program_rules(timezone: &str) -> proto::ProgramRules {
             maintain_points: 0,
             multiplier_bp: 10_000,
         }],
+        ..Default::default()
     }
 }
 

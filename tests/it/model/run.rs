@@ -104,6 +104,7 @@ pub(super) fn request_for(
             points: *points,
             reason: format!("goodwill-{step}"),
             actor: "model".into(),
+            ..Default::default()
         }),
         Op::Replay { op } => sent.get(op % sent.len().max(1))?.clone(),
         Op::ReplayChanged { op, as_credit } => {
@@ -116,6 +117,7 @@ pub(super) fn request_for(
                     points: 1,
                     reason: format!("reused key at step {step}"),
                     actor: "model".into(),
+                    ..Default::default()
                 })
             } else {
                 earlier.changed()
