@@ -6,9 +6,19 @@
 -- so the award and its reversal leave the rolling window together.
 ALTER TABLE ledger_entries
     ADD COLUMN status_points bigint,
-    ADD COLUMN status_at     timestamptz,
+    ADD COLUMN status_at     timestamptz;
+
+-- Entries written before tiers: awards count at their instant, refunds at their award's.
+UPDATE ledger_entries SET status_points = points, status_at = created_at WHERE kind = 'award';
+UPDATE ledger_entries r SET status_points = -r.reversed_points, status_at = a.created_at
+FROM ledger_entries a
+WHERE r.kind = 'award_reversal' AND a.program_id = r.program_id
+  AND a.entry_id = r.reversed_entry_id;
+
+ALTER TABLE ledger_entries
     ADD CONSTRAINT status_has_an_instant CHECK ((status_points IS NULL) = (status_at IS NULL)),
-    ADD CONSTRAINT awards_count_toward_status CHECK (kind <> 'award' OR status_points = points),
+    ADD CONSTRAINT awards_count_toward_status CHECK
+        (kind <> 'award' OR status_points IS NOT DISTINCT FROM points),
     DROP CONSTRAINT ledger_entries_kind_check,
     ADD CONSTRAINT ledger_entries_kind_check CHECK (kind IN
         ('award', 'spend', 'award_reversal', 'spend_reversal', 'adjustment', 'expiry', 'bonus',

@@ -81,6 +81,10 @@ pub enum Param {
         statement: &'static str,
         column: &'static str,
     },
+    /// An outbox event's id (fresh).
+    EventId,
+    /// An outbox event's payload (JSON).
+    EventPayload,
     /// A one-element array of the value: the batch statements (`mutation::OPEN`,
     /// `mutation::WRITE_AWARDS`) take one array per column, and a single call sends one.
     One(&'static Param),
@@ -201,6 +205,11 @@ const WRITE_AWARD: Statement = Statement {
         Param::One(&Param::EntryId),
         Param::One(&Param::AwardedPoints),
         Param::One(&Param::ExpiresAt),
+        // Its `points.awarded` event.
+        Param::One(&Param::EventId),
+        Param::One(&Param::MemberId),
+        Param::One(&Param::Fixed("'points.awarded'")),
+        Param::One(&Param::EventPayload),
     ],
 };
 
@@ -266,6 +275,13 @@ const WRITE_SPEND: Statement = Statement {
         }),
         Param::One(&Param::DrawPoints),
         Param::Fixed("0"),
+        // Its `points.spent` event; a spend never counts toward status.
+        Param::One(&Param::EventId),
+        Param::One(&Param::MemberId),
+        Param::One(&Param::Fixed("'points.spent'")),
+        Param::One(&Param::EventPayload),
+        Param::Null,
+        Param::Null,
     ],
 };
 

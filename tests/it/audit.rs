@@ -193,10 +193,11 @@ async fn the_audit_catches_a_second_cap_opened_by_a_time_zone_change() {
              UPDATE programs SET rules_version = 2;
              INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points, \
                  idempotency_key, request, outcome, rules_version, created_at, source, \
-                 external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped)
+                 external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped, \
+                 status_points, status_at)
                SELECT program_id, gen_random_uuid(), member_id, 'award', 500, 'second', '{{}}', \
                  '{{}}', 2, created_at + interval '2 minutes', source, 'second-order', 60000, \
-                 currency, occurred_at, 600, cap_day + 1, true
+                 currency, occurred_at, 600, cap_day + 1, true, 500, created_at + interval '2 minutes'
                FROM ledger_entries WHERE member_id = '{member}';
              INSERT INTO point_batches SELECT program_id, gen_random_uuid(), member_id, entry_id, \
                  500, 500, created_at, created_at + interval '365 days'
@@ -222,7 +223,7 @@ async fn the_audit_catches_a_balance_past_i64_without_failing_itself() {
     sql(
         &app,
         "UPDATE ledger_entries SET points = 9223372036854775000, \
-             requested_points = 9223372036854775000 WHERE kind = 'award';
+             requested_points = 9223372036854775000, status_points = 9223372036854775000 WHERE kind = 'award';
          UPDATE point_batches SET amount = 9223372036854775000, remaining = 9223372036854775000;",
     )
     .await;

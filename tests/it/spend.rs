@@ -42,8 +42,9 @@ async fn spending_500_takes_400_from_march_and_100_from_april() {
             .unwrap()
             .timestamp()
     );
-    assert_eq!(spend.balance_points, 1_050);
-    assert_eq!(app.member(&member).await.balance_points, 1_050);
+    // 1,250 status points by May make the member Silver: June's 300 earn 375 (×1.25).
+    assert_eq!(spend.balance_points, 1_125);
+    assert_eq!(app.member(&member).await.balance_points, 1_125);
     app.assert_ties_out().await;
 }
 

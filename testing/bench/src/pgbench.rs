@@ -64,12 +64,12 @@ fn param_sql(param: Param, operation: Operation) -> String {
         Param::EntryId => "(lpad(to_hex(:entry_a::bigint), 16, '0') \
                             || lpad(to_hex(:entry_b::bigint), 16, '0'))::uuid"
             .into(),
-        Param::BatchId => "gen_random_uuid()".into(),
+        Param::BatchId | Param::EventId => "gen_random_uuid()".into(),
         Param::RulesVersion => ":rules_version".into(),
         Param::Fixed(literal) => literal.into(),
         Param::Null => "NULL".into(),
         Param::Request => format!(":{op}_request"),
-        Param::Outcome => format!(":{op}_outcome"),
+        Param::Outcome | Param::EventPayload => format!(":{op}_outcome"),
         Param::PurchaseSource => ":source".into(),
         Param::AmountMinor => ":amount_minor".into(),
         Param::Currency => ":currency".into(),
