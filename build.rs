@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/flash/loyalty/v1/programs.proto",
         "proto/flash/loyalty/v1/ledger.proto",
+        "proto/flash/loyalty/v1/tiers.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

@@ -83,6 +83,9 @@ impl Application {
         health
             .set_serving::<proto::programs_server::ProgramsServer<grpc::ProgramsApi>>()
             .await;
+        health
+            .set_serving::<proto::tiers_server::TiersServer<grpc::TiersApi>>()
+            .await;
         tracing::info!(address = %self.local_addr(), "serving gRPC");
         tonic::transport::Server::builder()
             .add_service(health_service)
@@ -91,6 +94,9 @@ impl Application {
             .add_service(proto::programs_server::ProgramsServer::new(
                 grpc::ProgramsApi::new(self.programs),
             ))
+            .add_service(proto::tiers_server::TiersServer::new(grpc::TiersApi::new(
+                self.ledger.clone(),
+            )))
             .add_service(proto::ledger_server::LedgerServer::new(
                 grpc::LedgerApi::new(self.ledger),
             ))

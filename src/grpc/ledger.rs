@@ -1,6 +1,6 @@
 //! `flash.loyalty.v1.Ledger`.
 use super::proto::{self, ledger_server::Ledger as LedgerRpc};
-use super::{int64, optional_time, required_time, timestamp};
+use super::{int64, optional_time, page_request, required_time, timestamp};
 use crate::domain::{
     parse_reference, Currency, EntryId, EntryKind, IdempotencyKey, InvalidField, MemberId,
     ProgramId, PurchaseSource, MAX_AMOUNT_MINOR, MAX_RULE_POINTS,
@@ -182,22 +182,7 @@ impl LedgerRpc for LedgerApi {
         let request = request.into_inner();
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let member = MemberId::parse(&request.member_id).map_err(Error::from)?;
-        let page_size = match request.page_size {
-            0 => 50,
-            size @ 1..=200 => size as usize,
-            _ => return Err(Error::invalid("page_size", "must be between 0 and 200").into()),
-        };
-        let before_seq = if request.page_token.is_empty() {
-            None
-        } else {
-            let seq = request
-                .page_token
-                .parse::<i64>()
-                .ok()
-                .filter(|seq| *seq > 0)
-                .ok_or_else(|| Error::invalid("page_token", "is not a token this API returned"))?;
-            Some(seq)
-        };
+        let (page_size, before_seq) = page_request(request.page_size, &request.page_token)?;
         let page = self
             .ledger
             .history(&program, member, page_size, before_seq)

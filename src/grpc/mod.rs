@@ -2,9 +2,11 @@
 pub mod codec;
 mod ledger;
 mod programs;
+mod tiers;
 
 pub use ledger::LedgerApi;
 pub use programs::ProgramsApi;
+pub use tiers::TiersApi;
 
 use crate::domain::InvalidField;
 use crate::service::{Error, Unavailable};
@@ -142,6 +144,25 @@ fn int64(field: &str, figure: i128) -> Result<i64, Error> {
         field: field.to_owned(),
         value: figure,
     })
+}
+
+/// The size and position of a page request: `page_size` 1 to 200 (0: 50) and the token
+/// of the previous page (a positive sequence number this API returned; empty: the first).
+fn page_request(page_size: i32, page_token: &str) -> Result<(usize, Option<i64>), Error> {
+    let size = match page_size {
+        0 => 50,
+        size @ 1..=200 => usize::try_from(size).unwrap_or(50),
+        _ => return Err(Error::invalid("page_size", "must be between 0 and 200")),
+    };
+    if page_token.is_empty() {
+        return Ok((size, None));
+    }
+    let seq = page_token
+        .parse::<i64>()
+        .ok()
+        .filter(|seq| *seq > 0)
+        .ok_or_else(|| Error::invalid("page_token", "is not a token this API returned"))?;
+    Ok((size, Some(seq)))
 }
 
 /// The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.

@@ -116,6 +116,120 @@ pub fn check(snapshot: &Snapshot) -> Vec<String> {
     violations.extend(spends_draw_the_oldest_points_first(&ledger));
     violations.extend(daily_caps_hold_in_every_zone_in_force(&ledger));
     violations.extend(every_member_figure_fits_i64(&ledger));
+    violations.extend(tiers_are_what_their_history_says(snapshot));
+    violations.extend(reupgrade_bonuses_have_their_demotion(snapshot));
+    violations.extend(status_counts_only_earnings(&ledger));
+    violations
+}
+
+/// A member's tier is the last word of its tier history (the first tier when it has
+/// none); each change starts where the previous one ended, and a downgrade goes exactly
+/// one rank down.
+fn tiers_are_what_their_history_says(snapshot: &Snapshot) -> Vec<String> {
+    let mut violations = Vec::new();
+    let mut last: HashMap<Uuid, i32> = HashMap::new();
+    for change in &snapshot.tier_changes {
+        let before = last.get(&change.member_id).copied().unwrap_or(0);
+        if change.from_rank != before {
+            violations.push(format!(
+                "tier change {} of member {}: starts at rank {} but the member was at {before}",
+                change.change_id, change.member_id, change.from_rank
+            ));
+        }
+        let shape_ok = match change.change.as_str() {
+            "upgraded" => change.to_rank > change.from_rank,
+            "downgraded" => change.to_rank == change.from_rank - 1,
+            _ => true,
+        };
+        if !shape_ok {
+            violations.push(format!(
+                "tier change {} of member {}: {} from rank {} to {}",
+                change.change_id, change.member_id, change.change, change.from_rank, change.to_rank
+            ));
+        }
+        last.insert(change.member_id, change.to_rank);
+    }
+    for (member, rank) in &snapshot.tiers {
+        let expected = last.get(member).copied().unwrap_or(0);
+        if *rank != expected {
+            violations.push(format!(
+                "member {member}: holds tier rank {rank} but its tier history ends at {expected}"
+            ));
+        }
+    }
+    violations
+}
+
+/// Every re-upgrade bonus names, by its derived key, a demotion of the same member made
+/// before it; one bonus per demotion follows from the key being unique.
+fn reupgrade_bonuses_have_their_demotion(snapshot: &Snapshot) -> Vec<String> {
+    let demotions: HashMap<Uuid, &crate::store::audit::AuditTierChange> = snapshot
+        .tier_changes
+        .iter()
+        .filter(|change| change.change == "downgraded")
+        .map(|change| (change.change_id, change))
+        .collect();
+    let prefix = format!(
+        "{}reupgrade:",
+        crate::domain::IdempotencyKey::DERIVED_PREFIX
+    );
+    let mut violations = Vec::new();
+    for entry in &snapshot.entries {
+        if entry.kind != EntryKind::Bonus || entry.reason.as_deref() != Some("reupgrade") {
+            continue;
+        }
+        let demotion = entry
+            .idempotency_key
+            .strip_prefix(&prefix)
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .and_then(|id| demotions.get(&id));
+        let paid_for_it = demotion.is_some_and(|demotion| {
+            demotion.member_id == entry.member_id.as_uuid()
+                && demotion.created_at <= entry.created_at
+        });
+        if !paid_for_it {
+            violations.push(format!(
+                "re-upgrade bonus {} (key {:?}): no demotion of member {} before it",
+                entry.entry_id.as_uuid(),
+                entry.idempotency_key,
+                entry.member_id
+            ));
+        }
+    }
+    violations
+}
+
+/// Status points come only from earnings: an award counts its points at its own instant,
+/// a refund takes its reversed points back at its award's instant, bonuses count except
+/// tier bonuses (so status never feeds itself), and spends, expiry, cancellations and tier
+/// changes never count.
+fn status_counts_only_earnings(ledger: &Indexed) -> Vec<String> {
+    let mut violations = Vec::new();
+    for entry in &ledger.snapshot.entries {
+        let status = entry.status_points.zip(entry.status_at);
+        let expected = match entry.kind {
+            EntryKind::Award => Some((entry.points, entry.created_at)),
+            EntryKind::AwardReversal => entry
+                .reversed_entry_id
+                .and_then(|award| ledger.entry.get(&award.as_uuid()))
+                .map(|award| (-entry.reversed_points.unwrap_or(0), award.created_at)),
+            EntryKind::Bonus if entry.reason.as_deref() == Some("reupgrade") => None,
+            EntryKind::Bonus => Some((entry.points, entry.created_at)),
+            // Counted only when the adjustment said so; either way at its own instant.
+            EntryKind::Adjustment => status.map(|_| (entry.points, entry.created_at)),
+            EntryKind::Spend
+            | EntryKind::SpendReversal
+            | EntryKind::Expiry
+            | EntryKind::TierSet => None,
+        };
+        if status != expected {
+            violations.push(format!(
+                "entry {} ({}): counts {status:?} toward status, expected {expected:?}",
+                entry.entry_id.as_uuid(),
+                entry.kind
+            ));
+        }
+    }
     violations
 }
 

@@ -36,6 +36,17 @@ pub struct AuditRules {
     pub daily_cap_points: Option<i64>,
 }
 
+/// One tier change as stored, in history order.
+#[derive(Debug, Clone)]
+pub struct AuditTierChange {
+    pub change_id: Uuid,
+    pub member_id: Uuid,
+    pub change: String,
+    pub from_rank: i32,
+    pub to_rank: i32,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Everything the audit checks, read in one snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -47,6 +58,10 @@ pub struct Snapshot {
     pub members: Vec<(Uuid, i64)>,
     /// Oldest first.
     pub rules: Vec<AuditRules>,
+    /// (member, tier_rank).
+    pub tiers: Vec<(Uuid, i32)>,
+    /// In history order (seq).
+    pub tier_changes: Vec<AuditTierChange>,
 }
 
 pub async fn snapshot(
@@ -130,11 +145,41 @@ pub async fn snapshot(
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()?;
+    let tiers = client
+        .query(
+            "SELECT member_id, tier_rank FROM members WHERE program_id = $1",
+            &[&program],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let tier_changes = client
+        .query(
+            "SELECT change_id, member_id, change, from_rank, to_rank, created_at \
+             FROM tier_changes WHERE program_id = $1 ORDER BY seq",
+            &[&program],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AuditTierChange {
+                change_id: row.try_get("change_id")?,
+                member_id: row.try_get("member_id")?,
+                change: row.try_get("change")?,
+                from_rank: row.try_get("from_rank")?,
+                to_rank: row.try_get("to_rank")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
     Ok(Snapshot {
         entries,
         batches,
         allocations,
         members,
         rules,
+        tiers,
+        tier_changes,
     })
 }

@@ -6,7 +6,7 @@ use flash_loyalty::app::Application;
 use flash_loyalty::clock::ManualClock;
 use flash_loyalty::config::Settings;
 use flash_loyalty::grpc::proto::{
-    self, ledger_client::LedgerClient, programs_client::ProgramsClient,
+    self, ledger_client::LedgerClient, programs_client::ProgramsClient, tiers_client::TiersClient,
 };
 use flash_loyalty::service::Ledger;
 use flash_loyalty::store;
@@ -42,6 +42,7 @@ pub struct TestApp {
     pub address: SocketAddr,
     pub ledger: LedgerClient<Channel>,
     pub programs: ProgramsClient<Channel>,
+    pub tiers: TiersClient<Channel>,
     pub clock: ManualClock,
     /// A pool on the test's database, for checks the API does not expose.
     pub db: Pool,
@@ -135,7 +136,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     TestApp {
         address,
         ledger: LedgerClient::new(channel.clone()),
-        programs: ProgramsClient::new(channel),
+        programs: ProgramsClient::new(channel.clone()),
+        tiers: TiersClient::new(channel),
         clock,
         db,
         service,

@@ -15,3 +15,4 @@ mod programs;
 mod reversals;
 mod server;
 mod spend;
+mod tiers;

@@ -3,9 +3,7 @@
 //! tables were analyzed empty, then filled, as after a fresh import with autovacuum off),
 //! with fresh ones, and as the generic plan a cached prepared statement switches to.
 use crate::helpers::{spawn_app, TestApp};
-use flash_loyalty::store::{
-    batches, entries, members, mutation, tiers, LOCK_MEMBER, LOCK_MEMBERS,
-};
+use flash_loyalty::store::{batches, entries, members, mutation, tiers, LOCK_MEMBER, LOCK_MEMBERS};
 
 /// Each hot statement with literal arguments of the right types.
 fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
