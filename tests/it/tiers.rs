@@ -179,7 +179,7 @@ async fn a_year_without_earning_warns_reminds_and_moves_down_one_rank_at_a_time(
     assert_eq!(graced.tier_code, "gold");
     assert_eq!(graced.status_points, 0);
     assert_eq!(graced.points_to_keep_tier, 4_000);
-    let ends = graced.grace_ends_at.clone().unwrap();
+    let ends = graced.grace_ends_at.unwrap();
     assert_eq!(ends, timestamp(app.clock_now() + Duration::days(30)));
     assert_eq!(graced.tier_if_evaluated_now, "gold");
     // Evaluating again the same day changes nothing.
