@@ -17,8 +17,8 @@ WHERE r.kind = 'award_reversal' AND a.program_id = r.program_id
 
 ALTER TABLE ledger_entries
     ADD CONSTRAINT status_has_an_instant CHECK ((status_points IS NULL) = (status_at IS NULL)),
-    ADD CONSTRAINT awards_count_toward_status CHECK
-        (kind <> 'award' OR status_points IS NOT DISTINCT FROM points),
+    ADD CONSTRAINT awards_count_toward_status CHECK (kind <> 'award' OR
+        (status_points IS NOT DISTINCT FROM points AND status_at IS NOT DISTINCT FROM created_at)),
     DROP CONSTRAINT ledger_entries_kind_check,
     ADD CONSTRAINT ledger_entries_kind_check CHECK (kind IN
         ('award', 'spend', 'award_reversal', 'spend_reversal', 'adjustment', 'expiry', 'bonus',
@@ -28,9 +28,12 @@ ALTER TABLE ledger_entries
     ADD CONSTRAINT bonus_says_why CHECK (kind <> 'bonus' OR (points > 0 AND reason IS NOT NULL));
 
 -- Status points of a member in a window, by index: bounded by the member and the instant.
+-- Awards count at their own instant, so the same index rebuilds a lost cap counter (the
+-- member's awards in a local day's interval), and the award path keeps one index fewer.
 CREATE INDEX ledger_entries_status
     ON ledger_entries (program_id, member_id, status_at) INCLUDE (status_points, kind)
     WHERE status_at IS NOT NULL;
+DROP INDEX ledger_entries_cap_day;
 
 ALTER TABLE members
     -- A downgrade grace in progress: when it started and when it ends.

@@ -498,9 +498,7 @@ impl Ledger {
             for index in unknown {
                 let (zone, day) = (zones[index], days[index].day);
                 let (start, end) = local_day_bounds(day, zone);
-                let around = (day - chrono::Days::new(2), day + chrono::Days::new(2));
-                let total =
-                    entries::purchase_points_between(&unit.tx, member, around, start, end).await?;
+                let total = entries::purchase_points_between(&unit.tx, member, start, end).await?;
                 let total = total.saturating_add(i128::from(pending_points));
                 seeds[index] = Some(i64::try_from(total).unwrap_or(i64::MAX));
             }

@@ -201,17 +201,15 @@ pub async fn find_by_key(
 }
 
 /// Purchase points credited to the member in `[start, end)`: the truth a lost Redis cap
-/// counter is rebuilt from. `days` bounds the scan to the member's awards whose cap day
-/// (their local date under the zone of their time) can fall in the interval, so one index
-/// serves it.
+/// counter is rebuilt from. An award counts toward status at its own instant, so the
+/// member's status index bounds the scan to the awards of the interval.
 pub const PURCHASE_POINTS_BETWEEN: &str = "SELECT COALESCE(sum(points), 0)::text \
-     FROM ledger_entries WHERE program_id = $1 AND member_id = $2 AND kind = 'award' \
-     AND cap_day BETWEEN $3 AND $4 AND created_at >= $5 AND created_at < $6";
+     FROM ledger_entries WHERE program_id = $1 AND member_id = $2 AND status_at IS NOT NULL \
+     AND status_at >= $3 AND status_at < $4 AND kind = 'award'";
 
 pub async fn purchase_points_between(
     tx: &MemberTx<'_>,
     member: MemberId,
-    days: (NaiveDate, NaiveDate),
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<i128, tokio_postgres::Error> {
@@ -219,14 +217,7 @@ pub async fn purchase_points_between(
     let row = tx
         .query_one(
             &statement,
-            &[
-                &tx.program().as_str(),
-                &member.as_uuid(),
-                &days.0,
-                &days.1,
-                &start,
-                &end,
-            ],
+            &[&tx.program().as_str(), &member.as_uuid(), &start, &end],
         )
         .await?;
     let total: String = row.try_get(0)?;
