@@ -2,24 +2,26 @@
 //! its mutations, the chaos driver every request under a deadline — all through
 //! [`Clients::send`], so a new RPC is added here once and every harness can send it.
 use flash_loyalty::grpc::proto::{
-    self, ledger_client::LedgerClient, programs_client::ProgramsClient,
+    self, ledger_client::LedgerClient, programs_client::ProgramsClient, tiers_client::TiersClient,
 };
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::Status;
 
-/// The clients of both services over one channel.
+/// The clients of every unary service over one channel.
 #[derive(Clone)]
 pub struct Clients {
     pub ledger: LedgerClient<Channel>,
     pub programs: ProgramsClient<Channel>,
+    pub tiers: TiersClient<Channel>,
 }
 
 impl Clients {
     pub fn new(channel: Channel) -> Clients {
         Clients {
             ledger: LedgerClient::new(channel.clone()),
-            programs: ProgramsClient::new(channel),
+            programs: ProgramsClient::new(channel.clone()),
+            tiers: TiersClient::new(channel),
         }
     }
 }
@@ -100,6 +102,10 @@ rpcs! {
     Adjust(AdjustRequest => AdjustResponse) via ledger.adjust;
     ListEntries(ListEntriesRequest => ListEntriesResponse) via ledger.list_entries;
     GetLiability(GetLiabilityRequest => GetLiabilityResponse) via ledger.get_liability;
+    GetTierStatus(GetTierStatusRequest => GetTierStatusResponse) via tiers.get_tier_status;
+    ListTierHistory(ListTierHistoryRequest => ListTierHistoryResponse) via tiers.list_tier_history;
+    EvaluateMember(EvaluateMemberRequest => EvaluateMemberResponse) via tiers.evaluate_member;
+    SetTier(SetTierRequest => SetTierResponse) via tiers.set_tier;
 }
 
 impl Clients {

@@ -85,6 +85,7 @@ async fn every_rpc_answers_generated_requests_with_a_well_formed_status() {
     let clients = Clients {
         ledger: app.ledger.clone(),
         programs: app.programs.clone(),
+        tiers: app.tiers.clone(),
     };
     let started = Instant::now();
     let mut answers = calls
@@ -222,6 +223,10 @@ async fn send(call: &Call, mut clients: Clients) -> Result<Answer, Status> {
         Reply::Adjust(r) => replayed(r.replayed),
         Reply::ListEntries(_) => replayed(false),
         Reply::GetLiability(_) => replayed(false),
+        Reply::GetTierStatus(_) | Reply::ListTierHistory(_) | Reply::EvaluateMember(_) => {
+            replayed(false)
+        }
+        Reply::SetTier(r) => replayed(r.replayed),
     };
     Ok(answer)
 }

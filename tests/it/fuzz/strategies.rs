@@ -43,6 +43,18 @@ pub(super) fn call_strategy(seeded: &Arc<Seeded>) -> BoxedStrategy<Call> {
         (8, adjust(seeded).prop_map(Call::Adjust).boxed()),
         (6, list_entries(seeded).prop_map(Call::ListEntries).boxed()),
         (5, get_liability().prop_map(Call::GetLiability).boxed()),
+        (3, tier_status(seeded).prop_map(Call::GetTierStatus).boxed()),
+        (
+            3,
+            tier_history(seeded).prop_map(Call::ListTierHistory).boxed(),
+        ),
+        (
+            3,
+            evaluate_member(seeded)
+                .prop_map(Call::EvaluateMember)
+                .boxed(),
+        ),
+        (5, set_tier(seeded).prop_map(Call::SetTier).boxed()),
     ])
     .boxed()
 }
@@ -381,9 +393,28 @@ pub(super) fn wild_rules() -> BoxedStrategy<Option<proto::ProgramRules>> {
         tiers,
         valid_rules(),
         mask(),
+        (
+            proptest::option::of(wild_i32()),
+            proptest::option::of(wild_i32()),
+            vec(wild_i32(), 0..12),
+            proptest::option::of(wild_i64()),
+            proptest::option::of(wild_i32()),
+            proptest::option::of(wild_i32()),
+        ),
     )
         .prop_map(
-            |(currency, timezone, rate, min, cap, days, tiers, valid, m)| proto::ProgramRules {
+            |(
+                currency,
+                timezone,
+                rate,
+                min,
+                cap,
+                days,
+                tiers,
+                valid,
+                m,
+                (window, grace, reminders, bonus, reengage, retention),
+            )| proto::ProgramRules {
                 currency: pick(m, 0, valid.currency, currency),
                 timezone: pick(m, 1, valid.timezone, timezone),
                 base_rate_bp: pick(m, 2, valid.base_rate_bp, rate),
@@ -391,6 +422,13 @@ pub(super) fn wild_rules() -> BoxedStrategy<Option<proto::ProgramRules>> {
                 daily_cap_points: pick(m, 4, valid.daily_cap_points, cap),
                 points_validity_days: pick(m, 5, valid.points_validity_days, days),
                 tiers: pick(m, 6, valid.tiers, tiers),
+                tier_window_months: pick(m, 7, None, window),
+                grace_days: pick(m, 8, None, grace),
+                grace_reminder_days: pick(m, 9, vec![], reminders),
+                reupgrade_bonus_points: pick(m, 10, None, bonus),
+                birthday_bonus_points: pick(m, 11, None, bonus),
+                reengagement_after_days: pick(m, 12, None, reengage),
+                events_retention_days: pick(m, 13, None, retention),
                 ..Default::default()
             },
         );
@@ -985,6 +1023,76 @@ pub(super) fn get_liability() -> impl Strategy<Value = proto::GetLiabilityReques
             program_id: pick(m, 0, program, w_program),
             from: pick(m, 1, from, w_from),
             to: pick(m, 2, to, w_to),
+        },
+    )
+}
+
+pub(super) fn tier_status(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = proto::GetTierStatusRequest> {
+    let wild = (wild_program_id(), wild_uuid(seeded));
+    (valid_member(seeded), wild, mask()).prop_map(|(member, (w_program, w_member), m)| {
+        proto::GetTierStatusRequest {
+            program_id: pick(m, 0, PROGRAM.to_owned(), w_program),
+            member_id: pick(m, 1, member, w_member),
+        }
+    })
+}
+
+pub(super) fn evaluate_member(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = proto::EvaluateMemberRequest> {
+    tier_status(seeded).prop_map(|request| proto::EvaluateMemberRequest {
+        program_id: request.program_id,
+        member_id: request.member_id,
+    })
+}
+
+pub(super) fn tier_history(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = proto::ListTierHistoryRequest> {
+    list_entries(seeded).prop_map(|request| proto::ListTierHistoryRequest {
+        program_id: request.program_id,
+        member_id: request.member_id,
+        page_size: request.page_size,
+        page_token: request.page_token,
+    })
+}
+
+pub(super) fn set_tier(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::SetTierRequest> {
+    let now = start_of_test();
+    let valid = (
+        valid_member(seeded),
+        prop_oneof![
+            Just("member".to_owned()),
+            Just("silver".to_owned()),
+            Just("gold".to_owned()),
+            Just("vip".to_owned())
+        ],
+        prop_oneof![
+            Just(None),
+            (1..400i64).prop_map(move |days| Some(timestamp(now + chrono::Duration::days(days))))
+        ],
+        valid_key(),
+        valid_reason(),
+    );
+    let wild = (
+        (wild_program_id(), wild_uuid(seeded), wild_string()),
+        (wild_timestamp(), wild_string(), wild_string(), wild_key()),
+    );
+    (valid, wild, mask()).prop_map(
+        |(
+            (member, tier, hold, key, reason),
+            ((w_program, w_member, w_tier), (w_hold, w_reason, w_actor, w_key)),
+            m,
+        )| proto::SetTierRequest {
+            program_id: pick(m, 0, PROGRAM.to_owned(), w_program),
+            member_id: pick(m, 1, member, w_member),
+            tier_code: pick(m, 2, tier, w_tier),
+            hold_until: pick(m, 3, hold, w_hold),
+            reason: pick(m, 4, reason, w_reason),
+            actor: pick(m, 5, "support@acme".to_owned(), w_actor),
+            idempotency_key: pick(m, 6, key, w_key),
         },
     )
 }

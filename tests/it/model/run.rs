@@ -330,6 +330,7 @@ pub(super) async fn run_case(
     let mut model = Model::new(members, case_start());
     let mut sent: Vec<Request> = vec![];
     let mut clients = Clients {
+        tiers: app.tiers.clone(),
         ledger: app.ledger.clone(),
         programs: app.programs.clone(),
     };
