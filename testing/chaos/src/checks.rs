@@ -46,7 +46,8 @@ async fn checks(
     let ledger = Ledger::read(&db, stats).await?;
     let model = ctx.model.lock().unwrap().keys.clone();
     every_acknowledged_key_has_its_one_entry(ctx, &model, &ledger.entries);
-    balances_match_the_model(ctx, rng, &model, &ledger.expired).await;
+    balances_match_the_model(ctx, rng, &model, &ledger.engine).await;
+    every_change_has_its_one_event(&db, stats).await?;
     let per_member = entries_per_member(&db).await?;
     list_entries_pages_through_each_members_entries(ctx, rng, &per_member).await;
     let total: i64 = per_member.values().map(|(_, sum)| sum).sum();
@@ -63,8 +64,14 @@ async fn checks(
 struct Ledger {
     /// Every entry by its idempotency key: (kind, points, member).
     entries: HashMap<String, (String, i64, String)>,
-    /// Points written off by expiry sweeps, per member (negative).
-    expired: HashMap<String, i64>,
+    /// Points the engine moved on its own, per member: expiry sweeps (negative) and bonuses
+    /// under keys derived from their cause (birthday, re-engagement, re-upgrade).
+    engine: HashMap<String, i64>,
+}
+
+/// Whether an entry is the engine's own (no client sent its key).
+fn engine_entry(kind: &str, key: &str) -> bool {
+    kind == "expiry" || key.starts_with("flash:")
 }
 
 impl Ledger {
@@ -77,22 +84,25 @@ impl Ledger {
             )
             .await?;
         let mut entries: HashMap<String, (String, i64, String)> = HashMap::new();
-        let mut expired: HashMap<String, i64> = HashMap::new();
+        let mut engine: HashMap<String, i64> = HashMap::new();
+        let (mut sweeps, mut swept, mut bonuses, mut bonus_points) = (0, 0, 0, 0);
         for row in &rows {
             let (key, kind, points, member): (String, String, i64, String) =
                 (row.get(0), row.get(1), row.get(2), row.get(3));
-            if kind == "expiry" {
-                *expired.entry(member.clone()).or_default() += points;
+            if engine_entry(&kind, &key) {
+                *engine.entry(member.clone()).or_default() += points;
+                if kind == "expiry" {
+                    (sweeps, swept) = (sweeps + 1, swept + points);
+                } else {
+                    (bonuses, bonus_points) = (bonuses + 1, bonus_points + points);
+                }
             }
             entries.insert(key, (kind, points, member));
         }
-        let swept: i64 = expired.values().sum();
-        let sweeps = rows
-            .iter()
-            .filter(|r| r.get::<_, String>(1) == "expiry")
-            .count();
-        stats.note(format!("{sweeps} expiry entries, {swept} points swept"));
-        Ok(Ledger { entries, expired })
+        stats.note(format!(
+            "{sweeps} expiry entries, {swept} points swept; {bonuses} bonuses, {bonus_points} points"
+        ));
+        Ok(Ledger { entries, engine })
     }
 }
 
@@ -154,7 +164,7 @@ fn every_acknowledged_key_has_its_one_entry(
     }
     let strangers: Vec<&String> = entries
         .iter()
-        .filter(|(key, (kind, _, _))| kind != "expiry" && !model.contains_key(*key))
+        .filter(|(key, (kind, _, _))| !engine_entry(kind, key) && !model.contains_key(*key))
         .map(|(key, _)| key)
         .take(5)
         .collect();
@@ -163,7 +173,8 @@ fn every_acknowledged_key_has_its_one_entry(
     }
 }
 
-/// 2. Each member's balance equals the model: acknowledged deltas less swept expiries.
+/// 2. Each member's balance equals the model: acknowledged deltas plus what the engine
+/// moved on its own (swept expiries, bonuses).
 async fn balances_match_the_model(
     ctx: &Ctx,
     rng: &mut ChaCha8Rng,
@@ -188,7 +199,7 @@ async fn balances_match_the_model(
                 if balance != expected && !unknown_members[index] {
                     stats.fail(format!(
                         "member {member}: balance {balance}, model {expected} \
-                         (acknowledged {}, swept {})",
+                         (acknowledged {}, swept and bonuses {})",
                         model_balance[index],
                         expired.get(member).copied().unwrap_or(0)
                     ));
@@ -356,6 +367,51 @@ async fn books_tie_out(db: &tokio_postgres::Client, stats: &Stats) -> anyhow::Re
             ));
         }
     }
+    Ok(())
+}
+
+/// 3b. The outbox holds exactly one event for every entry and every tier change, and none
+/// for anything that was rolled back (an event naming no entry or change).
+async fn every_change_has_its_one_event(
+    db: &tokio_postgres::Client,
+    stats: &Stats,
+) -> anyhow::Result<()> {
+    let row = db
+        .query_one(
+            "WITH named AS ( \
+               SELECT payload ->> 'entry_id' AS entry_id, count(*) AS n FROM events \
+               WHERE program_id = $1 AND event_type IN ('points.awarded', 'points.spent', \
+                 'points.award_reversed', 'points.spend_reversed', 'points.adjusted', \
+                 'points.expired', 'bonus.awarded', 'tier.set') GROUP BY 1), \
+             changes AS ( \
+               SELECT payload ->> 'change_id' AS change_id, count(*) AS n FROM events \
+               WHERE program_id = $1 AND event_type IN ('tier.upgraded', 'tier.downgraded', \
+                 'tier.set') GROUP BY 1) \
+             SELECT \
+               (SELECT count(*) FROM ledger_entries e LEFT JOIN named \
+                  ON named.entry_id = e.entry_id::text \
+                 WHERE e.program_id = $1 AND COALESCE(named.n, 0) <> 1), \
+               (SELECT count(*) FROM named WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e \
+                 WHERE e.program_id = $1 AND e.entry_id::text = named.entry_id)), \
+               (SELECT count(*) FROM tier_changes c LEFT JOIN changes \
+                  ON changes.change_id = c.change_id::text \
+                 WHERE c.program_id = $1 AND COALESCE(changes.n, 0) <> 1), \
+               (SELECT count(*) FROM events WHERE program_id = $1)",
+            &[&PROGRAM],
+        )
+        .await?;
+    let (entries, orphans, changes, events): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if entries > 0 {
+        stats.fail(format!("{entries} entries without exactly one event"));
+    }
+    if orphans > 0 {
+        stats.fail(format!("{orphans} events name an entry that does not exist"));
+    }
+    if changes > 0 {
+        stats.fail(format!("{changes} tier changes without exactly one event"));
+    }
+    stats.note(format!("{events} events in the outbox"));
     Ok(())
 }
 
