@@ -173,8 +173,8 @@ fn every_acknowledged_key_has_its_one_entry(
     }
 }
 
-/// 2. Each member's balance equals the model: acknowledged deltas plus what the engine
-/// moved on its own (swept expiries, bonuses).
+/// 2. Each member's balance equals the model: acknowledged deltas plus what the engine moved
+///    on its own (swept expiries, bonuses).
 async fn balances_match_the_model(
     ctx: &Ctx,
     rng: &mut ChaCha8Rng,
