@@ -3,7 +3,7 @@ use crate::cap::DailyCap;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::grpc::{self, proto};
-use crate::service::{Ledger, Programs};
+use crate::service::{Events, Ledger, Programs};
 use crate::store;
 use anyhow::Context;
 use deadpool_postgres::Pool;
@@ -86,6 +86,9 @@ impl Application {
         health
             .set_serving::<proto::tiers_server::TiersServer<grpc::TiersApi>>()
             .await;
+        health
+            .set_serving::<proto::events_server::EventsServer<grpc::EventsApi>>()
+            .await;
         tracing::info!(address = %self.local_addr(), "serving gRPC");
         tonic::transport::Server::builder()
             .add_service(health_service)
@@ -97,6 +100,9 @@ impl Application {
             .add_service(proto::tiers_server::TiersServer::new(grpc::TiersApi::new(
                 self.ledger.clone(),
             )))
+            .add_service(proto::events_server::EventsServer::new(
+                grpc::EventsApi::new(Events::new(self.pool.clone())),
+            ))
             .add_service(proto::ledger_server::LedgerServer::new(
                 grpc::LedgerApi::new(self.ledger),
             ))

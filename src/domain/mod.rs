@@ -18,8 +18,8 @@ pub use kind::EntryKind;
 pub use lock::member_lock_key;
 pub use money::{purchase_points, Currency, MAX_AMOUNT_MINOR};
 pub use rules::{
-    cap_zones, local_day, local_day_bounds, ProgramRules, RulesDocument, Tier, CAP_ZONE_LOOKBACK,
-    MAX_RULE_POINTS,
+    cap_zones, local_day, local_day_bounds, quoted, ProgramRules, RulesDocument, Tier,
+    CAP_ZONE_LOOKBACK, MAX_RULE_POINTS,
 };
 pub use tiers::{
     evaluate as evaluate_tier, qualifying_rank, rank_after, status_window_start, upgrade_to, Grace,

@@ -1,9 +1,11 @@
 //! The gRPC transport: converts proto ↔ domain, calls the service, maps errors. No SQL.
 pub mod codec;
+mod events;
 mod ledger;
 mod programs;
 mod tiers;
 
+pub use events::EventsApi;
 pub use ledger::LedgerApi;
 pub use programs::ProgramsApi;
 pub use tiers::TiersApi;
@@ -87,6 +89,7 @@ fn code_and_reason(error: &Error) -> (Code, &'static str) {
         Error::BalanceOverflow => (Code::FailedPrecondition, "BALANCE_OVERFLOW"),
         Error::StaleRulesVersion { .. } => (Code::FailedPrecondition, "STALE_RULES_VERSION"),
         Error::FigureOutOfRange { .. } => (Code::OutOfRange, "FIGURE_OUT_OF_RANGE"),
+        Error::CursorExpired { .. } => (Code::OutOfRange, "CURSOR_EXPIRED"),
         Error::Unavailable(Unavailable::DailyCap) => (Code::Unavailable, "DAILY_CAP_UNAVAILABLE"),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
         Error::Unexpected(_) => (Code::Internal, "INTERNAL"),
@@ -128,6 +131,13 @@ fn error_metadata(error: &Error) -> HashMap<String, String> {
         Error::StaleRulesVersion { current, .. } => {
             vec![("current_rules_version", current.to_string())]
         }
+        Error::CursorExpired {
+            program,
+            retention_days,
+        } => vec![
+            ("program_id", program.to_string()),
+            ("retention_days", retention_days.to_string()),
+        ],
         Error::FigureOutOfRange { field, .. } => vec![("field", field.clone())],
         _ => vec![],
     };

@@ -92,6 +92,17 @@ pub enum Error {
     )]
     FigureOutOfRange { field: String, value: i128 },
 
+    /// A subscriber's cursor points before events the retention job already deleted.
+    #[error(
+        "after_cursor: events of program {program} before it were pruned (kept \
+         {retention_days} days); subscribe again with an empty after_cursor and reconcile \
+         what was missed from the ledger (ListEntries, ListTierHistory)"
+    )]
+    CursorExpired {
+        program: ProgramId,
+        retention_days: i32,
+    },
+
     /// Nothing was written; the same request with the same key may be sent again.
     #[error("{}; retry with the same idempotency key", .0.describe())]
     Unavailable(Unavailable),

@@ -105,3 +105,104 @@ pub async fn append(
     .await?;
     Ok(())
 }
+
+/// A stream position: the writing transaction's id and the row's sequence number. Rows are
+/// read in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub txid: u64,
+    pub seq: i64,
+}
+
+/// One event as stored.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub position: Position,
+    pub event_id: Uuid,
+    pub member_id: Option<Uuid>,
+    pub event_type: String,
+    pub payload: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The program's events after a position, in (txid, seq) order, and only those written by
+/// transactions older than the oldest one still running: every transaction with a smaller
+/// xid has ended, so no row can ever appear behind a position once it was read past. (A
+/// transaction gets its xid at its first write, after taking its member's lock, so each
+/// member's events stay in commit order.) An empty `$4` means every type.
+pub const READ_AFTER: &str = "SELECT txid::text AS txid, seq, event_id, member_id, event_type, \
+       payload, created_at FROM events \
+     WHERE program_id = $1 AND (txid, seq) > ($2::text::xid8, $3) \
+       AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+       AND (cardinality($4::text[]) = 0 OR event_type = ANY($4::text[])) \
+     ORDER BY txid, seq LIMIT $5";
+
+pub async fn read_after(
+    client: &deadpool_postgres::Client,
+    program: &crate::domain::ProgramId,
+    after: Position,
+    types: &[&str],
+    limit: i64,
+) -> Result<Vec<StoredEvent>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(READ_AFTER).await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &program.as_str(),
+                &after.txid.to_string(),
+                &after.seq,
+                &types,
+                &limit,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let txid: String = row.try_get("txid")?;
+            Ok(StoredEvent {
+                position: Position {
+                    txid: txid.parse().unwrap_or(u64::MAX),
+                    seq: row.try_get("seq")?,
+                },
+                event_id: row.try_get("event_id")?,
+                member_id: row.try_get("member_id")?,
+                event_type: row.try_get("event_type")?,
+                payload: row.try_get("payload")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The last position the pruning job deleted from a program's stream, if any.
+pub async fn horizon(
+    client: &deadpool_postgres::Client,
+    program: &crate::domain::ProgramId,
+) -> Result<Option<Position>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "SELECT pruned_txid::text, pruned_seq FROM event_horizons WHERE program_id = $1",
+        )
+        .await?;
+    let row = client.query_opt(&statement, &[&program.as_str()]).await?;
+    row.map(|row| {
+        let txid: String = row.try_get(0)?;
+        Ok(Position {
+            txid: txid.parse().unwrap_or(u64::MAX),
+            seq: row.try_get(1)?,
+        })
+    })
+    .transpose()
+}
+
+/// The oldest transaction still running (cluster-wide): the stream's readable horizon.
+pub async fn readable_horizon(
+    client: &deadpool_postgres::Client,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        .await?;
+    let xmin: String = client.query_one(&statement, &[]).await?.try_get(0)?;
+    Ok(xmin.parse().unwrap_or(0))
+}

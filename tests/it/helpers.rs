@@ -6,7 +6,8 @@ use flash_loyalty::app::Application;
 use flash_loyalty::clock::ManualClock;
 use flash_loyalty::config::Settings;
 use flash_loyalty::grpc::proto::{
-    self, ledger_client::LedgerClient, programs_client::ProgramsClient, tiers_client::TiersClient,
+    self, events_client::EventsClient, ledger_client::LedgerClient,
+    programs_client::ProgramsClient, tiers_client::TiersClient,
 };
 use flash_loyalty::service::Ledger;
 use flash_loyalty::store;
@@ -43,6 +44,7 @@ pub struct TestApp {
     pub ledger: LedgerClient<Channel>,
     pub programs: ProgramsClient<Channel>,
     pub tiers: TiersClient<Channel>,
+    pub events: EventsClient<Channel>,
     pub clock: ManualClock,
     /// A pool on the test's database, for checks the API does not expose.
     pub db: Pool,
@@ -137,7 +139,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         address,
         ledger: LedgerClient::new(channel.clone()),
         programs: ProgramsClient::new(channel.clone()),
-        tiers: TiersClient::new(channel),
+        tiers: TiersClient::new(channel.clone()),
+        events: EventsClient::new(channel),
         clock,
         db,
         service,

@@ -4,6 +4,7 @@ mod audit;
 mod award;
 mod award_faults;
 mod decoding;
+mod events;
 mod expiry;
 mod fuzz;
 mod helpers;

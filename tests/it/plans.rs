@@ -3,7 +3,9 @@
 //! tables were analyzed empty, then filled, as after a fresh import with autovacuum off),
 //! with fresh ones, and as the generic plan a cached prepared statement switches to.
 use crate::helpers::{spawn_app, TestApp};
-use flash_loyalty::store::{batches, entries, members, mutation, tiers, LOCK_MEMBER, LOCK_MEMBERS};
+use flash_loyalty::store::{
+    batches, entries, events, members, mutation, tiers, LOCK_MEMBER, LOCK_MEMBERS,
+};
 
 /// Each hot statement with literal arguments of the right types.
 fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
@@ -53,6 +55,11 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
              NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
              NULL, ARRAY[gen_random_uuid()], ARRAY[-1::bigint], 0, ARRAY[gen_random_uuid()], \
              ARRAY[MEMBER], ARRAY['points.spent'], ARRAY['{}'::jsonb], NULL, NULL",
+        ),
+        (
+            "events after a cursor",
+            events::READ_AFTER,
+            "'big', '0', 0, ARRAY[]::text[], 500",
         ),
         (
             "a member's status points",
@@ -182,7 +189,9 @@ fn unbounded_scans(plan: &serde_json::Value, found: &mut Vec<String>) {
         .any(|column| condition.contains(column))
             || (relation == "programs" && condition.contains("program_id"))
             // A program's rules versions are few and made by hand (an update each).
-            || (relation == "program_rules" && condition.contains("program_id"));
+            || (relation == "program_rules" && condition.contains("program_id"))
+            // A subscriber's page: the program's stream after its position.
+            || (relation == "events" && condition.contains("txid"));
         let writes = matches!(node, "ModifyTable");
         if !writes && !bounded {
             found.push(format!("{node} on {relation} ({condition:?})"));

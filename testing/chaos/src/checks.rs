@@ -406,7 +406,9 @@ async fn every_change_has_its_one_event(
         stats.fail(format!("{entries} entries without exactly one event"));
     }
     if orphans > 0 {
-        stats.fail(format!("{orphans} events name an entry that does not exist"));
+        stats.fail(format!(
+            "{orphans} events name an entry that does not exist"
+        ));
     }
     if changes > 0 {
         stats.fail(format!("{changes} tier changes without exactly one event"));
