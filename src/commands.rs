@@ -1,9 +1,9 @@
 //! The command-line subcommands other than `serve`.
 use crate::cap::DailyCap;
 use crate::clock::Clock;
-use crate::config::Settings;
+use crate::config::{JobsCommand, Settings};
 use crate::domain::{ProgramId, RulesDocument};
-use crate::service::{Ledger, Programs};
+use crate::service::{Job, Ledger, Programs, RunOutcome};
 use crate::store;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 pub fn pool(settings: &Settings) -> anyhow::Result<Pool> {
-    store::connect_pool(&settings.database_url, 2, settings.session_limits())
+    pool_of(settings, 2)
+}
+
+fn pool_of(settings: &Settings, size: usize) -> anyhow::Result<Pool> {
+    store::connect_pool(&settings.database_url, size, settings.session_limits())
 }
 
 /// Creates the `demo` program the README's examples use: USD, 1 point per dollar,
@@ -44,12 +48,16 @@ pub async fn create_demo_program(settings: &Settings, clock: Arc<dyn Clock>) -> 
 
 /// A ledger for one-shot commands: they read and write PostgreSQL only.
 fn ledger(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Ledger> {
+    ledger_on(settings, clock, pool(settings)?)
+}
+
+fn ledger_on(settings: &Settings, clock: Arc<dyn Clock>, pool: Pool) -> anyhow::Result<Ledger> {
     let cap = DailyCap::connect(
         &settings.redis_url,
         &settings.redis_prefix,
         settings.redis_timeout(),
     )?;
-    Ok(Ledger::new(pool(settings)?, cap, clock))
+    Ok(Ledger::new(pool, cap, clock))
 }
 
 /// `flash expire`: one sweep; fails when any member could not be expired.
@@ -100,6 +108,119 @@ pub async fn audit(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `flash worker`: the workers alone, until SIGINT or SIGTERM.
+pub async fn worker(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<()> {
+    let pool = pool_of(settings, settings.db_pool_size)?;
+    store::migrate(&pool).await?;
+    let ledger = ledger_on(settings, clock, pool)?;
+    ledger
+        .run_workers(
+            settings.replica(),
+            settings.worker_interval(),
+            shutdown_signal(),
+        )
+        .await;
+    Ok(())
+}
+
+/// `flash jobs run JOB [--at]` and `flash jobs list`.
+pub async fn jobs(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    command: JobsCommand,
+) -> anyhow::Result<ExitCode> {
+    let ledger = ledger(settings, clock.clone())?;
+    match command {
+        JobsCommand::Run { job: name, at } => {
+            let Some(job) = Job::parse(&name) else {
+                let known: Vec<&str> = Job::ALL.iter().map(|job| job.name()).collect();
+                eprintln!(
+                    "flash jobs run: no job {name:?}; the jobs are {}",
+                    known.join(", ")
+                );
+                return Ok(ExitCode::from(2));
+            };
+            let at = at.unwrap_or_else(|| clock.now());
+            let outcome = match ledger.run_job(job, at, &settings.replica()).await {
+                Ok(outcome) => outcome,
+                Err(crate::service::Error::InvalidArgument(invalid)) => {
+                    eprintln!("flash jobs run: {invalid}");
+                    return Ok(ExitCode::from(2));
+                }
+                Err(error) => return Err(anyhow::Error::new(error)),
+            };
+            match outcome {
+                RunOutcome::Done { counts, takeovers } => {
+                    println!(
+                        "{} as of {at}: examined {}, changed {}, amount {}, failed {}, \
+                         skipped {}{}",
+                        job.name(),
+                        counts.examined,
+                        counts.changed,
+                        counts.amount,
+                        counts.failed,
+                        counts.skipped,
+                        if takeovers > 0 { " (taken over)" } else { "" }
+                    );
+                    Ok(if counts.failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                RunOutcome::NotClaimed => {
+                    println!(
+                        "{}: the run of slot {} is finished or held by another replica",
+                        job.name(),
+                        job.slot(at)
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                RunOutcome::LeaseLost => {
+                    eprintln!("{}: another replica took the run over", job.name());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        JobsCommand::List => {
+            let (runs, failures) = ledger.job_report().await?;
+            println!("recent runs:");
+            for run in runs {
+                println!(
+                    "  {:<14} slot {}  by {}  started {}  {}  takeovers {}  {}",
+                    run.job,
+                    run.slot.to_rfc3339(),
+                    run.claimed_by,
+                    run.started_at.to_rfc3339(),
+                    run.finished_at.map_or("running".to_owned(), |at| format!(
+                        "finished {}",
+                        at.to_rfc3339()
+                    )),
+                    run.takeovers,
+                    run.counts
+                );
+            }
+            println!("members jobs could not process:");
+            for failure in failures {
+                println!(
+                    "  {:<14} {} {}  attempts {}  {}  last error: {}",
+                    failure.job,
+                    failure.program_id,
+                    failure.member_id,
+                    failure.attempts,
+                    if failure.parked {
+                        "PARKED".to_owned()
+                    } else {
+                        format!("next try {}", failure.next_attempt_at.to_rfc3339())
+                    },
+                    failure.last_error
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

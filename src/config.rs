@@ -17,8 +17,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply migrations, then serve gRPC until SIGINT or SIGTERM.
-    Serve,
+    /// Apply migrations, then serve gRPC (and run the workers) until SIGINT or SIGTERM.
+    Serve {
+        /// Serve the API only; run the workers elsewhere (`flash worker`).
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run the workers only (every job, claimed with leases), until SIGINT or SIGTERM.
+    Worker,
+    /// Run one job by hand, or list recent runs and the members jobs parked.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Apply pending migrations and exit.
     Migrate,
     /// Create the `demo` program used by the README's examples (idempotent).
@@ -36,6 +47,20 @@ pub enum Command {
         #[arg(long)]
         program: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Run one job once as of an instant (default now): expiry, expiring-soon, tier-grace,
+    /// birthday, reengagement or event-prune. Exits 1 when members failed.
+    Run {
+        job: String,
+        /// The instant (RFC 3339) the run is for; not in the future.
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Print recent runs with their counts, and the members jobs could not process.
+    List,
 }
 
 /// Everything the server needs to run.
@@ -135,6 +160,25 @@ pub struct Settings {
         global = true
     )]
     pub clock_offset_seconds: i64,
+    /// Seconds between two rounds of the workers (each round runs every job's due slot).
+    #[arg(
+        long,
+        env = "FLASH_WORKER_INTERVAL_SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=86_400),
+        global = true
+    )]
+    pub worker_interval_seconds: u64,
+    /// A job run's lease: a replica that stops renewing it for this long (it died) leaves
+    /// the run to another.
+    #[arg(
+        long,
+        env = "FLASH_JOB_LEASE_SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(i64).range(5..=86_400),
+        global = true
+    )]
+    pub job_lease_seconds: i64,
 }
 
 /// The largest clock offset, 100 years: keeps every instant inside the timestamp range.
@@ -144,6 +188,11 @@ impl Settings {
     /// Settings with every default, for tests and tools that override a few fields.
     pub fn defaults() -> Self {
         Cli::parse_from(["flash", "serve"]).settings
+    }
+
+    /// This process's identity in the worker fleet.
+    pub fn replica(&self) -> crate::service::Replica {
+        crate::service::Replica::new(chrono::Duration::seconds(self.job_lease_seconds))
     }
 
     pub fn session_limits(&self) -> crate::store::SessionLimits {
@@ -167,6 +216,10 @@ impl Settings {
         Arc::new(OffsetClock::new(chrono::Duration::seconds(
             self.clock_offset_seconds,
         )))
+    }
+
+    pub fn worker_interval(&self) -> Duration {
+        Duration::from_secs(self.worker_interval_seconds)
     }
 
     pub fn redis_timeout(&self) -> Duration {

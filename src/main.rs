@@ -28,11 +28,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = cli.settings;
     let clock = settings.clock();
     match cli.command {
-        Command::Serve => {
+        Command::Serve { no_workers } => {
             let app = Application::build(&settings, clock).await?;
             store::migrate(app.pool()).await?;
+            let (stop_workers, stopped) = tokio::sync::oneshot::channel::<()>();
+            let workers = (!no_workers).then(|| {
+                let ledger = app.ledger().clone();
+                let (replica, interval) = (settings.replica(), settings.worker_interval());
+                tokio::spawn(async move {
+                    ledger
+                        .run_workers(replica, interval, async {
+                            let _ = stopped.await;
+                        })
+                        .await
+                })
+            });
             app.serve(commands::shutdown_signal()).await?;
+            let _ = stop_workers.send(());
+            if let Some(workers) = workers {
+                let _ = workers.await;
+            }
         }
+        Command::Worker => commands::worker(&settings, clock).await?,
+        Command::Jobs { command } => return commands::jobs(&settings, clock, command).await,
         Command::Migrate => {
             let pool = commands::pool(&settings)?;
             store::migrate(&pool).await?;

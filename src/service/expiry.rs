@@ -69,7 +69,7 @@ impl Ledger {
     }
 
     /// Writes off one member's due batches in one entry; returns the points expired.
-    async fn expire_member(
+    pub(super) async fn expire_member(
         &self,
         program: ProgramId,
         member: MemberId,

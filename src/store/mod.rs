@@ -6,6 +6,7 @@ pub mod entries;
 mod error;
 pub mod events;
 pub mod hot_path;
+pub mod jobs;
 mod member_tx;
 pub mod members;
 pub mod mutation;

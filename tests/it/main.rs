@@ -8,6 +8,7 @@ mod events;
 mod expiry;
 mod fuzz;
 mod helpers;
+mod jobs;
 mod liability;
 mod members;
 mod model;

@@ -164,8 +164,10 @@ impl FlashEnv {
     pub fn serve(&self, log: &Path) -> anyhow::Result<Server> {
         let port = flash_testing_support::free_port();
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        // The API alone: background jobs would run beside the measured load.
         let child = self
             .command("serve")
+            .arg("--no-workers")
             .env("FLASH_LISTEN", format!("127.0.0.1:{port}"))
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
