@@ -174,7 +174,7 @@ pub async fn jobs(
                     println!(
                         "{}: the run of slot {} is finished or held by another replica",
                         job.name(),
-                        job.slot(at)
+                        job.slot(at, settings.replica().period)
                     );
                     Ok(ExitCode::SUCCESS)
                 }

@@ -179,6 +179,16 @@ pub struct Settings {
         global = true
     )]
     pub job_lease_seconds: i64,
+    /// **Drills and chaos runs only**: every job's slot lasts this many seconds instead of
+    /// its own period (hourly or daily), so jobs run again within a short run. 0: off.
+    #[arg(
+        long,
+        env = "FLASH_JOB_PERIOD_SECONDS",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(i64).range(0..=86_400),
+        global = true
+    )]
+    pub job_period_seconds: i64,
 }
 
 /// The largest clock offset, 100 years: keeps every instant inside the timestamp range.
@@ -192,7 +202,11 @@ impl Settings {
 
     /// This process's identity in the worker fleet.
     pub fn replica(&self) -> crate::service::Replica {
-        crate::service::Replica::new(chrono::Duration::seconds(self.job_lease_seconds))
+        crate::service::Replica::new(
+            chrono::Duration::seconds(self.job_lease_seconds),
+            (self.job_period_seconds > 0)
+                .then(|| chrono::Duration::seconds(self.job_period_seconds)),
+        )
     }
 
     pub fn session_limits(&self) -> crate::store::SessionLimits {

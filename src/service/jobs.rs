@@ -69,9 +69,10 @@ impl Job {
         }
     }
 
-    /// The slot of the run covering `at`.
-    pub fn slot(self, at: DateTime<Utc>) -> DateTime<Utc> {
-        at.duration_trunc(self.period()).unwrap_or(at)
+    /// The slot of the run covering `at`, with the job's own period or `period`.
+    pub fn slot(self, at: DateTime<Utc>, period: Option<Duration>) -> DateTime<Utc> {
+        at.duration_trunc(period.unwrap_or(self.period()))
+            .unwrap_or(at)
     }
 }
 
@@ -103,16 +104,18 @@ pub enum RunOutcome {
     LeaseLost,
 }
 
-/// A replica of the fleet: its identity and lease length.
+/// A replica of the fleet: its identity, lease length and slot period.
 #[derive(Debug, Clone)]
 pub struct Replica {
     pub id: String,
     pub lease: Duration,
+    /// Every job's slot period instead of its own (drills and chaos runs only).
+    pub period: Option<Duration>,
 }
 
 impl Replica {
     /// An identity unique to this process: host, pid and a random suffix.
-    pub fn new(lease: Duration) -> Replica {
+    pub fn new(lease: Duration, period: Option<Duration>) -> Replica {
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "host".into());
@@ -120,6 +123,7 @@ impl Replica {
         Replica {
             id: format!("{host}-{}-{}", std::process::id(), &suffix[..8]),
             lease,
+            period,
         }
     }
 }
@@ -143,7 +147,8 @@ impl Ledger {
                 format!("must not be in the future (it is {at}, now is {now})"),
             ));
         }
-        self.run_slot(job, job.slot(at), at, replica).await
+        self.run_slot(job, job.slot(at, replica.period), at, replica)
+            .await
     }
 
     /// Takes over the runs other replicas left unfinished with their leases run out.
@@ -162,7 +167,8 @@ impl Ledger {
             };
             // An abandoned run continues as of its own slot (the end of it, for hourly
             // and daily slots alike, clamped to now).
-            let at = (slot + job.period() - Duration::seconds(1)).min(self.clock.now());
+            let period = replica.period.unwrap_or(job.period());
+            let at = (slot + period - Duration::seconds(1)).min(self.clock.now());
             outcomes.push((job, self.run_slot(job, slot, at, replica).await?));
         }
         Ok(outcomes)
@@ -631,13 +637,12 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-03-01T12:34:56Z")
             .unwrap()
             .with_timezone(&Utc);
+        let slot = |job: Job, period| job.slot(at, period).to_rfc3339();
+        assert_eq!(slot(Job::Expiry, None), "2026-03-01T12:00:00+00:00");
+        assert_eq!(slot(Job::EventPrune, None), "2026-03-01T00:00:00+00:00");
         assert_eq!(
-            Job::Expiry.slot(at).to_rfc3339(),
-            "2026-03-01T12:00:00+00:00"
-        );
-        assert_eq!(
-            Job::EventPrune.slot(at).to_rfc3339(),
-            "2026-03-01T00:00:00+00:00"
+            slot(Job::EventPrune, Some(Duration::seconds(5))),
+            "2026-03-01T12:34:55+00:00"
         );
         assert_eq!(Job::parse("tier-grace"), Some(Job::TierGrace));
     }

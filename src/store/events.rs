@@ -130,8 +130,10 @@ pub struct StoredEvent {
 /// xid has ended, so no row can ever appear behind a position once it was read past. (A
 /// transaction gets its xid at its first write, after taking its member's lock, so each
 /// member's events stay in commit order.) An empty `$4` means every type.
-pub const READ_AFTER: &str = "SELECT txid::text AS txid, seq, event_id, member_id, event_type, \
-       payload, created_at FROM events \
+/// (The xid is read as text under another name: an output column named `txid` would be
+/// what `ORDER BY txid` sorts by, as text — "1000" before "743".)
+pub const READ_AFTER: &str = "SELECT txid::text AS txid_text, seq, event_id, member_id, \
+       event_type, payload, created_at FROM events \
      WHERE program_id = $1 AND (txid, seq) > ($2::text::xid8, $3) \
        AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
        AND (cardinality($4::text[]) = 0 OR event_type = ANY($4::text[])) \
@@ -159,7 +161,7 @@ pub async fn read_after(
         .await?;
     rows.iter()
         .map(|row| {
-            let txid: String = row.try_get("txid")?;
+            let txid: String = row.try_get("txid_text")?;
             Ok(StoredEvent {
                 position: Position {
                     txid: txid.parse().unwrap_or(u64::MAX),

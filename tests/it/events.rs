@@ -293,3 +293,67 @@ async fn a_subscriber_that_does_not_read_blocks_neither_writers_nor_others() {
     let events = take(&mut reader, awards).await;
     assert_eq!(events.len(), awards);
 }
+
+#[tokio::test]
+async fn a_long_stream_is_read_page_after_page() {
+    let mut app = spawn_app().await;
+    app.create_program(usd_rules()).await;
+    let member = app.enroll().await;
+    let awards: Vec<proto::AwardRequest> = (0..450).map(|_| app.purchase(&member, 100)).collect();
+    for chunk in awards.chunks(150) {
+        app.ledger
+            .award_batch(proto::AwardBatchRequest {
+                program_id: PROGRAM.into(),
+                awards: chunk.to_vec(),
+            })
+            .await
+            .unwrap();
+    }
+    for _ in 0..900 {
+        app.earn(&member, 1).await;
+    }
+    let mut stream = subscribe(&mut app, "", &[]).await;
+    let first = take(&mut stream, 700).await;
+    drop(stream);
+    let mut resumed = subscribe(&mut app, &first.last().unwrap().cursor, &[]).await;
+    // 1,350 awards, and the upgrade to Silver the 1,000th status point made.
+    let rest = take(&mut resumed, 651).await;
+    nothing_more(&mut resumed).await;
+    let mut ids: Vec<String> = first.into_iter().chain(rest).map(|e| e.event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1351);
+}
+
+/// Positions order by their numbers: a transaction id with more digits comes after one with
+/// fewer (the stream once sorted them as text, "1000" before "743", and skipped events).
+#[tokio::test]
+async fn stream_positions_order_numerically_across_digit_counts() {
+    let mut app = spawn_app().await;
+    app.create_program(usd_rules()).await;
+    let client = app.db.get().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "INSERT INTO events (program_id, txid, event_id, event_type, payload, created_at) \
+             VALUES ('{PROGRAM}', '1000'::xid8, gen_random_uuid(), 'points.adjusted', \
+                     '{{\"n\": 2}}', now()), \
+                    ('{PROGRAM}', '999'::xid8, gen_random_uuid(), 'points.adjusted', \
+                     '{{\"n\": 1}}', now()), \
+                    ('{PROGRAM}', '10000'::xid8, gen_random_uuid(), 'points.adjusted', \
+                     '{{\"n\": 3}}', now())"
+        ))
+        .await
+        .unwrap();
+    let mut stream = subscribe(&mut app, "", &[]).await;
+    let first = take(&mut stream, 2).await;
+    let numbers: Vec<i64> = first
+        .iter()
+        .map(|e| payload(e)["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, [1, 2]);
+    drop(stream);
+    let mut resumed = subscribe(&mut app, &first[1].cursor, &[]).await;
+    let last = take(&mut resumed, 1).await;
+    assert_eq!(payload(&last[0])["n"], 3);
+    nothing_more(&mut resumed).await;
+}

@@ -11,6 +11,7 @@ fn replica(name: &str) -> Replica {
     Replica {
         id: name.into(),
         lease: Duration::seconds(60),
+        period: None,
     }
 }
 
@@ -240,7 +241,7 @@ async fn a_run_abandoned_by_a_dead_replica_is_taken_over_from_its_checkpoint() {
     members.sort();
     let client = app.db.get().await.unwrap();
     let now = app.clock_now();
-    let slot = Job::Birthday.slot(now);
+    let slot = Job::Birthday.slot(now, None);
     let dead = flash_loyalty::store::jobs::claim(
         &**client,
         "birthday",
@@ -391,6 +392,7 @@ async fn three_worker_processes_pay_every_bonus_once() {
             )
             .env("FLASH_WORKER_INTERVAL_SECONDS", "1")
             .env("FLASH_JOB_LEASE_SECONDS", "5")
+            .env("FLASH_JOB_PERIOD_SECONDS", "2")
             .env("FLASH_LOG", "warn")
             .spawn()
             .expect("spawn flash worker")

@@ -48,6 +48,8 @@ async fn checks(
     every_acknowledged_key_has_its_one_entry(ctx, &model, &ledger.entries);
     balances_match_the_model(ctx, rng, &model, &ledger.engine).await;
     every_change_has_its_one_event(&db, stats).await?;
+    the_workers_paid_each_bonus_once(&db, ctx).await?;
+    a_cursor_walk_delivers_every_event_once(&db, ctx, rng).await?;
     let per_member = entries_per_member(&db).await?;
     list_entries_pages_through_each_members_entries(ctx, rng, &per_member).await;
     let total: i64 = per_member.values().map(|(_, sum)| sum).sum();
@@ -414,6 +416,198 @@ async fn every_change_has_its_one_event(
         stats.fail(format!("{changes} tier changes without exactly one event"));
     }
     stats.note(format!("{events} events in the outbox"));
+    Ok(())
+}
+
+/// 3c. The servers' workers, killed mid-job with their servers, paid every member born
+///     today its birthday bonus exactly once, and no member a re-engagement bonus twice.
+async fn the_workers_paid_each_bonus_once(
+    db: &tokio_postgres::Client,
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let stats = &ctx.stats;
+    let read = || async {
+        let rows = db
+            .query(
+                "SELECT member_id::text, reason, count(*), sum(points)::bigint \
+                 FROM ledger_entries WHERE program_id = $1 AND kind = 'bonus' GROUP BY 1, 2",
+                &[&PROGRAM],
+            )
+            .await?;
+        let mut paid: HashMap<(String, String), (i64, i64)> = HashMap::new();
+        for row in rows {
+            paid.insert((row.get(0), row.get(1)), (row.get(2), row.get(3)));
+        }
+        anyhow::Ok(paid)
+    };
+    // The workers run every second; give them a few rounds after healing.
+    let born_today: Vec<&String> = ctx.members.iter().step_by(3).collect();
+    let mut paid = read().await?;
+    for _ in 0..60 {
+        let missing = born_today
+            .iter()
+            .any(|m| !paid.contains_key(&((*m).clone(), "birthday".into())));
+        if !missing {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        paid = read().await?;
+    }
+    for (index, member) in ctx.members.iter().enumerate() {
+        let birthday = paid.get(&(member.clone(), "birthday".into())).copied();
+        let expected = (index % 3 == 0).then_some((1, crate::BIRTHDAY_BONUS));
+        if birthday != expected {
+            stats.fail(format!(
+                "member {member}: birthday bonuses (count, points) {birthday:?}, expected {expected:?}"
+            ));
+        }
+        if let Some((count, points)) = paid.get(&(member.clone(), "reengagement".into())) {
+            if *count != 1 || *points != crate::REENGAGEMENT_BONUS || index % 2 != 0 {
+                stats.fail(format!(
+                    "member {member}: {count} re-engagement bonuses of {points} points"
+                ));
+            }
+        }
+    }
+    let reengaged = paid.keys().filter(|(_, r)| r == "reengagement").count();
+    stats.note(format!(
+        "bonuses: {} birthday, {reengaged} re-engagement",
+        born_today.len()
+    ));
+    Ok(())
+}
+
+/// 3d. A subscriber walking the stream from the start, disconnecting half way and resuming
+///     from its cursor, receives every stored event exactly once, in stream order.
+async fn a_cursor_walk_delivers_every_event_once(
+    db: &tokio_postgres::Client,
+    ctx: &Ctx,
+    rng: &mut ChaCha8Rng,
+) -> anyhow::Result<()> {
+    let stats = &ctx.stats;
+    let expected: Vec<String> = db
+        .query(
+            "SELECT event_id::text FROM events WHERE program_id = $1 ORDER BY txid, seq",
+            &[&PROGRAM],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let wanted: std::collections::HashSet<&String> = expected.iter().collect();
+    let mut delivered: Vec<String> = Vec::new();
+    let mut cursor = String::new();
+    let half = expected.len() / 2;
+    for leg in 0..2 {
+        let mut client = ctx.events_client(rng);
+        let request = flash_loyalty::grpc::proto::SubscribeRequest {
+            program_id: PROGRAM.into(),
+            after_cursor: cursor.clone(),
+            event_types: vec![],
+        };
+        let mut stream = match client.subscribe(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                stats.fail(format!("Subscribe failed after healing: {status}"));
+                return Ok(());
+            }
+        };
+        let target = if leg == 0 { half } else { usize::MAX };
+        loop {
+            let seen = delivered.iter().filter(|id| wanted.contains(id)).count();
+            if delivered.len() >= target || (leg == 1 && seen >= expected.len()) {
+                break;
+            }
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message());
+            match next.await {
+                Ok(Ok(Some(event))) => {
+                    cursor = event.cursor;
+                    delivered.push(event.event_id);
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(status)) => {
+                    stats.fail(format!("the event stream failed: {status}"));
+                    return Ok(());
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    let mut unique = delivered.clone();
+    unique.sort();
+    unique.dedup();
+    if unique.len() != delivered.len() {
+        stats.fail(format!(
+            "the cursor walk delivered {} duplicate events",
+            delivered.len() - unique.len()
+        ));
+    }
+    let in_order: Vec<&String> = delivered.iter().filter(|id| wanted.contains(id)).collect();
+    let expected_refs: Vec<&String> = expected.iter().collect();
+    if in_order != expected_refs {
+        // What holds the stream's horizon back: transactions with an xid still running.
+        let holders: Vec<String> = db
+            .query(
+                "SELECT pid::text || ' ' || COALESCE(application_name, '') || ' xid ' || \
+                   backend_xid::text || ' ' || state || ': ' || left(query, 80) \
+                 FROM pg_stat_activity WHERE backend_xid IS NOT NULL",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let horizon: String = db
+            .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+            .await?
+            .get(0);
+        let got: std::collections::HashSet<&String> = delivered.iter().collect();
+        let missing: Vec<String> = expected
+            .iter()
+            .filter(|id| !got.contains(id))
+            .cloned()
+            .collect();
+        let missing_rows: Vec<String> = db
+            .query(
+                "SELECT txid::text || '/' || seq || ' ' || event_type FROM events \
+                 WHERE event_id::text = ANY($1) ORDER BY txid, seq LIMIT 8",
+                &[&missing],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        stats.note(format!(
+            "{} missing, first: {missing_rows:?}",
+            missing.len()
+        ));
+        // Would a fresh subscription from the same cursor get further?
+        let mut fresh = 0;
+        let request = flash_loyalty::grpc::proto::SubscribeRequest {
+            program_id: PROGRAM.into(),
+            after_cursor: cursor.clone(),
+            event_types: vec![],
+        };
+        if let Ok(response) = ctx.events_client(rng).subscribe(request).await {
+            let mut stream = response.into_inner();
+            while let Ok(Ok(Some(_))) =
+                tokio::time::timeout(std::time::Duration::from_secs(2), stream.message()).await
+            {
+                fresh += 1;
+            }
+        }
+        stats.fail(format!(
+            "the cursor walk delivered {} of {} stored events, or out of order \
+             (horizon {horizon}, transactions holding it: {holders:?}; a fresh subscription \
+             from the last cursor {cursor} got {fresh} more)",
+            in_order.len(),
+            expected.len()
+        ));
+    }
+    stats.note(format!(
+        "cursor walk: {} events, resumed once",
+        delivered.len()
+    ));
     Ok(())
 }
 

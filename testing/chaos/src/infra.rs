@@ -370,6 +370,10 @@ impl Infra {
             .arg("serve")
             .env("FLASH_LISTEN", format!("127.0.0.1:{}", server.port))
             .env("FLASH_DB_POOL_SIZE", "12")
+            // The workers run beside the API in every server: killed mid-job with it.
+            .env("FLASH_WORKER_INTERVAL_SECONDS", "1")
+            .env("FLASH_JOB_LEASE_SECONDS", "5")
+            .env("FLASH_JOB_PERIOD_SECONDS", "2")
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

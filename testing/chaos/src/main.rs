@@ -166,6 +166,10 @@ impl Report {
     }
 }
 
+/// The bonuses the workers pay during a run.
+pub const BIRTHDAY_BONUS: i64 = 25;
+pub const REENGAGEMENT_BONUS: i64 = 15;
+
 async fn create_program(
     endpoint: &str,
     daily_cap_points: i64,
@@ -186,6 +190,10 @@ async fn create_program(
             daily_cap_points: Some(daily_cap_points),
             points_validity_days: validity_days,
             tiers: vec![],
+            birthday_bonus_points: Some(BIRTHDAY_BONUS),
+            reengagement_after_days: Some(90),
+            reengagement_bonus_points: Some(REENGAGEMENT_BONUS),
+            reupgrade_bonus_points: Some(10),
             ..Default::default()
         }),
     };

@@ -410,12 +410,27 @@ impl Ctx {
         });
     }
 
+    /// Enrols every member: every third with a birthday today in the program's zone and
+    /// every other one enrolled 200 days ago, so the servers' workers pay birthday and
+    /// re-engagement bonuses during the run, killed mid-job with their servers.
     pub async fn enroll_all(&self, rng: &mut ChaCha8Rng) -> anyhow::Result<()> {
-        for member in self.members.clone() {
+        let now = chrono::Utc::now();
+        let today = now.with_timezone(&chrono_tz::Europe::Paris).date_naive();
+        let birthday = match today.format("%m-%d").to_string().as_str() {
+            "02-29" => "1992-02-29".to_owned(),
+            month_day => format!("1990-{month_day}"),
+        };
+        for (index, member) in self.members.clone().into_iter().enumerate() {
             let request = proto::EnrollMemberRequest {
                 program_id: PROGRAM.into(),
                 member_id: member,
-                ..Default::default()
+                birthday: if index % 3 == 0 {
+                    birthday.clone()
+                } else {
+                    String::new()
+                },
+                enrolled_at: (index % 2 == 0)
+                    .then(|| flash_testing_support::timestamp(now - chrono::Duration::days(200))),
             };
             let answer = self.call(rng, "enroll", &request).await;
             if !matches!(answer, Answer::Ok(_)) {
@@ -1005,6 +1020,17 @@ impl Ctx {
             to: Some(to),
         };
         self.call(rng, "get_liability", &request).await
+    }
+
+    /// An event-stream client of one of the servers.
+    pub fn events_client(
+        &self,
+        rng: &mut ChaCha8Rng,
+    ) -> flash_loyalty::grpc::proto::events_client::EventsClient<tonic::transport::Channel> {
+        use rand::Rng;
+        self.clients[rng.random_range(0..self.clients.len())]
+            .events
+            .clone()
     }
 
     pub async fn get_member(

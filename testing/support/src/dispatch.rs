@@ -2,7 +2,8 @@
 //! its mutations, the chaos driver every request under a deadline — all through
 //! [`Clients::send`], so a new RPC is added here once and every harness can send it.
 use flash_loyalty::grpc::proto::{
-    self, ledger_client::LedgerClient, programs_client::ProgramsClient, tiers_client::TiersClient,
+    self, events_client::EventsClient, ledger_client::LedgerClient,
+    programs_client::ProgramsClient, tiers_client::TiersClient,
 };
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -14,6 +15,8 @@ pub struct Clients {
     pub ledger: LedgerClient<Channel>,
     pub programs: ProgramsClient<Channel>,
     pub tiers: TiersClient<Channel>,
+    /// The event stream (server streaming, so not a [`Call`]).
+    pub events: EventsClient<Channel>,
 }
 
 impl Clients {
@@ -21,7 +24,8 @@ impl Clients {
         Clients {
             ledger: LedgerClient::new(channel.clone()),
             programs: ProgramsClient::new(channel.clone()),
-            tiers: TiersClient::new(channel),
+            tiers: TiersClient::new(channel.clone()),
+            events: EventsClient::new(channel),
         }
     }
 }

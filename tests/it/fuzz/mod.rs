@@ -86,6 +86,7 @@ async fn every_rpc_answers_generated_requests_with_a_well_formed_status() {
         ledger: app.ledger.clone(),
         programs: app.programs.clone(),
         tiers: app.tiers.clone(),
+        events: app.events.clone(),
     };
     let started = Instant::now();
     let mut answers = calls

@@ -331,6 +331,7 @@ pub(super) async fn run_case(
     let mut sent: Vec<Request> = vec![];
     let mut clients = Clients {
         tiers: app.tiers.clone(),
+        events: app.events.clone(),
         ledger: app.ledger.clone(),
         programs: app.programs.clone(),
     };
