@@ -62,7 +62,7 @@ impl Ledger {
                 request["counts_toward_tier"] = json!(true);
             }
             let mut client = ledger.db.get().await?;
-            let unit = match ledger
+            let mut unit = match ledger
                 .open(
                     &mut client,
                     &command.program,
@@ -139,7 +139,18 @@ impl Ledger {
                     }),
                 )],
             };
-            unit.finish(&effects).await?;
+            // A counted credit that crosses a threshold lifts the tier in its own transaction,
+            // as an award does.
+            let upgrade = if command.counts_toward_tier {
+                unit.count_status(command.member, command.points, entry_id)
+            } else {
+                None
+            };
+            mutation::write(&unit.tx, &effects).await?;
+            ledger
+                .write_upgrades(&mut unit, upgrade.into_iter().collect())
+                .await?;
+            unit.tx.commit().await?;
             Ok(outcome)
         })
         .await

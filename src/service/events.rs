@@ -22,6 +22,11 @@ use uuid::Uuid;
 pub const TAIL_INTERVAL: Duration = Duration::from_millis(150);
 /// Events read per page.
 const PAGE: i64 = 500;
+/// How many times in a row a subscriber's read may fail (a pool timeout, a dropped
+/// connection) before the stream ends with the error; the waits between double from
+/// [`RETRY_FIRST_WAIT`]. A cursor that expired ends the stream at once.
+const READ_ATTEMPTS: u32 = 6;
+const RETRY_FIRST_WAIT: Duration = Duration::from_millis(100);
 /// Events buffered per subscriber: a subscriber slower than its stream waits on its own
 /// channel, holding no connection; writers and other subscribers never wait for it.
 const BUFFER: usize = 256;
@@ -101,9 +106,23 @@ impl Subscription {
     /// Reads page after page, waiting on the tail when caught up; ends when the subscriber
     /// hangs up or reading fails (the error is its last message).
     async fn run(mut self, mut after: Position) {
+        let mut failures = 0;
         loop {
             let page = match self.page(after).await {
-                Ok(page) => page,
+                Ok(page) => {
+                    failures = 0;
+                    page
+                }
+                Err(error)
+                    if failures + 1 < READ_ATTEMPTS && matches!(error, Error::Unavailable(_)) =>
+                {
+                    failures += 1;
+                    tracing::warn!(program = %self.program, %error, failures, "event read failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_FIRST_WAIT * 2u32.pow(failures - 1)) => continue,
+                        () = self.sender.closed() => return,
+                    }
+                }
                 Err(error) => {
                     let _ = self.sender.send(Err(error)).await;
                     return;

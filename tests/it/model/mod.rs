@@ -1,11 +1,14 @@
 //! A model-based test: random sequences of ledger operations (awards, spends, award and
 //! spend reversals, adjustments, clock moves, expiry sweeps, replays, reused keys, lost
-//! cap counters) run against the real service and against a small in-memory model of the
-//! rules, written here independently of the crate's domain code. Every answer must match
-//! the model (points, cap, allocations in order and batch by batch, errors, replays); so
-//! must GetMember (balance, lifetime earned, next expiry) of the request's member after a
-//! request, of every member after a clock move or a sweep and at the end of the case,
-//! when a last sweep writes off what is left and the program's audit must be clean.
+//! cap counters) and tier operations (evaluations, manual tiers with holds, adjustments
+//! that count toward status) run against the real service and against a small in-memory
+//! model of the rules, written here independently of the crate's domain code. Every answer
+//! must match the model (points at the tier's multiplier, cap, allocations in order and
+//! batch by batch, errors, replays, the steps of an evaluation); so must GetMember
+//! (balance, lifetime earned, next expiry) and GetTierStatus (tier, status points in the
+//! rolling window, grace, hold) of the request's member after a request, of every member
+//! after a clock move or a sweep and at the end of the case, when a last sweep writes off
+//! what is left and the program's audit must be clean.
 //! proptest shrinks a failing sequence to a minimal one and prints it.
 //!
 //! The model never imports the service's domain code: its independence is what makes it
@@ -55,6 +58,21 @@ const CAP_ZONE_LOOKBACK_HOURS: i64 = 48;
 const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 const MAX_ADJUST_POINTS: i64 = 1_000_000_000_000;
 
+/// The ladder: (code, qualify, maintain, multiplier in basis points). Status is counted
+/// over one calendar month, so points age out within a case; a grace lasts 10 days with
+/// reminders 5 and 2 days before its end; re-qualifying within 30 days of a demotion pays
+/// 25 points once per demotion.
+const TIERS: [(&str, i64, i64, i64); 3] = [
+    ("member", 0, 0, 10_000),
+    ("silver", 150, 100, 12_500),
+    ("gold", 400, 300, 15_000),
+];
+const TIER_WINDOW_MONTHS: u32 = 1;
+const GRACE_DAYS: i64 = 10;
+const GRACE_REMINDER_DAYS: [i32; 2] = [5, 2];
+const REUPGRADE_WINDOW_DAYS: i64 = 30;
+const REUPGRADE_BONUS_POINTS: i64 = 25;
+
 /// Starts the Redis key prefix of the test's app, so a case can delete its cap counters.
 const REDIS_PREFIX: &str = "test:model:";
 
@@ -91,13 +109,21 @@ fn program_rules(timezone: &str) -> proto::ProgramRules {
         min_amount_minor: MIN_AMOUNT_MINOR,
         daily_cap_points: Some(DAILY_CAP_POINTS),
         points_validity_days: VALIDITY_DAYS as i32,
-        tiers: vec![proto::Tier {
-            code: "member".into(),
-            name: "Member".into(),
-            qualify_points: 0,
-            maintain_points: 0,
-            multiplier_bp: 10_000,
-        }],
+        tiers: TIERS
+            .iter()
+            .map(|&(code, qualify, maintain, multiplier)| proto::Tier {
+                code: code.into(),
+                name: code.to_uppercase(),
+                qualify_points: qualify,
+                maintain_points: maintain,
+                multiplier_bp: multiplier,
+            })
+            .collect(),
+        tier_window_months: Some(TIER_WINDOW_MONTHS as i32),
+        grace_days: Some(GRACE_DAYS as i32),
+        grace_reminder_days: GRACE_REMINDER_DAYS.to_vec(),
+        reupgrade_window_days: Some(REUPGRADE_WINDOW_DAYS as i32),
+        reupgrade_bonus_points: Some(REUPGRADE_BONUS_POINTS),
         ..Default::default()
     }
 }

@@ -40,6 +40,18 @@ pub(super) enum Op {
     Adjust {
         member: usize,
         points: i64,
+        /// Counts toward status points.
+        counts: bool,
+    },
+    /// EvaluateMember: an upgrade status qualifies for, or the grace ladder.
+    Evaluate {
+        member: usize,
+    },
+    /// SetTier to a rank of the ladder, with a hold of some days or none.
+    SetTier {
+        member: usize,
+        rank: usize,
+        hold_days: Option<i64>,
     },
     Advance(Step),
     Expire,
@@ -63,6 +75,13 @@ pub(super) enum Op {
     RefundAndCancel {
         member: usize,
         refund_first: bool,
+    },
+    /// A fall and a return: counted credit and debit of 400 (up, then status back down),
+    /// an evaluation (a grace starts), another 3 days before the grace's end (a reminder)
+    /// and one at its end (one rank down), and a counted credit of 400 again (back up,
+    /// with the re-upgrade bonus of that demotion).
+    Bounce {
+        member: usize,
     },
 }
 
@@ -100,8 +119,11 @@ pub(super) fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
             // The largest credit, and one past the limit either way (refused).
             1 => MAX_ADJUST_POINTS..=MAX_ADJUST_POINTS + 1,
             1 => Just(-MAX_ADJUST_POINTS - 1),
-        ])
-            .prop_map(|(member, points)| Op::Adjust { member, points }),
+        ], prop::bool::weighted(0.4))
+            .prop_map(|(member, points, counts)| Op::Adjust { member, points, counts }),
+        3 => (0..members).prop_map(|member| Op::Evaluate { member }),
+        1 => (0..members, 0..TIERS.len(), prop_oneof![Just(None), (1..=15i64).prop_map(Some)])
+            .prop_map(|(member, rank, hold_days)| Op::SetTier { member, rank, hold_days }),
         2 => (1..=36i64).prop_map(|hours| Op::Advance(Step::Hours(hours))),
         2 => (1..=20i64).prop_map(|days| Op::Advance(Step::Days(days))),
         1 => (-1..=1i64).prop_map(|offset| Op::Advance(Step::ToNextExpiry(offset))),
@@ -113,6 +135,7 @@ pub(super) fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
         1 => (0..ZONES.len()).prop_map(Op::ChangeZone),
         2 => (0..members, any::<bool>())
             .prop_map(|(member, refund_first)| Op::RefundAndCancel { member, refund_first }),
+        1 => (0..members).prop_map(|member| Op::Bounce { member }),
     ]
 }
 
@@ -133,6 +156,7 @@ pub(super) enum Request {
     ReverseAward(proto::ReverseAwardRequest),
     ReverseSpend(proto::ReverseSpendRequest),
     Adjust(proto::AdjustRequest),
+    SetTier(proto::SetTierRequest),
 }
 
 impl Request {
@@ -143,6 +167,7 @@ impl Request {
             Request::ReverseAward(r) => &r.idempotency_key,
             Request::ReverseSpend(r) => &r.idempotency_key,
             Request::Adjust(r) => &r.idempotency_key,
+            Request::SetTier(r) => &r.idempotency_key,
         }
     }
 
@@ -169,6 +194,10 @@ impl Request {
                 points: r.points + r.points.signum(),
                 ..r
             }),
+            Request::SetTier(r) => Request::SetTier(proto::SetTierRequest {
+                reason: format!("{} (changed)", r.reason),
+                ..r
+            }),
         }
     }
 }
@@ -180,6 +209,7 @@ pub(super) enum Response {
     ReverseAward(proto::ReverseAwardResponse),
     ReverseSpend(proto::ReverseSpendResponse),
     Adjust(proto::AdjustResponse),
+    SetTier(proto::SetTierResponse),
 }
 
 impl Response {
@@ -190,6 +220,7 @@ impl Response {
             Response::ReverseAward(r) => r.replayed,
             Response::ReverseSpend(r) => r.replayed,
             Response::Adjust(r) => r.replayed,
+            Response::SetTier(r) => r.replayed,
         }
     }
 
@@ -200,6 +231,7 @@ impl Response {
             Response::ReverseAward(r) => &r.entry_id,
             Response::ReverseSpend(r) => &r.entry_id,
             Response::Adjust(r) => &r.entry_id,
+            Response::SetTier(r) => &r.entry_id,
         }
     }
 
@@ -212,6 +244,7 @@ impl Response {
             Response::ReverseAward(r) => r.replayed = replayed,
             Response::ReverseSpend(r) => r.replayed = replayed,
             Response::Adjust(r) => r.replayed = replayed,
+            Response::SetTier(r) => r.replayed = replayed,
         }
         response
     }
@@ -227,5 +260,6 @@ pub(super) async fn send(
         Request::ReverseAward(r) => Response::ReverseAward(clients.rpc(r, None).await?),
         Request::ReverseSpend(r) => Response::ReverseSpend(clients.rpc(r, None).await?),
         Request::Adjust(r) => Response::Adjust(clients.rpc(r, None).await?),
+        Request::SetTier(r) => Response::SetTier(clients.rpc(r, None).await?),
     })
 }

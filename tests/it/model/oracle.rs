@@ -1,6 +1,7 @@
 //! The oracle: an in-memory model of the ledger's rules — batches, FIFO draws, the daily
-//! cap under every zone in force, refunds and cancellations, expiry — written from the
-//! rules as the README states them. It never imports the service's domain code
+//! cap under every zone in force, refunds and cancellations, expiry, status points over
+//! the rolling window, upgrades, the grace ladder and the re-upgrade bonus — written from
+//! the rules as the README states them. It never imports the service's domain code
 //! (`flash_loyalty::domain`, `service`, `store`): only the wire types it compares against.
 //! Its independence is what makes it worth having; a rule copied from the service would
 //! share the service's bugs.
@@ -18,6 +19,7 @@ pub(super) struct Batch {
 pub(super) enum Entry {
     Award {
         member: usize,
+        at: DateTime<Utc>,
         points: i64,
         batch: Option<usize>,
         reversed: i64,
@@ -68,6 +70,22 @@ pub(super) enum Expected {
         draws: Vec<(usize, i64)>,
         balance: i64,
     },
+    SetTier {
+        from: usize,
+        to: usize,
+        hold_until: Option<DateTime<Utc>>,
+    },
+}
+
+/// A member's place on the ladder.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Standing {
+    pub(super) rank: usize,
+    /// The grace in progress: when it ends and the reminder days already sent.
+    pub(super) grace: Option<(DateTime<Utc>, Vec<i32>)>,
+    pub(super) hold_until: Option<DateTime<Utc>>,
+    /// Demotions: (when, the rank left, whether its re-upgrade bonus was paid).
+    pub(super) demotions: Vec<(DateTime<Utc>, usize, bool)>,
 }
 
 pub(super) struct Model {
@@ -94,6 +112,10 @@ pub(super) struct Model {
     /// Keys of the awards and spends written, in order.
     pub(super) awards: Vec<String>,
     pub(super) spends: Vec<String>,
+    /// What counts toward status: (member, instant, points). A refund counts at its
+    /// award's instant, so both leave the window together.
+    pub(super) status_points: Vec<(usize, DateTime<Utc>, i64)>,
+    pub(super) standings: Vec<Standing>,
 }
 
 impl Model {
@@ -115,7 +137,103 @@ impl Model {
             owed: vec![0; count],
             awards: vec![],
             spends: vec![],
+            status_points: vec![],
+            standings: vec![Standing::default(); count],
         }
+    }
+
+    /// Points earned in the window (now − one calendar month, now].
+    pub(super) fn status(&self, member: usize) -> i64 {
+        let start = self.now - chrono::Months::new(TIER_WINDOW_MONTHS);
+        self.status_points
+            .iter()
+            .filter(|(m, at, _)| *m == member && *at > start && *at <= self.now)
+            .map(|(_, _, points)| points)
+            .sum()
+    }
+
+    /// The highest rank whose qualify points the member's status reaches.
+    fn qualifying(&self, member: usize) -> usize {
+        let status = self.status(member);
+        TIERS.iter().rposition(|tier| status >= tier.1).unwrap_or(0)
+    }
+
+    /// Raises the member to the tier its status qualifies for, when higher, ending any
+    /// grace; pays the re-upgrade bonus of each demotion (newest first) from a rank now
+    /// regained within the window, once per demotion. Says whether it rose.
+    pub(super) fn lift(&mut self, member: usize) -> bool {
+        let to = self.qualifying(member);
+        let from = self.standings[member].rank;
+        if to <= from {
+            return false;
+        }
+        let since = self.now - Duration::days(REUPGRADE_WINDOW_DAYS);
+        let standing = &mut self.standings[member];
+        standing.rank = to;
+        standing.grace = None;
+        let mut bonuses = 0;
+        for (at, left, paid) in standing.demotions.iter_mut().rev() {
+            if *at >= since && *left > from && *left <= to && !*paid {
+                *paid = true;
+                bonuses += 1;
+            }
+        }
+        for _ in 0..bonuses {
+            self.credit(member, REUPGRADE_BONUS_POINTS);
+            self.lifetime_earned[member] += REUPGRADE_BONUS_POINTS;
+        }
+        true
+    }
+
+    /// EvaluateMember: an upgrade; otherwise, without a hold in force, the grace ladder —
+    /// start, remind (one warning for all reminders passed), clear, or one rank down (and
+    /// a fresh grace when still below).
+    pub(super) fn evaluate(&mut self, member: usize) -> Vec<proto::TierStepKind> {
+        use proto::TierStepKind as Kind;
+        if self.lift(member) {
+            return vec![Kind::Upgraded];
+        }
+        let now = self.now;
+        let status = self.status(member);
+        let standing = &mut self.standings[member];
+        if standing.hold_until.is_some_and(|hold| hold > now) {
+            return vec![];
+        }
+        let below = |rank: usize| rank > 0 && status < TIERS[rank].2;
+        let new_grace = || Some((now + Duration::days(GRACE_DAYS), vec![]));
+        let Some((ends_at, sent)) = standing.grace.clone() else {
+            if below(standing.rank) {
+                standing.grace = new_grace();
+                return vec![Kind::GraceStarted];
+            }
+            return vec![];
+        };
+        if !below(standing.rank) {
+            standing.grace = None;
+            return vec![Kind::GraceCleared];
+        }
+        if now >= ends_at {
+            standing.demotions.push((now, standing.rank, false));
+            standing.rank -= 1;
+            standing.grace = None;
+            if below(standing.rank) {
+                standing.grace = new_grace();
+                return vec![Kind::Downgraded, Kind::GraceStarted];
+            }
+            return vec![Kind::Downgraded];
+        }
+        let due: Vec<i32> = GRACE_REMINDER_DAYS
+            .iter()
+            .copied()
+            .filter(|days| {
+                !sent.contains(days) && now >= ends_at - Duration::days(i64::from(*days))
+            })
+            .collect();
+        if due.is_empty() {
+            return vec![];
+        }
+        standing.grace = Some((ends_at, [sent, due].concat()));
+        vec![Kind::Reminded]
     }
 
     pub(super) fn member_index(&self, member_id: &str) -> usize {
@@ -207,6 +325,7 @@ impl Model {
             Request::Award(r) => Some(self.member_index(&r.member_id)),
             Request::Spend(r) => Some(self.member_index(&r.member_id)),
             Request::Adjust(r) => Some(self.member_index(&r.member_id)),
+            Request::SetTier(r) => Some(self.member_index(&r.member_id)),
             Request::ReverseAward(r) => match self.resolve(&r.award)?.1 {
                 Entry::Award { member, .. } => Some(member),
                 _ => None,
@@ -245,6 +364,7 @@ impl Model {
             Request::Adjust(r) => self.apply_adjust(key, r),
             Request::ReverseAward(r) => self.apply_reverse_award(key, r),
             Request::ReverseSpend(r) => self.apply_reverse_spend(key, r),
+            Request::SetTier(r) => self.apply_set_tier(key, r),
         }
     }
 
@@ -256,9 +376,12 @@ impl Model {
         let requested = if r.amount_minor < MIN_AMOUNT_MINOR {
             0
         } else {
-            // floor(amount × rate_bp × multiplier_bp / (10^exponent × 10^8))
+            // floor(amount × rate_bp × multiplier_bp / (10^exponent × 10^8)), at the tier
+            // held before this award.
+            let multiplier = TIERS[self.standings[member].rank].3;
             let points =
-                i128::from(r.amount_minor) * i128::from(BASE_RATE_BP) * 10_000 / 10_000_000_000;
+                i128::from(r.amount_minor) * i128::from(BASE_RATE_BP) * i128::from(multiplier)
+                    / 10_000_000_000;
             i64::try_from(points).unwrap()
         };
         let awarded = if requested > 0 {
@@ -271,10 +394,15 @@ impl Model {
         let balance = self.balance(member) + awarded;
         let batch = (awarded > 0).then(|| self.credit(member, awarded));
         self.lifetime_earned[member] += awarded;
+        if awarded > 0 {
+            self.status_points.push((member, self.now, awarded));
+        }
+        self.lift(member);
         self.entries.insert(
             key.clone(),
             Entry::Award {
                 member,
+                at: self.now,
                 points: awarded,
                 batch,
                 reversed: 0,
@@ -323,6 +451,10 @@ impl Model {
             }
             (None, self.draw_fifo(member, -r.points, None))
         };
+        if r.counts_toward_tier {
+            self.status_points.push((member, self.now, r.points));
+            self.lift(member);
+        }
         self.entries.insert(key, Entry::Other);
         Expected::Adjust {
             points: r.points,
@@ -342,6 +474,7 @@ impl Model {
         };
         let Entry::Award {
             member,
+            at,
             points: awarded,
             batch,
             reversed,
@@ -372,6 +505,7 @@ impl Model {
         // What was spent already cannot be taken back: the member owes it.
         self.owed[member] += points - recovered;
         self.lifetime_earned[member] -= points;
+        self.status_points.push((member, at, -points));
         if let Some(Entry::Award { reversed, .. }) = self.entries.get_mut(&award_key) {
             *reversed += points;
         }
@@ -383,6 +517,30 @@ impl Model {
             draws,
             remaining_reversible: reversible - points,
             balance: self.balance(member),
+        }
+    }
+
+    pub(super) fn apply_set_tier(&mut self, key: String, r: &proto::SetTierRequest) -> Expected {
+        let member = self.member_index(&r.member_id);
+        let Some(to) = TIERS.iter().position(|tier| tier.0 == r.tier_code) else {
+            return Expected::Error(Code::InvalidArgument);
+        };
+        let hold_until = r.hold_until.as_ref().map(|at| {
+            DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap()).unwrap()
+        });
+        if hold_until.is_some_and(|hold| hold <= self.now) {
+            return Expected::Error(Code::InvalidArgument);
+        }
+        let standing = &mut self.standings[member];
+        let from = standing.rank;
+        standing.rank = to;
+        standing.grace = None;
+        standing.hold_until = hold_until;
+        self.entries.insert(key, Entry::Other);
+        Expected::SetTier {
+            from,
+            to,
+            hold_until,
         }
     }
 
@@ -678,6 +836,18 @@ impl Model {
                 }
                 self.check_allocations("adjust", &r.allocations, &draws)?;
                 prop_assert_eq!(r.balance_points, balance, "adjust: balance");
+            }
+            (
+                Expected::SetTier {
+                    from,
+                    to,
+                    hold_until,
+                },
+                Response::SetTier(r),
+            ) => {
+                prop_assert_eq!(&r.from_tier_code, TIERS[from].0, "set tier: from");
+                prop_assert_eq!(&r.tier_code, TIERS[to].0, "set tier: to");
+                prop_assert_eq!(r.hold_until, hold_until.map(timestamp), "set tier: hold");
             }
             (expected, response) => {
                 return Err(TestCaseError::fail(format!(

@@ -97,14 +97,31 @@ pub(super) fn request_for(
                 reason: format!("cancel-{step}"),
             })
         }
-        Op::Adjust { member, points } => Request::Adjust(proto::AdjustRequest {
+        Op::Adjust {
+            member,
+            points,
+            counts,
+        } => Request::Adjust(proto::AdjustRequest {
             program_id: program.into(),
             member_id: member_id(*member),
             idempotency_key: key,
             points: *points,
             reason: format!("goodwill-{step}"),
             actor: "model".into(),
-            ..Default::default()
+            counts_toward_tier: *counts,
+        }),
+        Op::SetTier {
+            member,
+            rank,
+            hold_days,
+        } => Request::SetTier(proto::SetTierRequest {
+            program_id: program.into(),
+            member_id: member_id(*member),
+            tier_code: TIERS[*rank].0.into(),
+            hold_until: hold_days.map(|days| timestamp(model.now + Duration::days(days))),
+            reason: format!("status match {step}"),
+            actor: "model".into(),
+            idempotency_key: key,
         }),
         Op::Replay { op } => sent.get(op % sent.len().max(1))?.clone(),
         Op::ReplayChanged { op, as_credit } => {
@@ -124,10 +141,12 @@ pub(super) fn request_for(
             }
         }
         Op::Advance(_)
+        | Op::Evaluate { .. }
         | Op::Expire
         | Op::LoseCapCounters
         | Op::ChangeZone(_)
-        | Op::RefundAndCancel { .. } => return None,
+        | Op::RefundAndCancel { .. }
+        | Op::Bounce { .. } => return None,
     })
 }
 
@@ -248,6 +267,19 @@ pub(super) async fn check_members(
             index,
             after
         );
+        let status = app
+            .tiers
+            .clone()
+            .get_tier_status(proto::GetTierStatusRequest {
+                program_id: program.into(),
+                member_id: model.members[index].clone(),
+            })
+            .await
+            .map_err(|status| TestCaseError::fail(format!("GetTierStatus: {status}")))?
+            .into_inner()
+            .status
+            .unwrap();
+        check_standing(model, index, &status, after)?;
         let next = model.next_expiry(index);
         prop_assert_eq!(
             member.next_expiry_at,
@@ -265,6 +297,106 @@ pub(super) async fn check_members(
         );
     }
     Ok(())
+}
+
+/// A member's tier status as the service answers it matches the model: the tier, status
+/// points in the window, the grace's end and the hold.
+pub(super) fn check_standing(
+    model: &Model,
+    index: usize,
+    status: &proto::TierStatus,
+    after: &str,
+) -> Result<(), TestCaseError> {
+    let standing = &model.standings[index];
+    prop_assert_eq!(
+        &status.tier_code,
+        TIERS[standing.rank].0,
+        "member #{} tier after {}",
+        index,
+        after
+    );
+    prop_assert_eq!(
+        status.status_points,
+        model.status(index),
+        "member #{} status points after {}",
+        index,
+        after
+    );
+    prop_assert_eq!(
+        status.grace_ends_at,
+        standing.grace.as_ref().map(|(ends, _)| timestamp(*ends)),
+        "member #{} grace after {}",
+        index,
+        after
+    );
+    prop_assert_eq!(
+        status.hold_until,
+        standing.hold_until.map(timestamp),
+        "member #{} hold after {}",
+        index,
+        after
+    );
+    Ok(())
+}
+
+/// Sends a request and checks its answer against the model.
+async fn exchange(
+    clients: &mut Clients,
+    model: &mut Model,
+    sent: &mut Vec<Request>,
+    request: Request,
+    after: &str,
+) -> Result<(), TestCaseError> {
+    let expected = model.apply(&request);
+    let actual = send(clients, &request).await;
+    model
+        .check(&request, expected, actual)
+        .map_err(|error| TestCaseError::fail(format!("{after}: {error}")))?;
+    sent.push(request);
+    Ok(())
+}
+
+/// EvaluateMember: its steps and the member's standing after it match the model.
+async fn evaluate(
+    app: &TestApp,
+    program: &str,
+    model: &mut Model,
+    member: usize,
+    after: &str,
+) -> Result<(), TestCaseError> {
+    let expected = model.evaluate(member);
+    let answer = app
+        .tiers
+        .clone()
+        .evaluate_member(proto::EvaluateMemberRequest {
+            program_id: program.into(),
+            member_id: model.members[member].clone(),
+        })
+        .await
+        .map_err(|status| TestCaseError::fail(format!("{after}: {status}")))?
+        .into_inner();
+    let steps: Vec<i32> = expected.iter().map(|kind| *kind as i32).collect();
+    prop_assert_eq!(answer.steps, steps, "{}: the steps", after);
+    check_standing(model, member, &answer.status.unwrap(), after)
+}
+
+/// A counted adjustment of `points` for `member`.
+fn counted_adjustment(
+    program: &str,
+    model: &Model,
+    member: usize,
+    key: String,
+    points: i64,
+) -> Request {
+    Request::Adjust(proto::AdjustRequest {
+        program_id: program.into(),
+        member_id: model.members[member].clone(),
+        idempotency_key: key,
+        points,
+        reason: "bounce".into(),
+        actor: "model".into(),
+        counts_toward_tier: true,
+    })
 }
 
 pub(super) async fn sweep(
@@ -363,6 +495,28 @@ pub(super) async fn run_case(
                 app.clock.set(to);
             }
             Op::Expire => sweep(app, &mut model, &after).await?,
+            Op::Evaluate { member } => {
+                evaluate(app, &program, &mut model, *member, &after).await?;
+                which = Some(*member);
+            }
+            Op::Bounce { member } => {
+                let m = *member;
+                for (part, points) in [("up", 400), ("down", -400)] {
+                    let request =
+                        counted_adjustment(&program, &model, m, format!("k-{step}-{part}"), points);
+                    exchange(&mut clients, &mut model, &mut sent, request, &after).await?;
+                }
+                evaluate(app, &program, &mut model, m, &after).await?;
+                // Inside the last five days (a reminder), then at the grace's end.
+                for days in [GRACE_DAYS - 3, 3] {
+                    model.now += Duration::days(days);
+                    app.clock.set(model.now);
+                    evaluate(app, &program, &mut model, m, &after).await?;
+                }
+                let request =
+                    counted_adjustment(&program, &model, m, format!("k-{step}-again"), 400);
+                exchange(&mut clients, &mut model, &mut sent, request, &after).await?;
+            }
             Op::ChangeZone(index) => {
                 let mut programs = app.programs.clone();
                 programs
@@ -383,12 +537,7 @@ pub(super) async fn run_case(
                 for request in refund_and_cancel(step, &program, &model, *member, *refund_first) {
                     // Each request is built once the one before it has an answer.
                     let request = request(&model);
-                    let expected = model.apply(&request);
-                    let actual = send(&mut clients, &request).await;
-                    model
-                        .check(&request, expected, actual)
-                        .map_err(|error| TestCaseError::fail(format!("{after}: {error}")))?;
-                    sent.push(request);
+                    exchange(&mut clients, &mut model, &mut sent, request, &after).await?;
                 }
                 which = Some(*member);
             }
@@ -410,12 +559,7 @@ pub(super) async fn run_case(
                     continue;
                 };
                 which = model.involved(&request);
-                let expected = model.apply(&request);
-                let actual = send(&mut clients, &request).await;
-                model
-                    .check(&request, expected, actual)
-                    .map_err(|error| TestCaseError::fail(format!("{after}: {error}")))?;
-                sent.push(request);
+                exchange(&mut clients, &mut model, &mut sent, request, &after).await?;
             }
         }
         check_members(app, &program, &model, which, &after).await?;
