@@ -18,7 +18,7 @@ impl EventsApi {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl EventsRpc for EventsApi {
@@ -34,8 +34,12 @@ impl EventsRpc for EventsApi {
             .events
             .subscribe(program, &request.after_cursor, &request.event_types)
             .await?;
-        let stream =
-            ReceiverStream::new(receiver).map(|item| item.map(event_message).map_err(Status::from));
+        let stream = ReceiverStream::new(receiver).map(|item| {
+            item.map(|event| proto::SubscribeResponse {
+                event: Some(event_message(event)),
+            })
+            .map_err(Status::from)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -9,7 +9,11 @@ use tonic::Streaming;
 /// Long enough for a loaded machine; a bound, never a pace.
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn subscribe(app: &mut TestApp, after: &str, types: &[&str]) -> Streaming<proto::Event> {
+async fn subscribe(
+    app: &mut TestApp,
+    after: &str,
+    types: &[&str],
+) -> Streaming<proto::SubscribeResponse> {
     app.events
         .subscribe(proto::SubscribeRequest {
             program_id: PROGRAM.into(),
@@ -22,7 +26,7 @@ async fn subscribe(app: &mut TestApp, after: &str, types: &[&str]) -> Streaming<
 }
 
 /// The next `count` events of a stream.
-async fn take(stream: &mut Streaming<proto::Event>, count: usize) -> Vec<proto::Event> {
+async fn take(stream: &mut Streaming<proto::SubscribeResponse>, count: usize) -> Vec<proto::Event> {
     let mut events = Vec::with_capacity(count);
     while events.len() < count {
         let next = tokio::time::timeout(WAIT, stream.message())
@@ -30,13 +34,13 @@ async fn take(stream: &mut Streaming<proto::Event>, count: usize) -> Vec<proto::
             .unwrap_or_else(|_| panic!("only {} of {count} events arrived", events.len()))
             .expect("a healthy stream")
             .expect("an open stream");
-        events.push(next);
+        events.push(next.event.expect("an event"));
     }
     events
 }
 
 /// No event arrives within a short while.
-async fn nothing_more(stream: &mut Streaming<proto::Event>) {
+async fn nothing_more(stream: &mut Streaming<proto::SubscribeResponse>) {
     let next = tokio::time::timeout(Duration::from_millis(600), stream.message()).await;
     assert!(next.is_err(), "unexpected event: {next:?}");
 }

@@ -520,7 +520,11 @@ async fn a_cursor_walk_delivers_every_event_once(
             }
             let next = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message());
             match next.await {
-                Ok(Ok(Some(event))) => {
+                Ok(Ok(Some(message))) => {
+                    let Some(event) = message.event else {
+                        stats.fail("the event stream sent a message without its event");
+                        return Ok(());
+                    };
                     cursor = event.cursor;
                     delivered.push(event.event_id);
                 }
