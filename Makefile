@@ -31,10 +31,15 @@ build:
 	cargo build --bin flash
 
 # Migrates, creates the demo program (idempotent) and serves on $(FLASH_LISTEN).
+# The contact hash key of this checkout, made on first run (never committed: .gitignore).
+CONTACT_KEY_FILE := .flash/contact-hash-key
+
 run: bootstrap build
+	@mkdir -p .flash && [ -s $(CONTACT_KEY_FILE) ] || \
+	  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(CONTACT_KEY_FILE))
 	$(FLASH) migrate
 	$(FLASH) demo
-	$(FLASH) serve
+	FLASH_CONTACT_HASH_KEY="$${FLASH_CONTACT_HASH_KEY:-$$(cat $(CONTACT_KEY_FILE))}" $(FLASH) serve
 
 # Drops the databases of earlier test runs first; a killed run leaves its flash_test_* behind.
 test: bootstrap

@@ -25,6 +25,7 @@ impl Application {
     /// Connects to PostgreSQL and Redis (lazily: either may still be down) and binds the
     /// listen address (port 0 picks a free one).
     pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let contact_key = settings.contact_key()?;
         let pool = store::connect_pool(
             &settings.database_url,
             settings.db_pool_size,
@@ -41,7 +42,7 @@ impl Application {
             .with_context(|| format!("binding {}", settings.listen))?;
         Ok(Self {
             listener,
-            ledger: Ledger::new(pool.clone(), cap, clock.clone()),
+            ledger: Ledger::new(pool.clone(), cap, clock.clone()).with_contact_key(contact_key),
             programs: Programs::new(pool.clone(), clock),
             pool,
         })
@@ -89,6 +90,9 @@ impl Application {
         health
             .set_serving::<proto::events_server::EventsServer<grpc::EventsApi>>()
             .await;
+        health
+            .set_serving::<proto::referrals_server::ReferralsServer<grpc::ReferralsApi>>()
+            .await;
         tracing::info!(address = %self.local_addr(), "serving gRPC");
         tonic::transport::Server::builder()
             .add_service(health_service)
@@ -100,6 +104,9 @@ impl Application {
             .add_service(proto::tiers_server::TiersServer::new(grpc::TiersApi::new(
                 self.ledger.clone(),
             )))
+            .add_service(proto::referrals_server::ReferralsServer::new(
+                grpc::ReferralsApi::new(self.ledger.clone()),
+            ))
             .add_service(proto::events_server::EventsServer::new(
                 grpc::EventsApi::new(Events::new(self.pool.clone())),
             ))

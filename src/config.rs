@@ -52,7 +52,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Run one job once as of an instant (default now): expiry, expiring-soon, tier-grace,
-    /// birthday, reengagement or event-prune. Exits 1 when members failed.
+    /// birthday, reengagement, event-prune or invite-expiry. Exits 1 when members failed.
     Run {
         job: String,
         /// The instant (RFC 3339) the run is for; not in the future.
@@ -189,12 +189,35 @@ pub struct Settings {
         global = true
     )]
     pub job_period_seconds: i64,
+    /// The secret contacts (emails, phone numbers) are hashed under (HMAC-SHA-256), at
+    /// least 32 bytes. Only the hashes are stored; `flash serve` refuses to start without
+    /// it. `make run` creates a local one on first run.
+    #[arg(
+        long,
+        env = "FLASH_CONTACT_HASH_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub contact_hash_key: Option<String>,
 }
 
 /// The largest clock offset, 100 years: keeps every instant inside the timestamp range.
 pub const CLOCK_OFFSET_SECONDS_MAX: i64 = 100 * 366 * 24 * 60 * 60;
 
 impl Settings {
+    /// The contact hash key; an error naming the setting when it is missing or short.
+    pub fn contact_key(&self) -> anyhow::Result<crate::domain::ContactKey> {
+        let secret = self.contact_hash_key.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "FLASH_CONTACT_HASH_KEY is not set: give a secret of at least {} bytes \
+                 (e.g. `openssl rand -hex 32`); `make run` creates a local one",
+                crate::domain::CONTACT_KEY_MIN_BYTES
+            )
+        })?;
+        crate::domain::ContactKey::new(secret.as_bytes())
+            .map_err(|error| anyhow::anyhow!("FLASH_CONTACT_HASH_KEY: {error}"))
+    }
+
     /// Settings with every default, for tests and tools that override a few fields.
     pub fn defaults() -> Self {
         Cli::parse_from(["flash", "serve"]).settings

@@ -16,10 +16,15 @@ pub enum EventType {
     TierGraceCleared,
     TierDowngraded,
     TierSet,
+    ReferralInvited,
+    ReferralAccepted,
+    ReferralConverted,
+    ReferralClawedBack,
+    ReferralClosed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 18] = [
         EventType::PointsAwarded,
         EventType::PointsSpent,
         EventType::PointsAwardReversed,
@@ -33,6 +38,11 @@ impl EventType {
         EventType::TierGraceCleared,
         EventType::TierDowngraded,
         EventType::TierSet,
+        EventType::ReferralInvited,
+        EventType::ReferralAccepted,
+        EventType::ReferralConverted,
+        EventType::ReferralClawedBack,
+        EventType::ReferralClosed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +60,12 @@ impl EventType {
             EventType::TierGraceCleared => "tier.grace_cleared",
             EventType::TierDowngraded => "tier.downgraded",
             EventType::TierSet => "tier.set",
+            EventType::ReferralInvited => "referral.invited",
+            EventType::ReferralAccepted => "referral.accepted",
+            EventType::ReferralConverted => "referral.converted",
+            EventType::ReferralClawedBack => "referral.clawed_back",
+            // An invite expired, revoked or superseded: its payload says which.
+            EventType::ReferralClosed => "referral.closed",
         }
     }
 

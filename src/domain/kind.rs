@@ -19,10 +19,13 @@ pub enum EntryKind {
     Expiry,
     /// A manual tier change (SetTier): no points, recorded with its reason and actor.
     TierSet,
+    /// A referral operation (invites sent, accepted, converted, revoked): no points; the
+    /// credits of a conversion are bonus entries of their own.
+    Referral,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 8] = [
+    pub const ALL: [EntryKind; 9] = [
         EntryKind::Award,
         EntryKind::Bonus,
         EntryKind::Spend,
@@ -31,6 +34,7 @@ impl EntryKind {
         EntryKind::Adjustment,
         EntryKind::Expiry,
         EntryKind::TierSet,
+        EntryKind::Referral,
     ];
 
     /// The name stored in `ledger_entries.kind` and shown in messages.
@@ -44,6 +48,7 @@ impl EntryKind {
             EntryKind::Adjustment => "adjustment",
             EntryKind::Expiry => "expiry",
             EntryKind::TierSet => "tier_set",
+            EntryKind::Referral => "referral",
         }
     }
 
@@ -75,7 +80,9 @@ mod tests {
                 "award_reversal",
                 "spend_reversal",
                 "adjustment",
-                "expiry"
+                "expiry",
+                "tier_set",
+                "referral"
             ]
         );
         for kind in EntryKind::ALL {

@@ -5,6 +5,7 @@ mod ids;
 mod kind;
 mod lock;
 mod money;
+mod referrals;
 mod rules;
 mod tiers;
 
@@ -17,9 +18,13 @@ pub use ids::{EntryId, IdempotencyKey, MemberId, ProgramId};
 pub use kind::EntryKind;
 pub use lock::member_lock_key;
 pub use money::{purchase_points, Currency, MAX_AMOUNT_MINOR};
+pub use referrals::{
+    invite_code, plausible_invite_code, Contact, ContactHash, ContactKey, ContactKind,
+    InviteRefusal, InviteStatus, CONTACT_KEY_MIN_BYTES, MAX_CONTACTS_PER_MEMBER,
+};
 pub use rules::{
     cap_zones, local_day, local_day_bounds, quoted, ProgramRules, RulesDocument, Tier,
-    CAP_ZONE_LOOKBACK, MAX_RULE_POINTS,
+    CAP_ZONE_LOOKBACK, MAX_INVITES_PER_CALL, MAX_RULE_POINTS,
 };
 pub use tiers::{
     evaluate as evaluate_tier, qualifying_rank, rank_after, status_window_start, upgrade_to, Grace,

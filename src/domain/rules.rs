@@ -63,6 +63,31 @@ pub struct RulesDocument {
     /// Days events are kept for subscribers before the pruning job deletes them.
     #[serde(default = "default_events_retention_days")]
     pub events_retention_days: i32,
+    /// Paid to the referrer when a referral converts; 0: none.
+    #[serde(default)]
+    pub referrer_points: i64,
+    /// Paid to the referee when its referral converts; 0: none.
+    #[serde(default)]
+    pub referee_points: i64,
+    /// Days an invite stays open.
+    #[serde(default = "default_invite_ttl_days")]
+    pub invite_ttl_days: i32,
+    /// The most invites one CreateInvites call may send.
+    #[serde(default = "default_max_invites_per_batch")]
+    pub max_invites_per_batch: i32,
+    /// The most invites a referrer may send in one program-local day.
+    #[serde(default = "default_max_invites_per_day")]
+    pub max_invites_per_day: i32,
+    /// The most invites a referrer may have sent and not seen expire.
+    #[serde(default = "default_max_invites_lifetime")]
+    pub max_invites_lifetime: i32,
+    /// The referee's first purchase of at least this amount converts the referral.
+    #[serde(default)]
+    pub referral_qualify_min_amount_minor: i64,
+    /// A full refund of the qualifying purchase within this many days of it takes both
+    /// referral credits back; 0: never.
+    #[serde(default = "default_referral_clawback_days")]
+    pub referral_clawback_days: i32,
 }
 
 pub const DEFAULT_TIER_WINDOW_MONTHS: i32 = 12;
@@ -70,6 +95,13 @@ pub const DEFAULT_GRACE_DAYS: i32 = 30;
 pub const DEFAULT_REUPGRADE_WINDOW_DAYS: i32 = 90;
 pub const DEFAULT_EXPIRING_SOON_DAYS: i32 = 30;
 pub const DEFAULT_EVENTS_RETENTION_DAYS: i32 = 30;
+pub const DEFAULT_INVITE_TTL_DAYS: i32 = 30;
+pub const DEFAULT_MAX_INVITES_PER_BATCH: i32 = 20;
+pub const DEFAULT_MAX_INVITES_PER_DAY: i32 = 50;
+pub const DEFAULT_MAX_INVITES_LIFETIME: i32 = 500;
+pub const DEFAULT_REFERRAL_CLAWBACK_DAYS: i32 = 30;
+/// The most contacts one CreateInvites call may carry, whatever the rules say.
+pub const MAX_INVITES_PER_CALL: i32 = 100;
 
 fn default_tier_window_months() -> i32 {
     DEFAULT_TIER_WINDOW_MONTHS
@@ -85,6 +117,21 @@ fn default_expiring_soon_days() -> i32 {
 }
 fn default_events_retention_days() -> i32 {
     DEFAULT_EVENTS_RETENTION_DAYS
+}
+fn default_invite_ttl_days() -> i32 {
+    DEFAULT_INVITE_TTL_DAYS
+}
+fn default_max_invites_per_batch() -> i32 {
+    DEFAULT_MAX_INVITES_PER_BATCH
+}
+fn default_max_invites_per_day() -> i32 {
+    DEFAULT_MAX_INVITES_PER_DAY
+}
+fn default_max_invites_lifetime() -> i32 {
+    DEFAULT_MAX_INVITES_LIFETIME
+}
+fn default_referral_clawback_days() -> i32 {
+    DEFAULT_REFERRAL_CLAWBACK_DAYS
 }
 
 impl RulesDocument {
@@ -115,6 +162,14 @@ impl RulesDocument {
             reengagement_bonus_points: 0,
             expiring_soon_days: DEFAULT_EXPIRING_SOON_DAYS,
             events_retention_days: DEFAULT_EVENTS_RETENTION_DAYS,
+            referrer_points: 0,
+            referee_points: 0,
+            invite_ttl_days: DEFAULT_INVITE_TTL_DAYS,
+            max_invites_per_batch: DEFAULT_MAX_INVITES_PER_BATCH,
+            max_invites_per_day: DEFAULT_MAX_INVITES_PER_DAY,
+            max_invites_lifetime: DEFAULT_MAX_INVITES_LIFETIME,
+            referral_qualify_min_amount_minor: 0,
+            referral_clawback_days: DEFAULT_REFERRAL_CLAWBACK_DAYS,
         }
     }
 }
@@ -368,6 +423,8 @@ fn check_tier_policy(document: &mut RulesDocument) -> Result<(), InvalidField> {
             "rules.reengagement_bonus_points",
             document.reengagement_bonus_points,
         ),
+        ("rules.referrer_points", document.referrer_points),
+        ("rules.referee_points", document.referee_points),
     ] {
         check_range(field, points, 0, MAX_RULE_POINTS)?;
     }
@@ -384,6 +441,42 @@ fn check_tier_policy(document: &mut RulesDocument) -> Result<(), InvalidField> {
         "rules.events_retention_days",
         document.events_retention_days,
         1,
+        MAX_NOTICE_DAYS,
+    )?;
+    days(
+        "rules.invite_ttl_days",
+        document.invite_ttl_days,
+        1,
+        MAX_NOTICE_DAYS,
+    )?;
+    days(
+        "rules.max_invites_per_batch",
+        document.max_invites_per_batch,
+        1,
+        MAX_INVITES_PER_CALL,
+    )?;
+    days(
+        "rules.max_invites_per_day",
+        document.max_invites_per_day,
+        1,
+        1_000_000,
+    )?;
+    days(
+        "rules.max_invites_lifetime",
+        document.max_invites_lifetime,
+        1,
+        1_000_000,
+    )?;
+    check_range(
+        "rules.referral_qualify_min_amount_minor",
+        document.referral_qualify_min_amount_minor,
+        0,
+        i64::MAX,
+    )?;
+    days(
+        "rules.referral_clawback_days",
+        document.referral_clawback_days,
+        0,
         MAX_NOTICE_DAYS,
     )?;
     Ok(())

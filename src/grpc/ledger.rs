@@ -2,8 +2,8 @@
 use super::proto::{self, ledger_server::Ledger as LedgerRpc};
 use super::{int64, optional_time, page_request, required_time, timestamp};
 use crate::domain::{
-    parse_reference, Currency, EntryId, EntryKind, IdempotencyKey, InvalidField, MemberId,
-    ProgramId, PurchaseSource, MAX_AMOUNT_MINOR, MAX_RULE_POINTS,
+    parse_reference, Contact, Currency, EntryId, EntryKind, IdempotencyKey, InvalidField, MemberId,
+    ProgramId, PurchaseSource, MAX_AMOUNT_MINOR, MAX_CONTACTS_PER_MEMBER, MAX_RULE_POINTS,
 };
 use crate::service::{
     AdjustCommand, AllocationView, AwardCommand, AwardOutcome, EnrollCommand, EntryRef, Error,
@@ -281,7 +281,22 @@ fn enroll_command(request: proto::EnrollMemberRequest) -> Result<EnrollCommand, 
         member: MemberId::parse(&request.member_id)?,
         birthday: parse_birthday(&request.birthday)?,
         enrolled_at: optional_time("enrolled_at", request.enrolled_at)?,
+        contacts: parse_contacts(&request.contacts, MAX_CONTACTS_PER_MEMBER)?,
     })
+}
+
+/// Contacts of a request, normalised; at most `max` of them. Messages never repeat one.
+pub(super) fn parse_contacts(raw: &[String], max: usize) -> Result<Vec<Contact>, Error> {
+    if raw.len() > max {
+        return Err(Error::invalid(
+            "contacts",
+            format!("at most {max} contacts, got {}", raw.len()),
+        ));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(index, contact)| Ok(Contact::parse(&format!("contacts[{index}]"), contact)?))
+        .collect()
 }
 
 fn spend_command(request: proto::SpendRequest) -> Result<SpendCommand, Error> {
@@ -397,6 +412,7 @@ fn entry_message(entry: HistoryEntry) -> proto::Entry {
         EntryKind::Expiry => proto::EntryKind::Expiry,
         EntryKind::Bonus => proto::EntryKind::Bonus,
         EntryKind::TierSet => proto::EntryKind::TierSet,
+        EntryKind::Referral => proto::EntryKind::Referral,
     };
     let source = match entry.source {
         Some(PurchaseSource::Receipt) => proto::PurchaseSource::Receipt,

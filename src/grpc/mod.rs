@@ -3,11 +3,13 @@ pub mod codec;
 mod events;
 mod ledger;
 mod programs;
+mod referrals;
 mod tiers;
 
 pub use events::EventsApi;
 pub use ledger::LedgerApi;
 pub use programs::ProgramsApi;
+pub use referrals::ReferralsApi;
 pub use tiers::TiersApi;
 
 use crate::domain::InvalidField;
@@ -90,6 +92,11 @@ fn code_and_reason(error: &Error) -> (Code, &'static str) {
         Error::StaleRulesVersion { .. } => (Code::FailedPrecondition, "STALE_RULES_VERSION"),
         Error::FigureOutOfRange { .. } => (Code::OutOfRange, "FIGURE_OUT_OF_RANGE"),
         Error::CursorExpired { .. } => (Code::OutOfRange, "CURSOR_EXPIRED"),
+        Error::InviteNotFound { .. } => (Code::NotFound, "INVITE_NOT_FOUND"),
+        Error::InviteQuotaExceeded { .. } => (Code::ResourceExhausted, "INVITE_QUOTA_EXCEEDED"),
+        Error::InviteNotOpen { .. } => (Code::FailedPrecondition, "INVITE_NOT_OPEN"),
+        Error::ReferralRefused(refusal) => (Code::FailedPrecondition, refusal.reason()),
+        Error::ContactTaken { .. } => (Code::AlreadyExists, "CONTACT_TAKEN"),
         Error::Unavailable(Unavailable::DailyCap) => (Code::Unavailable, "DAILY_CAP_UNAVAILABLE"),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
         Error::Unexpected(_) => (Code::Internal, "INTERNAL"),
@@ -139,6 +146,18 @@ fn error_metadata(error: &Error) -> HashMap<String, String> {
             ("retention_days", retention_days.to_string()),
         ],
         Error::FigureOutOfRange { field, .. } => vec![("field", field.clone())],
+        Error::InviteQuotaExceeded {
+            quota,
+            limit,
+            remaining,
+            ..
+        } => vec![
+            ("quota", (*quota).to_owned()),
+            ("limit", limit.to_string()),
+            ("remaining", remaining.to_string()),
+        ],
+        Error::InviteNotOpen { status, .. } => vec![("status", (*status).to_owned())],
+        Error::ContactTaken { index } => vec![("field", format!("contacts[{index}]"))],
         _ => vec![],
     };
     pairs

@@ -102,6 +102,22 @@ fn rules_document(
         events_retention_days: rules
             .events_retention_days
             .unwrap_or(defaults.events_retention_days),
+        referrer_points: rules.referrer_points.unwrap_or(0),
+        referee_points: rules.referee_points.unwrap_or(0),
+        invite_ttl_days: rules.invite_ttl_days.unwrap_or(defaults.invite_ttl_days),
+        max_invites_per_batch: rules
+            .max_invites_per_batch
+            .unwrap_or(defaults.max_invites_per_batch),
+        max_invites_per_day: rules
+            .max_invites_per_day
+            .unwrap_or(defaults.max_invites_per_day),
+        max_invites_lifetime: rules
+            .max_invites_lifetime
+            .unwrap_or(defaults.max_invites_lifetime),
+        referral_qualify_min_amount_minor: rules.referral_qualify_min_amount_minor.unwrap_or(0),
+        referral_clawback_days: rules
+            .referral_clawback_days
+            .unwrap_or(defaults.referral_clawback_days),
         tiers: rules
             .tiers
             .into_iter()
@@ -150,6 +166,14 @@ fn program_message(program: ProgramView) -> proto::Program {
             reengagement_bonus_points: Some(rules.reengagement_bonus_points),
             expiring_soon_days: Some(rules.expiring_soon_days),
             events_retention_days: Some(rules.events_retention_days),
+            referrer_points: Some(rules.referrer_points),
+            referee_points: Some(rules.referee_points),
+            invite_ttl_days: Some(rules.invite_ttl_days),
+            max_invites_per_batch: Some(rules.max_invites_per_batch),
+            max_invites_per_day: Some(rules.max_invites_per_day),
+            max_invites_lifetime: Some(rules.max_invites_lifetime),
+            referral_qualify_min_amount_minor: Some(rules.referral_qualify_min_amount_minor),
+            referral_clawback_days: Some(rules.referral_clawback_days),
         }),
         rules_version: program.rules_version,
         created_at: Some(timestamp(program.created_at)),

@@ -220,7 +220,8 @@ fn status_counts_only_earnings(ledger: &Indexed) -> Vec<String> {
             EntryKind::Spend
             | EntryKind::SpendReversal
             | EntryKind::Expiry
-            | EntryKind::TierSet => None,
+            | EntryKind::TierSet
+            | EntryKind::Referral => None,
         };
         if status != expected {
             violations.push(format!(
@@ -345,7 +346,7 @@ fn entries_have_their_kinds_shape(ledger: &Indexed) -> Vec<String> {
             EntryKind::Bonus => points > 0,
             EntryKind::Spend | EntryKind::Expiry => points < 0,
             EntryKind::Adjustment => points != 0,
-            EntryKind::TierSet => points == 0,
+            EntryKind::TierSet | EntryKind::Referral => points == 0,
             // reversed = recovered + unrecovered, where recovered = −points.
             EntryKind::AwardReversal => {
                 points <= 0 && unrecovered >= 0 && reversed == unrecovered - points

@@ -205,14 +205,39 @@ impl Ledger {
         }
     }
 
-    /// One transaction for a group of awards: open every item in one statement, plan each
-    /// in request order (replays, refusals, points, cap), write them all in one statement.
+    /// One transaction for a group of awards. A purchase that converts its member's
+    /// referral credits the referrer too, so the referrer's lock is needed: found only once
+    /// the member's row is read, it is taken by opening the group again with it, in the one
+    /// global order (a referral converts once, so this happens once per referee).
     async fn try_award_group(
         &self,
         commands: &[AwardCommand],
     ) -> Result<Vec<Result<AwardOutcome, Error>>, Error> {
+        let mut also_lock: Vec<MemberId> = vec![];
+        loop {
+            match self.run_award_group(commands, &also_lock).await? {
+                GroupRun::Done(results) => return Ok(results),
+                GroupRun::LockAlso(referrers) if also_lock.len() < AWARD_GROUP_MAX => {
+                    also_lock.extend(referrers);
+                }
+                GroupRun::LockAlso(_) => {
+                    return Err(Error::Unexpected(anyhow::anyhow!(
+                        "the referrers to lock kept changing"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The group's transaction: open every item in one statement, plan each in request
+    /// order (replays, refusals, points, cap), write them all in one statement.
+    async fn run_award_group(
+        &self,
+        commands: &[AwardCommand],
+        also_lock: &[MemberId],
+    ) -> Result<GroupRun, Error> {
         let Some(program) = commands.first().map(|c| c.program.clone()) else {
-            return Ok(vec![]);
+            return Ok(GroupRun::Done(vec![]));
         };
         let latest = self.clock.now() + MAX_CLOCK_SKEW;
         let requests: Vec<serde_json::Value> = commands.iter().map(|c| c.canonical()).collect();
@@ -227,9 +252,9 @@ impl Ledger {
             .filter(|&i| results[i].is_none())
             .collect();
         if asked.is_empty() {
-            return Ok(results.into_iter().flatten().collect());
+            return Ok(GroupRun::Done(results.into_iter().flatten().collect()));
         }
-        let asks: Vec<mutation::Ask<'_>> = asked
+        let mut asks: Vec<mutation::Ask<'_>> = asked
             .iter()
             .map(|&i| mutation::Ask {
                 member: commands[i].member,
@@ -240,8 +265,18 @@ impl Ledger {
                 }),
             })
             .collect();
+        asks.extend(also_lock.iter().map(|&member| mutation::Ask {
+            member,
+            key: None,
+            purchase: None,
+        }));
         let mut client = self.db.get().await?;
         let (mut unit, items) = self.open_many(&mut client, &program, &asks).await?;
+        let referrers = referrers_to_lock(&unit, asked.iter().map(|&i| &commands[i]));
+        if !referrers.is_empty() {
+            unit.tx.rollback().await?;
+            return Ok(GroupRun::LockAlso(referrers));
+        }
         let mut plan = GroupPlan::default();
         for (&i, item) in asked.iter().zip(&items) {
             let result = self
@@ -278,16 +313,18 @@ impl Ledger {
             };
             results[i] = Some(result);
         }
-        Ok(results
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| {
-                    Err(Error::Unexpected(anyhow::anyhow!(
-                        "an award was not planned"
-                    )))
+        Ok(GroupRun::Done(
+            results
+                .into_iter()
+                .map(|result| {
+                    result.unwrap_or_else(|| {
+                        Err(Error::Unexpected(anyhow::anyhow!(
+                            "an award was not planned"
+                        )))
+                    })
                 })
-            })
-            .collect())
+                .collect(),
+        ))
     }
 
     /// Decides one award of a group: a replay, a refusal, or points to credit (reserved
@@ -345,6 +382,10 @@ impl Ledger {
         let entry_id = EntryId::generate();
         plan.upgrades
             .extend(unit.count_status(command.member, awarded_points, entry_id));
+        if let Some((invite, referrer)) = referral_converted_by(unit, command) {
+            plan.conversions
+                .push((invite, referrer, command.member, entry_id));
+        }
         *plan.granted.entry(command.member).or_default() += awarded_points;
         plan.reservations.extend(reservation);
         plan.keys
@@ -444,6 +485,11 @@ impl Ledger {
         self.write_upgrades(&mut unit, upgrades)
             .await
             .map_err(|error| (error, false))?;
+        for (invite, referrer, referee, entry) in std::mem::take(&mut plan.conversions) {
+            self.convert_in_unit(&mut unit, invite, referrer, referee, Some(entry))
+                .await
+                .map_err(|error| (error, false))?;
+        }
         unit.tx
             .commit()
             .await
@@ -509,6 +555,13 @@ impl Ledger {
     }
 }
 
+/// What one try of a group's transaction ended with.
+enum GroupRun {
+    Done(Vec<Result<AwardOutcome, Error>>),
+    /// Rolled back: these referrers' locks are needed too.
+    LockAlso(Vec<MemberId>),
+}
+
 /// An award's result with its index in the batch.
 type IndexedResult = (usize, Result<AwardOutcome, Error>);
 
@@ -531,6 +584,50 @@ struct GroupPlan {
     granted: HashMap<MemberId, i64>,
     /// Tiers the fresh awards lifted, written after them.
     upgrades: Vec<super::tiers::Upgrade>,
+    /// Referrals the fresh awards converted: (invite, referrer, referee, the award).
+    conversions: Vec<(uuid::Uuid, MemberId, MemberId, EntryId)>,
+}
+
+/// Whether the referral is due to convert on this purchase: the member accepted an invite
+/// that waits for its qualifying purchase, and the amount qualifies.
+fn converts_referral(unit: &Unit<'_>, command: &AwardCommand) -> Option<(uuid::Uuid, MemberId)> {
+    let row = unit.member_row(command.member).ok()?;
+    let min = unit.rules.rules.document.referral_qualify_min_amount_minor;
+    if !row.referral_open || command.amount_minor < min {
+        return None;
+    }
+    row.referral
+}
+
+/// The referrers of referrals the group's purchases convert whose locks the unit does not
+/// hold.
+fn referrers_to_lock<'a>(
+    unit: &Unit<'_>,
+    commands: impl Iterator<Item = &'a AwardCommand>,
+) -> Vec<MemberId> {
+    let mut missing: Vec<MemberId> = commands
+        .filter_map(|command| converts_referral(unit, command))
+        .map(|(_, referrer)| referrer)
+        .filter(|referrer| !unit.members.contains_key(referrer))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
+/// The referral this fresh award converts, if any; the member's referral is no longer
+/// open in the unit, so a later award of the group does not convert it again.
+fn referral_converted_by(
+    unit: &mut Unit<'_>,
+    command: &AwardCommand,
+) -> Option<(uuid::Uuid, MemberId)> {
+    let (invite, referrer) = converts_referral(unit, command)?;
+    if !unit.members.contains_key(&referrer) {
+        return None;
+    }
+    let row = unit.members.get_mut(&command.member)?.row.as_mut()?;
+    row.referral_open = false;
+    Some((invite, referrer))
 }
 
 /// The program earns in one currency; an award in another is the caller's mistake.

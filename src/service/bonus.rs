@@ -22,6 +22,24 @@ pub enum BonusCause {
     Reengagement { last_award: Option<EntryId> },
     /// Re-qualifying for a tier after the demotion `demotion` (a tier change).
     Reupgrade { demotion: Uuid },
+    /// A converted referral: its invite, and the side paid.
+    Referral { invite: Uuid, side: ReferralSide },
+}
+
+/// Which side of a referral a credit pays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferralSide {
+    Referrer,
+    Referee,
+}
+
+impl ReferralSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReferralSide::Referrer => "referrer",
+            ReferralSide::Referee => "referee",
+        }
+    }
 }
 
 impl BonusCause {
@@ -31,6 +49,7 @@ impl BonusCause {
             BonusCause::Birthday { .. } => "birthday",
             BonusCause::Reengagement { .. } => "reengagement",
             BonusCause::Reupgrade { .. } => "reupgrade",
+            BonusCause::Referral { .. } => "referral",
         }
     }
 
@@ -48,6 +67,7 @@ impl BonusCause {
                 None => format!("reengagement:{member}:enrolled"),
             },
             BonusCause::Reupgrade { demotion } => format!("reupgrade:{demotion}"),
+            BonusCause::Referral { invite, side } => format!("referral:{invite}:{}", side.as_str()),
         })
     }
 
@@ -59,6 +79,9 @@ impl BonusCause {
             }
             BonusCause::Reupgrade { demotion } => {
                 json!({ "demotion_change_id": demotion.to_string() })
+            }
+            BonusCause::Referral { invite, side } => {
+                json!({ "invite_id": invite.to_string(), "side": side.as_str() })
             }
         }
     }
@@ -148,15 +171,9 @@ impl Ledger {
         unit: &mut Unit<'_>,
         credit: &BonusCredit,
     ) -> Result<Option<BonusOutcome>, Error> {
-        let key = credit.cause.key(credit.member);
-        let program = unit.tx.program().clone();
-        if entries::find_by_key(&*unit.tx, &program, &key)
-            .await?
-            .is_some()
-        {
+        let Some((outcome, upgrade)) = credit_in_unit(unit, credit).await? else {
             return Ok(None);
-        }
-        let (outcome, upgrade) = credit_bonus(unit, &key, credit).await?;
+        };
         if upgrade.is_some() {
             return Err(Error::Unexpected(anyhow::anyhow!(
                 "a {} bonus lifted a tier; only bonuses paid on their own may",
@@ -165,6 +182,23 @@ impl Ledger {
         }
         Ok(Some(outcome))
     }
+}
+
+/// Pays a bonus inside another unit of work under its derived key, and returns the lift
+/// it causes (to write after it); nothing when its cause was paid already.
+pub(super) async fn credit_in_unit(
+    unit: &mut Unit<'_>,
+    credit: &BonusCredit,
+) -> Result<Option<(BonusOutcome, Option<Upgrade>)>, Error> {
+    let key = credit.cause.key(credit.member);
+    let program = unit.tx.program().clone();
+    if entries::find_by_key(&*unit.tx, &program, &key)
+        .await?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    Ok(Some(credit_bonus(unit, &key, credit).await?))
 }
 
 /// Writes a bonus entry with its batch and `bonus.awarded`, counts it toward status when

@@ -103,12 +103,77 @@ pub enum Error {
         retention_days: i32,
     },
 
+    /// No invite with that code in the program.
+    #[error("program {program} has no invite with that code")]
+    InviteNotFound { program: ProgramId },
+    /// A CreateInvites call would pass one of the referrer's quotas; nothing was sent.
+    #[error(
+        "the {quota} quota of {limit} invites would be exceeded: {remaining} left, {asked} \
+         asked; no invite of this call was sent"
+    )]
+    InviteQuotaExceeded {
+        /// `per_batch`, `per_day` or `lifetime`.
+        quota: &'static str,
+        limit: i64,
+        remaining: i64,
+        asked: i64,
+    },
+    /// The invite is not in the state the operation needs.
+    #[error("the invite is {status}; {needs}")]
+    InviteNotOpen {
+        status: &'static str,
+        needs: &'static str,
+    },
+    /// The referral cannot be: self-referral, an earlier referral, a referee enrolled
+    /// before the invite.
+    #[error("{0}")]
+    ReferralRefused(ReferralRefusal),
+    /// A contact given belongs to another member of the program.
+    #[error("a contact given (contacts[{index}]) belongs to another member of the program")]
+    ContactTaken { index: usize },
+
     /// Nothing was written; the same request with the same key may be sent again.
     #[error("{}; retry with the same idempotency key", .0.describe())]
     Unavailable(Unavailable),
 
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
+}
+
+/// Why a referral cannot be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferralRefusal {
+    /// The referee is the referrer.
+    SelfReferral,
+    /// The referee accepted an invite before: the first accepted invite wins.
+    AlreadyReferred,
+    /// The referee enrolled before the invite was sent.
+    EnrolledBeforeInvite,
+}
+
+impl ReferralRefusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            ReferralRefusal::SelfReferral => "SELF_REFERRAL",
+            ReferralRefusal::AlreadyReferred => "ALREADY_REFERRED",
+            ReferralRefusal::EnrolledBeforeInvite => "ENROLLED_BEFORE_INVITE",
+        }
+    }
+}
+
+impl std::fmt::Display for ReferralRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReferralRefusal::SelfReferral => "a member cannot accept its own invite",
+            ReferralRefusal::AlreadyReferred => {
+                "the referee was referred before; a member is referred once"
+            }
+            ReferralRefusal::EnrolledBeforeInvite => {
+                "the referee enrolled before the invite was sent; only new members can be \
+                 referred"
+            }
+        })
+    }
 }
 
 /// What could not be reached in time.

@@ -23,6 +23,8 @@ pub const MAX_ATTEMPTS: i32 = 5;
 const BACKOFF_BASE: Duration = Duration::minutes(5);
 /// Events deleted per pruning statement.
 const PRUNE_BATCH: i64 = 5_000;
+/// Invites expired per statement.
+const INVITE_EXPIRY_BATCH: i64 = 1_000;
 
 /// A job of the fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,16 +35,18 @@ pub enum Job {
     Birthday,
     Reengagement,
     EventPrune,
+    InviteExpiry,
 }
 
 impl Job {
-    pub const ALL: [Job; 6] = [
+    pub const ALL: [Job; 7] = [
         Job::Expiry,
         Job::ExpiringSoon,
         Job::TierGrace,
         Job::Birthday,
         Job::Reengagement,
         Job::EventPrune,
+        Job::InviteExpiry,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +57,7 @@ impl Job {
             Job::Birthday => "birthday",
             Job::Reengagement => "reengagement",
             Job::EventPrune => "event-prune",
+            Job::InviteExpiry => "invite-expiry",
         }
     }
 
@@ -64,7 +69,11 @@ impl Job {
     /// hourly so each zone's local day is reached soon after it starts.
     pub fn period(self) -> Duration {
         match self {
-            Job::Expiry | Job::ExpiringSoon | Job::TierGrace | Job::Birthday => Duration::hours(1),
+            Job::Expiry
+            | Job::ExpiringSoon
+            | Job::TierGrace
+            | Job::Birthday
+            | Job::InviteExpiry => Duration::hours(1),
             Job::Reengagement | Job::EventPrune => Duration::days(1),
         }
     }
@@ -79,7 +88,7 @@ impl Job {
 /// What one run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunCounts {
-    /// Members (or programs, for event-prune) looked at.
+    /// Members (or programs, for event-prune and invite-expiry) looked at.
     pub examined: u64,
     /// Of those, the ones the job changed something for (a bonus paid, a tier step, …).
     pub changed: u64,
@@ -342,7 +351,7 @@ impl Ledger {
             Job::Birthday | Job::Reengagement => {
                 self.members_per_program(&client, job, at, after).await?
             }
-            Job::EventPrune => {
+            Job::EventPrune | Job::InviteExpiry => {
                 let after_program = after.map(|(program, _)| program).unwrap_or_default();
                 store::programs::list_ids(&**client)
                     .await?
@@ -434,6 +443,7 @@ impl Ledger {
             Job::Birthday => self.birthday(program, member_id, at).await,
             Job::Reengagement => self.reengagement(program, member_id, at).await,
             Job::EventPrune => self.prune_events(&program, at).await,
+            Job::InviteExpiry => self.expire_invites(&program, at).await,
         }
     }
 
@@ -556,6 +566,22 @@ impl Ledger {
             }
         }
         Ok((deleted > 0).then_some(i64::try_from(deleted).unwrap_or(i64::MAX)))
+    }
+
+    /// Marks the program's pending invites past their expiry `expired`, in bounded
+    /// batches, each with its `referral.closed` event; returns how many.
+    async fn expire_invites(&self, program: &ProgramId, at: DateTime<Utc>) -> ItemResult {
+        let mut expired: i64 = 0;
+        loop {
+            let client = self.db.get().await?;
+            let batch =
+                store::referrals::expire_due(&client, program, at, INVITE_EXPIRY_BATCH).await?;
+            expired += batch;
+            if batch < INVITE_EXPIRY_BATCH {
+                break;
+            }
+        }
+        Ok((expired > 0).then_some(expired))
     }
 
     /// The fleet's loop: every `interval`, each job's current slot (when no replica holds

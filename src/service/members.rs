@@ -1,6 +1,6 @@
 //! Enrolling members and reading their points.
 use super::{run_to_completion, Error, Ledger, MAX_CLOCK_SKEW};
-use crate::domain::{MemberId, ProgramId};
+use crate::domain::{Contact, ContactHash, MemberId, ProgramId};
 use crate::store::{self, members::PointsSummary};
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -12,6 +12,8 @@ pub struct EnrollCommand {
     pub birthday: Option<NaiveDate>,
     /// Defaults to now.
     pub enrolled_at: Option<DateTime<Utc>>,
+    /// Emails and phone numbers, stored only as keyed hashes.
+    pub contacts: Vec<Contact>,
 }
 
 /// A member and their points as of now.
@@ -40,9 +42,17 @@ impl Ledger {
                     return Err(Error::invalid("birthday", "must not be in the future"));
                 }
             }
-            let client = ledger.db.get().await?;
+            let hashes = command
+                .contacts
+                .iter()
+                .map(|contact| Ok((ledger.hash_contact(contact)?, contact.kind())))
+                .collect::<Result<Vec<_>, Error>>()?;
+            let mut client = ledger.db.get().await?;
+            // The member and its contacts in one transaction: a contact of another member
+            // refuses the whole enrolment.
+            let tx = client.transaction().await?;
             let (rules_version, stored, existed) = store::members::enroll(
-                &client,
+                &tx,
                 &command.program,
                 command.member,
                 command.birthday,
@@ -50,6 +60,31 @@ impl Ledger {
             )
             .await?
             .ok_or_else(|| program_not_found(&command.program))?;
+            if !hashes.is_empty() {
+                let taken = store::referrals::add_contacts(
+                    &tx,
+                    &command.program,
+                    command.member,
+                    &hashes,
+                    now,
+                )
+                .await?;
+                if taken > 0 {
+                    let only: Vec<ContactHash> = hashes.iter().map(|(hash, _)| *hash).collect();
+                    let owners =
+                        store::referrals::contact_owners(&tx, &command.program, &only).await?;
+                    let index = hashes
+                        .iter()
+                        .position(|(hash, _)| {
+                            owners
+                                .iter()
+                                .any(|(owned, owner)| owned == hash && *owner != command.member)
+                        })
+                        .unwrap_or(0);
+                    return Err(Error::ContactTaken { index });
+                }
+            }
+            tx.commit().await?;
             // A member enrolled just now holds nothing yet: no second statement.
             let points = if existed {
                 store::members::points_summary_prepared(

@@ -12,6 +12,7 @@ mod jobs;
 mod members;
 mod outcome;
 mod programs;
+mod referrals;
 mod reversal;
 mod spend;
 mod tiers;
@@ -19,8 +20,8 @@ mod tiers;
 pub use adjust::{AdjustCommand, AdjustOutcome};
 pub use audit::AuditReport;
 pub use award::{AwardCommand, AwardOutcome};
-pub use bonus::{BonusCause, BonusCredit, BonusOutcome};
-pub use error::{Error, Unavailable};
+pub use bonus::{BonusCause, BonusCredit, BonusOutcome, ReferralSide};
+pub use error::{Error, ReferralRefusal, Unavailable};
 pub use events::{EventView, Events};
 pub use expiry::ExpiryOutcome;
 pub use history::{HistoryEntry, HistoryPage, Liability, RollForward};
@@ -28,6 +29,10 @@ pub use jobs::{birthdays_celebrated_on, Job, Replica, RunCounts, RunOutcome, MAX
 pub use members::{EnrollCommand, MemberView};
 pub use outcome::AllocationView;
 pub use programs::{ProgramView, Programs};
+pub use referrals::{
+    CreateInvitesCommand, CreateInvitesOutcome, InviteOutcome, InvitePage, InviteSent, InviteView,
+    ReferralStats, INVITE_PAGE_MAX,
+};
 pub use reversal::{
     EntryRef, ReverseAwardCommand, ReverseAwardOutcome, ReverseSpendCommand, ReverseSpendOutcome,
 };
@@ -38,7 +43,7 @@ pub use tiers::{
 
 use crate::cap::DailyCap;
 use crate::clock::Clock;
-use crate::domain::{IdempotencyKey, MemberId, ProgramId, ProgramRules};
+use crate::domain::{ContactKey, IdempotencyKey, MemberId, ProgramId, ProgramRules};
 use crate::store::{self, mutation, MemberTx};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -58,6 +63,8 @@ pub struct Ledger {
     clock: Arc<dyn Clock>,
     /// Rules versions never change once written: read once per process.
     rules: RulesCache,
+    /// Contacts are hashed under it; None in one-shot commands, which take no contacts.
+    contact_key: Option<ContactKey>,
 }
 
 impl Ledger {
@@ -67,7 +74,14 @@ impl Ledger {
             cap,
             clock,
             rules: RulesCache::default(),
+            contact_key: None,
         }
+    }
+
+    /// The ledger hashing contacts under `key` (the server's).
+    pub fn with_contact_key(mut self, key: ContactKey) -> Self {
+        self.contact_key = Some(key);
+        self
     }
 }
 
@@ -242,12 +256,34 @@ impl Ledger {
         key: &IdempotencyKey,
         request: &serde_json::Value,
     ) -> Result<Opened<'c, T>, Error> {
-        let ask = mutation::Ask {
+        self.open_locking(client, program, member, key, request, &[])
+            .await
+    }
+
+    /// [`Ledger::open`] of a mutation that also touches `others` (a referral's other
+    /// side): their locks are taken with the member's, in the one global order, and their
+    /// rows and balances read with it.
+    async fn open_locking<'c, T: Outcome>(
+        &self,
+        client: &'c mut Client,
+        program: &ProgramId,
+        member: MemberId,
+        key: &IdempotencyKey,
+        request: &serde_json::Value,
+        others: &[MemberId],
+    ) -> Result<Opened<'c, T>, Error> {
+        let mut asks = vec![mutation::Ask {
             member,
             key: Some(key.as_str()),
             purchase: None,
-        };
-        let (unit, mut items) = self.open_many(client, program, &[ask]).await?;
+        }];
+        asks.extend(others.iter().map(|&other| mutation::Ask {
+            member: other,
+            key: None,
+            purchase: None,
+        }));
+        let (unit, mut items) = self.open_many(client, program, &asks).await?;
+        items.truncate(1);
         let item = items
             .pop()
             .ok_or_else(|| members::program_not_found(program))?;

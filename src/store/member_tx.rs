@@ -86,6 +86,11 @@ impl<'a> MemberTx<'a> {
         self.transaction.prepare_cached(sql).await
     }
 
+    /// The transaction, for store functions that also run outside a member's lock.
+    pub fn cached(&self) -> &Transaction<'a> {
+        &self.transaction
+    }
+
     pub async fn commit(self) -> Result<(), tokio_postgres::Error> {
         self.transaction.commit().await
     }

@@ -3,6 +3,7 @@ use super::Sum;
 use crate::domain::{Grace, MemberId, ProgramId, TierState};
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
 
 /// A member row.
 #[derive(Debug, Clone)]
@@ -17,6 +18,10 @@ pub struct StoredMember {
     pub grace: Option<Grace>,
     /// A manual tier holds against downgrades until then.
     pub tier_hold_until: Option<DateTime<Utc>>,
+    /// The referral the member accepted, if any: (invite, referrer).
+    pub referral: Option<(Uuid, MemberId)>,
+    /// The accepted referral waits for its qualifying purchase.
+    pub referral_open: bool,
 }
 
 impl StoredMember {
@@ -50,7 +55,13 @@ macro_rules! member_columns {
             $alias,
             "grace_reminders_sent, ",
             $alias,
-            "tier_hold_until"
+            "tier_hold_until, ",
+            $alias,
+            "referral_invite_id, ",
+            $alias,
+            "referred_by, ",
+            $alias,
+            "referral_open"
         )
     };
 }
@@ -90,7 +101,7 @@ pub const ENROLL: &str = concat!(
 /// Enrolls the member (see [`ENROLL`]): the rules version, the row and whether it
 /// existed; None when the program does not exist.
 pub async fn enroll(
-    client: &deadpool_postgres::Client,
+    client: &impl deadpool_postgres::GenericClient,
     program: &ProgramId,
     member: MemberId,
     birthday: Option<NaiveDate>,
@@ -239,5 +250,10 @@ pub(super) fn from_row(row: &Row) -> Result<StoredMember, tokio_postgres::Error>
         points_owed: row.try_get("points_owed")?,
         grace,
         tier_hold_until: row.try_get("tier_hold_until")?,
+        referral: row
+            .try_get::<_, Option<Uuid>>("referral_invite_id")?
+            .zip(row.try_get::<_, Option<Uuid>>("referred_by")?)
+            .map(|(invite, referrer)| (invite, MemberId::from_uuid(referrer))),
+        referral_open: row.try_get("referral_open")?,
     })
 }

@@ -11,6 +11,7 @@ mod member_tx;
 pub mod members;
 pub mod mutation;
 pub mod programs;
+pub mod referrals;
 pub mod reports;
 pub mod tiers;
 

@@ -7,7 +7,7 @@ use flash_loyalty::clock::ManualClock;
 use flash_loyalty::config::Settings;
 use flash_loyalty::grpc::proto::{
     self, events_client::EventsClient, ledger_client::LedgerClient,
-    programs_client::ProgramsClient, tiers_client::TiersClient,
+    programs_client::ProgramsClient, referrals_client::ReferralsClient, tiers_client::TiersClient,
 };
 use flash_loyalty::service::Ledger;
 use flash_loyalty::store;
@@ -45,6 +45,7 @@ pub struct TestApp {
     pub programs: ProgramsClient<Channel>,
     pub tiers: TiersClient<Channel>,
     pub events: EventsClient<Channel>,
+    pub referrals: ReferralsClient<Channel>,
     pub clock: ManualClock,
     /// A pool on the test's database, for checks the API does not expose.
     pub db: Pool,
@@ -100,6 +101,9 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// The contact hash key of test servers.
+pub const TEST_CONTACT_KEY: &str = "test-contact-hash-key-of-32-bytes-or-more";
+
 /// A server whose settings `customize` may change (a dead Redis, a proxy, …).
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     if let Ok(filter) = std::env::var("FLASH_TEST_LOG") {
@@ -113,6 +117,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     settings.redis_prefix = redis_prefix.clone();
     settings.listen = "127.0.0.1:0".parse().unwrap();
     settings.db_pool_size = 24;
+    settings.contact_hash_key = Some(TEST_CONTACT_KEY.into());
     // Generous on a shared 2-core machine: these tests check outcomes, not latency.
     settings.lock_timeout_ms = 20_000;
     settings.statement_timeout_ms = 30_000;
@@ -140,7 +145,8 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         ledger: LedgerClient::new(channel.clone()),
         programs: ProgramsClient::new(channel.clone()),
         tiers: TiersClient::new(channel.clone()),
-        events: EventsClient::new(channel),
+        events: EventsClient::new(channel.clone()),
+        referrals: ReferralsClient::new(channel),
         clock,
         db,
         service,

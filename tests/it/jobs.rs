@@ -46,6 +46,7 @@ async fn enroll(
             member_id: member.clone(),
             birthday: birthday.into(),
             enrolled_at: enrolled_at.map(timestamp),
+            ..Default::default()
         })
         .await
         .expect("enroll");

@@ -14,6 +14,7 @@ mod members;
 mod model;
 mod plans;
 mod programs;
+mod referrals;
 mod reversals;
 mod server;
 mod spend;

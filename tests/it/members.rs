@@ -22,6 +22,7 @@ async fn birthdays_outside_years_0001_to_9999_are_invalid_arguments_and_enroll_n
                 member_id: Uuid::new_v4().to_string(),
                 birthday: birthday.into(),
                 enrolled_at: None,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -48,6 +49,7 @@ async fn birthdays_outside_years_0001_to_9999_are_invalid_arguments_and_enroll_n
             member_id,
             birthday: "0001-01-01".into(),
             enrolled_at: None,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -168,6 +168,10 @@ impl FlashEnv {
         let child = self
             .command("serve")
             .arg("--no-workers")
+            .env(
+                "FLASH_CONTACT_HASH_KEY",
+                "bench-contact-hash-key-of-at-least-32-bytes",
+            )
             .env("FLASH_LISTEN", format!("127.0.0.1:{port}"))
             .stdout(log_file.try_clone()?)
             .stderr(log_file)

@@ -370,6 +370,10 @@ impl Infra {
             .arg("serve")
             .env("FLASH_LISTEN", format!("127.0.0.1:{}", server.port))
             .env("FLASH_DB_POOL_SIZE", "12")
+            .env(
+                "FLASH_CONTACT_HASH_KEY",
+                "chaos-contact-hash-key-of-at-least-32-bytes",
+            )
             // The workers run beside the API in every server: killed mid-job with it.
             .env("FLASH_WORKER_INTERVAL_SECONDS", "1")
             .env("FLASH_JOB_LEASE_SECONDS", "5")

@@ -431,6 +431,7 @@ impl Ctx {
                 },
                 enrolled_at: (index % 2 == 0)
                     .then(|| flash_testing_support::timestamp(now - chrono::Duration::days(200))),
+                contacts: vec![format!("member{index}@chaos.example")],
             };
             let answer = self.call(rng, "enroll", &request).await;
             if !matches!(answer, Answer::Ok(_)) {

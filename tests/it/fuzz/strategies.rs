@@ -619,16 +619,44 @@ pub(super) fn enroll_member(
         birthday,
         wild_timestamp(),
     );
-    (valid_program_id(), valid, wild, mask()).prop_map(
-        |(program, (member, birthday, at), (w_program, w_member, w_birthday, w_at), m)| {
+    (valid_program_id(), valid, wild, mask(), wild_contacts()).prop_map(
+        |(
+            program,
+            (member, birthday, at),
+            (w_program, w_member, w_birthday, w_at),
+            m,
+            contacts,
+        )| {
             proto::EnrollMemberRequest {
                 program_id: pick(m, 0, program, w_program),
                 member_id: pick(m, 1, member, w_member),
                 birthday: pick(m, 2, birthday, w_birthday),
                 enrolled_at: pick(m, 3, at, w_at),
+                contacts,
             }
         },
     )
+}
+
+/// Contacts: none (most often), valid ones, malformed ones, too many.
+pub(super) fn wild_contacts() -> BoxedStrategy<Vec<String>> {
+    let contact = prop_oneof![
+        Just("someone@example.com".to_owned()),
+        Just(" Someone@EXAMPLE.com ".to_owned()),
+        Just("+33 6 12 34 56 78".to_owned()),
+        Just("+1 (415) 555-0100".to_owned()),
+        Just("not-a-contact".to_owned()),
+        Just("a@b".to_owned()),
+        Just("12".to_owned()),
+        Just("+".repeat(40)),
+        wild_string(),
+    ];
+    prop_oneof![
+        6 => Just(vec![]),
+        3 => prop::collection::vec(contact.clone(), 1..4),
+        1 => prop::collection::vec(contact, 11..14),
+    ]
+    .boxed()
 }
 
 pub(super) fn get_member(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::GetMemberRequest> {
