@@ -29,6 +29,9 @@ pub async fn create_demo_program(settings: &Settings, clock: Arc<dyn Clock>) -> 
         birthday_bonus_points: 100,
         reengagement_after_days: Some(90),
         reengagement_bonus_points: 50,
+        referrer_points: 300,
+        referee_points: 100,
+        referral_qualify_min_amount_minor: 2_000,
         ..RulesDocument::earning("USD", "America/New_York", 10_000, 100, Some(500), 365)
     };
     let program = ProgramId::parse("demo")?;

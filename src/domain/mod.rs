@@ -24,7 +24,8 @@ pub use referrals::{
 };
 pub use rules::{
     cap_zones, local_day, local_day_bounds, quoted, ProgramRules, RulesDocument, Tier,
-    CAP_ZONE_LOOKBACK, MAX_INVITES_PER_CALL, MAX_RULE_POINTS,
+    CAP_ZONE_LOOKBACK, DEFAULT_MAX_INVITES_LIFETIME, DEFAULT_MAX_INVITES_PER_DAY,
+    MAX_INVITES_PER_CALL, MAX_RULE_POINTS,
 };
 pub use tiers::{
     evaluate as evaluate_tier, qualifying_rank, rank_after, status_window_start, upgrade_to, Grace,

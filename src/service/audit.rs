@@ -118,6 +118,9 @@ pub fn check(snapshot: &Snapshot) -> Vec<String> {
     violations.extend(every_member_figure_fits_i64(&ledger));
     violations.extend(tiers_are_what_their_history_says(snapshot));
     violations.extend(reupgrade_bonuses_have_their_demotion(snapshot));
+    violations.extend(referral_credits_are_paid_once_per_conversion(snapshot));
+    violations.extend(invite_quotas_hold_at_every_sending(snapshot));
+    violations.extend(members_waiting_referrals_match_their_invites(snapshot));
     violations.extend(status_counts_only_earnings(&ledger));
     violations
 }
@@ -193,6 +196,173 @@ fn reupgrade_bonuses_have_their_demotion(snapshot: &Snapshot) -> Vec<String> {
                 entry.entry_id.as_uuid(),
                 entry.idempotency_key,
                 entry.member_id
+            ));
+        }
+    }
+    violations
+}
+
+/// Every referral credit names (by its derived key) an invite that converted, pays the
+/// side it says to the member on that side, and is the entry the invite records for that
+/// side; every converted invite's recorded credits exist. Keys are unique, so each side of
+/// an invite is paid at most once.
+fn referral_credits_are_paid_once_per_conversion(snapshot: &Snapshot) -> Vec<String> {
+    let invites: HashMap<Uuid, &crate::store::audit::AuditInvite> = snapshot
+        .invites
+        .iter()
+        .map(|invite| (invite.invite_id, invite))
+        .collect();
+    let prefix = format!("{}referral:", crate::domain::IdempotencyKey::DERIVED_PREFIX);
+    let mut violations = Vec::new();
+    let mut credited: HashSet<Uuid> = HashSet::new();
+    for entry in &snapshot.entries {
+        if entry.kind != EntryKind::Bonus || entry.reason.as_deref() != Some("referral") {
+            continue;
+        }
+        let entry_id = entry.entry_id.as_uuid();
+        credited.insert(entry_id);
+        let cause = entry
+            .idempotency_key
+            .strip_prefix(&prefix)
+            .and_then(|rest| {
+                let (invite, side) = rest.split_once(':')?;
+                Some((Uuid::parse_str(invite).ok()?, side))
+            });
+        let Some((invite_id, side)) = cause else {
+            violations.push(format!(
+                "referral credit {entry_id} has no referral key ({:?})",
+                entry.idempotency_key
+            ));
+            continue;
+        };
+        let Some(invite) = invites.get(&invite_id) else {
+            violations.push(format!("referral credit {entry_id}: no invite {invite_id}"));
+            continue;
+        };
+        let (member, recorded) = match side {
+            "referrer" => (Some(invite.referrer), invite.referrer_entry_id),
+            "referee" => (invite.referee, invite.referee_entry_id),
+            _ => (None, None),
+        };
+        let converted = matches!(invite.status.as_str(), "converted" | "clawed_back");
+        if !converted || member != Some(entry.member_id.as_uuid()) || recorded != Some(entry_id) {
+            violations.push(format!(
+                "referral credit {entry_id} ({side} of invite {invite_id}, member {}): the \
+                 invite is {} and records {recorded:?} for that side",
+                entry.member_id, invite.status
+            ));
+        }
+    }
+    for invite in &snapshot.invites {
+        for recorded in [invite.referrer_entry_id, invite.referee_entry_id]
+            .into_iter()
+            .flatten()
+        {
+            if !credited.contains(&recorded) {
+                violations.push(format!(
+                    "invite {} records credit {recorded}, which is not a referral credit",
+                    invite.invite_id
+                ));
+            }
+        }
+    }
+    violations
+}
+
+/// At every CreateInvites call, in write order: the referrer's invites sent that
+/// program-local day stay within the per-day quota, and those sent and not expired before
+/// the call stay within the lifetime quota, of the rules the call ran under.
+fn invite_quotas_hold_at_every_sending(snapshot: &Snapshot) -> Vec<String> {
+    let sent_by: HashMap<Uuid, &StoredEntry> = snapshot
+        .entries
+        .iter()
+        .map(|entry| (entry.entry_id.as_uuid(), entry))
+        .collect();
+    let limits: HashMap<i64, (i64, i64)> = snapshot
+        .rules
+        .iter()
+        .map(|rules| {
+            (
+                rules.version,
+                (rules.max_invites_per_day, rules.max_invites_lifetime),
+            )
+        })
+        .collect();
+    let mut violations = Vec::new();
+    let mut sendings: Vec<&StoredEntry> = snapshot
+        .invites
+        .iter()
+        .filter_map(|invite| sent_by.get(&invite.sent_entry_id).copied())
+        .collect();
+    sendings.sort_by_key(|entry| entry.seq);
+    sendings.dedup_by_key(|entry| entry.seq);
+    for sending in sendings {
+        let Some(&(per_day, lifetime)) = limits.get(&sending.rules_version) else {
+            continue;
+        };
+        let referrer = sending.member_id.as_uuid();
+        let upto: Vec<&crate::store::audit::AuditInvite> = snapshot
+            .invites
+            .iter()
+            .filter(|invite| invite.referrer == referrer)
+            .filter(|invite| {
+                sent_by
+                    .get(&invite.sent_entry_id)
+                    .is_some_and(|entry| entry.seq <= sending.seq)
+            })
+            .collect();
+        let Some(day) = upto
+            .iter()
+            .find(|invite| invite.sent_entry_id == sending.entry_id.as_uuid())
+            .map(|invite| invite.sent_day)
+        else {
+            continue;
+        };
+        let today = upto.iter().filter(|invite| invite.sent_day == day).count();
+        let held = upto
+            .iter()
+            .filter(|invite| {
+                !(invite.status == "expired"
+                    && invite.closed_at.is_some_and(|at| at <= sending.created_at))
+            })
+            .count();
+        let (today, held) = (
+            i64::try_from(today).unwrap_or(i64::MAX),
+            i64::try_from(held).unwrap_or(i64::MAX),
+        );
+        if today > per_day || held > lifetime {
+            violations.push(format!(
+                "invites of {referrer} sent by entry {}: {today} that day (quota {per_day}), \
+                 {held} held (quota {lifetime})",
+                sending.entry_id.as_uuid()
+            ));
+        }
+    }
+    violations
+}
+
+/// A member's referral is the invite it accepted, and it waits for its qualifying purchase
+/// exactly while that invite is accepted and not yet converted.
+fn members_waiting_referrals_match_their_invites(snapshot: &Snapshot) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (member, invite_id, open) in &snapshot.referrals {
+        let invite = invite_id.and_then(|id| snapshot.invites.iter().find(|i| i.invite_id == id));
+        let accepted_by_member = snapshot
+            .invites
+            .iter()
+            .find(|invite| invite.referee == Some(*member));
+        let consistent = match (invite, accepted_by_member) {
+            (None, None) => !open,
+            (Some(invite), Some(accepted)) => {
+                invite.invite_id == accepted.invite_id && *open == (invite.status == "accepted")
+            }
+            _ => false,
+        };
+        if !consistent {
+            violations.push(format!(
+                "member {member}: referral {invite_id:?} (waiting: {open}) does not match the \
+                 invite it accepted ({:?})",
+                accepted_by_member.map(|invite| (invite.invite_id, invite.status.as_str()))
             ));
         }
     }
@@ -457,6 +627,9 @@ fn reversals_cover_at_most_what_they_reverse(ledger: &Indexed) -> Vec<String> {
             EntryKind::SpendReversal => EntryKind::Spend,
             _ => continue,
         };
+        // A referral clawback reverses a referral credit (a bonus) the same way.
+        let clawback = entry.kind == EntryKind::AwardReversal
+            && entry.reason.as_deref() == Some("referral clawback");
         let Some(reversed) = entry
             .reversed_entry_id
             .map(|id| id.as_uuid())
@@ -468,7 +641,11 @@ fn reversals_cover_at_most_what_they_reverse(ledger: &Indexed) -> Vec<String> {
             ));
             continue;
         };
-        if reversed.kind != expected_kind
+        let right_kind = reversed.kind == expected_kind
+            || (clawback
+                && reversed.kind == EntryKind::Bonus
+                && reversed.reason.as_deref() == Some("referral"));
+        if !right_kind
             || reversed.member_id.as_uuid() != entry.member_id.as_uuid()
             || !seen.contains(&reversed.entry_id.as_uuid())
         {
@@ -890,6 +1067,8 @@ mod tests {
             effective_at: at(h),
             timezone: "UTC".into(),
             daily_cap_points: Some(500),
+            max_invites_per_day: 50,
+            max_invites_lifetime: 500,
         };
         let rules = [version(1, 0), version(2, 11)];
         let found: Vec<i64> = versions_in_force(&rules, at(12), at(13))

@@ -107,7 +107,9 @@ impl Outcome for ReverseSpendOutcome {
 impl Ledger {
     /// Reverses an award fully or partly. Points come back from the award's own batch,
     /// then from the member's other batches oldest first; what was already spent is
-    /// recorded as unrecovered, so the balance never goes negative.
+    /// recorded as unrecovered, so the balance never goes negative. A full refund of a
+    /// purchase that converted a referral, within the program's clawback days, takes both
+    /// referral credits back in the same transaction (both members locked).
     #[tracing::instrument(name = "reverse_award", skip_all, fields(program = %command.program, key = command.idempotency_key.as_str()))]
     pub async fn reverse_award(
         &self,
@@ -124,94 +126,133 @@ impl Ledger {
             let award = ledger
                 .referenced_entry(&command.program, &command.award, EntryKind::Award)
                 .await?;
+            // The referral this purchase converted, whose referrer a clawback touches: read
+            // before locking, and again under the locks (a conversion may have committed
+            // between); then the referrer's lock is taken by opening again with it.
+            let mut others = vec![];
             let mut client = ledger.db.get().await?;
-            let unit = match ledger
-                .open(
-                    &mut client,
+            let (mut unit, referral) = loop {
+                let unit = match ledger
+                    .open_locking(
+                        &mut client,
+                        &command.program,
+                        award.member_id,
+                        &command.idempotency_key,
+                        &request,
+                        &others,
+                    )
+                    .await?
+                {
+                    Opened::Replay(outcome) => return Ok(outcome),
+                    Opened::Fresh(unit) => unit,
+                };
+                let referral = store::referrals::by_qualifying_entry(
+                    unit.tx.cached(),
                     &command.program,
-                    award.member_id,
-                    &command.idempotency_key,
-                    &request,
+                    award.entry_id,
                 )
-                .await?
-            {
-                Opened::Replay(outcome) => return Ok(outcome),
-                Opened::Fresh(unit) => unit,
+                .await?;
+                match referral {
+                    Some(invite) if !unit.members.contains_key(&invite.referrer) => {
+                        unit.tx.rollback().await?;
+                        others.push(invite.referrer);
+                        if others.len() > 1 {
+                            return Err(Error::Unexpected(anyhow::anyhow!(
+                                "the referrer of a refunded purchase changed"
+                            )));
+                        }
+                    }
+                    referral => break (unit, referral),
+                }
             };
-            let (tx, now) = (&unit.tx, unit.now);
-            let already = entries::reversed_so_far(tx, award.entry_id).await?;
-            let reversible = award.points - already;
-            let points = points_to_reverse(command.points, reversible, "award")?;
-            let own_batch = store::batches::credited_by(tx, award.entry_id).await?;
-            let batches = store::batches::held_for_update(tx).await?;
-            let draws = draw_for_reversal(
-                &batches,
-                own_batch.as_ref().map(|batch| batch.batch_id),
-                points,
-                now,
-            );
-            let recovered: i64 = draws.iter().map(|draw| -draw.points).sum();
-            let unrecovered = points - recovered;
-            let entry_id = EntryId::generate();
-            let outcome = ReverseAwardOutcome {
-                entry_id: entry_id.to_string(),
-                award_entry_id: award.entry_id.to_string(),
-                member_id: award.member_id.to_string(),
-                reversed_points: points,
-                recovered_points: recovered,
-                unrecovered_points: unrecovered,
-                allocations: allocation_views(entry_id, &draws, &batches),
-                remaining_reversible_points: reversible - points,
-                balance_points: unit.balance_points() - recovered,
-                replayed: false,
+            let reversal = CreditReversal {
+                credit: &award,
+                points: command.points,
+                key: &command.idempotency_key,
+                request: &request,
+                reason: command.reason.as_deref(),
             };
-            let effects = mutation::Effects {
-                member: award.member_id,
-                entry: entries::NewEntry {
-                    entry_id,
-                    kind: EntryKind::AwardReversal,
-                    points: -recovered,
-                    idempotency_key: &command.idempotency_key,
-                    request: &request,
-                    outcome: &outcome.to_json(),
-                    rules_version: unit.rules.version,
-                    created_at: now,
-                    purchase: None,
-                    reason: command.reason.as_deref(),
-                    actor: None,
-                    reversal: Some(entries::Reversal {
-                        entry_id: award.entry_id,
-                        reversed_points: points,
-                        unrecovered_points: Some(unrecovered),
-                        repaid_points: None,
-                    }),
-                },
-                credit: None,
-                draws: &draws,
-                // Points already spent are owed, and repaid by a later cancellation of
-                // the spend that took them (see `reverse_spend`).
-                owed_delta: unrecovered,
-                // A refund takes its points out of status at the award's own instant, so
-                // the two leave the rolling window together.
-                status: Some((-points, award.created_at)),
-                events: &[NewEvent::new(
-                    EventType::PointsAwardReversed,
-                    award.member_id,
-                    json!({
-                        "entry_id": outcome.entry_id,
-                        "member_id": outcome.member_id,
-                        "award_entry_id": outcome.award_entry_id,
-                        "reversed_points": points,
-                        "recovered_points": recovered,
-                        "unrecovered_points": unrecovered,
-                        "balance_points": outcome.balance_points,
-                    }),
-                )],
-            };
-            unit.finish(&effects).await?;
+            let outcome = write_credit_reversal(&mut unit, &reversal).await?;
+            if let Some(invite) = referral {
+                if outcome.remaining_reversible_points == 0 {
+                    ledger
+                        .claw_back(&mut unit, invite.invite_id, &award)
+                        .await?;
+                }
+            }
+            unit.tx.commit().await?;
             Ok(outcome)
         })
         .await
+    }
+
+    /// Takes both credits of the referral `award` converted back (through the same
+    /// reversal as a refund, under keys derived from the invite) and marks the invite
+    /// clawed back, when the refund came within the program's clawback days of the
+    /// purchase and the invite is still converted.
+    async fn claw_back(
+        &self,
+        unit: &mut Unit<'_>,
+        invite: uuid::Uuid,
+        award: &StoredEntry,
+    ) -> Result<(), Error> {
+        let days = unit.rules.rules.document.referral_clawback_days;
+        if days == 0 || unit.now > award.created_at + chrono::Duration::days(i64::from(days)) {
+            return Ok(());
+        }
+        let program = unit.tx.program().clone();
+        let Some(invite) = store::referrals::by_id(unit.tx.cached(), &program, invite).await?
+        else {
+            return Ok(());
+        };
+        if invite.status != crate::domain::InviteStatus::Converted {
+            return Ok(());
+        }
+        let mut clawed = vec![];
+        for (side, credit) in [
+            ("referrer", invite.referrer_entry_id),
+            ("referee", invite.referee_entry_id),
+        ] {
+            let Some(credit) = credit else { continue };
+            let Some(credit) =
+                entries::get(&*unit.tx, &program, EntryId::from_uuid(credit)).await?
+            else {
+                continue;
+            };
+            let key = IdempotencyKey::derived(&format!("clawback:{}:{side}", invite.invite_id));
+            let request = json!({
+                "op": "referral_clawback",
+                "invite_id": invite.invite_id.to_string(),
+                "side": side,
+            });
+            let reversal = CreditReversal {
+                credit: &credit,
+                points: None,
+                key: &key,
+                request: &request,
+                reason: Some(REFERRAL_CLAWBACK),
+            };
+            let outcome = write_credit_reversal(unit, &reversal).await?;
+            clawed.push(json!({
+                "side": side,
+                "entry_id": outcome.entry_id,
+                "reversed_points": outcome.reversed_points,
+                "unrecovered_points": outcome.unrecovered_points,
+            }));
+        }
+        let event = NewEvent::new(
+            EventType::ReferralClawedBack,
+            invite.referrer,
+            json!({
+                "invite_id": invite.invite_id.to_string(),
+                "referrer_member_id": invite.referrer.to_string(),
+                "referee_member_id": invite.referee.map(|m| m.to_string()),
+                "qualifying_entry_id": award.entry_id.to_string(),
+                "reversals": clawed,
+            }),
+        );
+        store::referrals::claw_back(&unit.tx, invite.invite_id, unit.now, &[event]).await?;
+        Ok(())
     }
 
     /// Reverses a spend fully or partly: points go back into the batches the spend drew
@@ -381,4 +422,104 @@ async fn spend_draws(unit: &Unit<'_>, spend: EntryId) -> Result<Vec<BatchBalance
             expires_at: allocation.expires_at,
         })
         .collect())
+}
+
+/// Why a clawback's reversals were written; also what GetReferralStats nets out.
+pub(super) const REFERRAL_CLAWBACK: &str = "referral clawback";
+
+/// A reversal of a credit (a purchase award, or a referral credit clawed back).
+struct CreditReversal<'a> {
+    credit: &'a StoredEntry,
+    /// None: all that is left to reverse.
+    points: Option<i64>,
+    key: &'a IdempotencyKey,
+    request: &'a serde_json::Value,
+    reason: Option<&'a str>,
+}
+
+/// Writes the reversal of a credit in the unit (which holds its member's lock): points
+/// come back from the credit's own batch, then the member's other batches oldest first;
+/// what was spent already is unrecovered and owed. Status loses the reversed points at the
+/// credit's own instant, so the two leave the rolling window together.
+async fn write_credit_reversal(
+    unit: &mut Unit<'_>,
+    reversal: &CreditReversal<'_>,
+) -> Result<ReverseAwardOutcome, Error> {
+    let (tx, now, credit) = (&unit.tx, unit.now, reversal.credit);
+    let already = entries::reversed_so_far(tx, credit.entry_id).await?;
+    let reversible = credit.points - already;
+    let points = points_to_reverse(reversal.points, reversible, "award")?;
+    let own_batch = store::batches::credited_by(tx, credit.entry_id).await?;
+    let batches = store::batches::held_for_update(tx, credit.member_id).await?;
+    let draws = draw_for_reversal(
+        &batches,
+        own_batch.as_ref().map(|batch| batch.batch_id),
+        points,
+        now,
+    );
+    let recovered: i64 = draws.iter().map(|draw| -draw.points).sum();
+    let unrecovered = points - recovered;
+    let entry_id = EntryId::generate();
+    let balance = unit
+        .members
+        .get(&credit.member_id)
+        .map_or(0, |state| state.balance);
+    let outcome = ReverseAwardOutcome {
+        entry_id: entry_id.to_string(),
+        award_entry_id: credit.entry_id.to_string(),
+        member_id: credit.member_id.to_string(),
+        reversed_points: points,
+        recovered_points: recovered,
+        unrecovered_points: unrecovered,
+        allocations: allocation_views(entry_id, &draws, &batches),
+        remaining_reversible_points: reversible - points,
+        balance_points: balance - recovered,
+        replayed: false,
+    };
+    let effects = mutation::Effects {
+        member: credit.member_id,
+        entry: entries::NewEntry {
+            entry_id,
+            kind: EntryKind::AwardReversal,
+            points: -recovered,
+            idempotency_key: reversal.key,
+            request: reversal.request,
+            outcome: &outcome.to_json(),
+            rules_version: unit.rules.version,
+            created_at: now,
+            purchase: None,
+            reason: reversal.reason,
+            actor: None,
+            reversal: Some(entries::Reversal {
+                entry_id: credit.entry_id,
+                reversed_points: points,
+                unrecovered_points: Some(unrecovered),
+                repaid_points: None,
+            }),
+        },
+        credit: None,
+        draws: &draws,
+        // Points already spent are owed, and repaid by a later cancellation of the spend
+        // that took them (see `reverse_spend`).
+        owed_delta: unrecovered,
+        status: credit.status_points.map(|_| (-points, credit.created_at)),
+        events: &[NewEvent::new(
+            EventType::PointsAwardReversed,
+            credit.member_id,
+            json!({
+                "entry_id": outcome.entry_id,
+                "member_id": outcome.member_id,
+                "award_entry_id": outcome.award_entry_id,
+                "reversed_points": points,
+                "recovered_points": recovered,
+                "unrecovered_points": unrecovered,
+                "balance_points": outcome.balance_points,
+            }),
+        )],
+    };
+    mutation::write(tx, &effects).await?;
+    if let Some(state) = unit.members.get_mut(&credit.member_id) {
+        state.balance = outcome.balance_points;
+    }
+    Ok(outcome)
 }

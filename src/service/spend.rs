@@ -121,7 +121,7 @@ pub(super) async fn plan_fifo_draw(
     points: i64,
 ) -> Result<(Vec<Draw>, Vec<BatchBalance>), Error> {
     let now = unit.now;
-    let batches = store::batches::held_for_update(&unit.tx).await?;
+    let batches = store::batches::held_for_update(&unit.tx, unit.tx.member()).await?;
     let available = spendable_points(&batches, now);
     if available < points {
         return Err(Error::InsufficientPoints {

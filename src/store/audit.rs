@@ -34,7 +34,27 @@ pub struct AuditRules {
     pub effective_at: DateTime<Utc>,
     pub timezone: String,
     pub daily_cap_points: Option<i64>,
+    pub max_invites_per_day: i64,
+    pub max_invites_lifetime: i64,
 }
+
+/// An invite as stored.
+#[derive(Debug, Clone)]
+pub struct AuditInvite {
+    pub invite_id: Uuid,
+    pub referrer: Uuid,
+    pub referee: Option<Uuid>,
+    pub status: String,
+    pub sent_entry_id: Uuid,
+    pub sent_day: chrono::NaiveDate,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub referrer_entry_id: Option<Uuid>,
+    pub referee_entry_id: Option<Uuid>,
+}
+
+/// A member's referral columns: (member, the invite it accepted, whether it waits for its
+/// qualifying purchase).
+pub type AuditReferral = (Uuid, Option<Uuid>, bool);
 
 /// One tier change as stored, in history order.
 #[derive(Debug, Clone)]
@@ -62,6 +82,8 @@ pub struct Snapshot {
     pub tiers: Vec<(Uuid, i32)>,
     /// In history order (seq).
     pub tier_changes: Vec<AuditTierChange>,
+    pub invites: Vec<AuditInvite>,
+    pub referrals: Vec<AuditReferral>,
 }
 
 pub async fn snapshot(
@@ -128,9 +150,15 @@ pub async fn snapshot(
     let rules = client
         .query(
             "SELECT version, created_at, rules ->> 'timezone' AS timezone, \
-                    (rules ->> 'daily_cap_points')::bigint AS cap \
+                    (rules ->> 'daily_cap_points')::bigint AS cap, \
+                    COALESCE((rules ->> 'max_invites_per_day')::bigint, $2) AS per_day, \
+                    COALESCE((rules ->> 'max_invites_lifetime')::bigint, $3) AS lifetime \
              FROM program_rules WHERE program_id = $1 ORDER BY version",
-            &[&program],
+            &[
+                &program,
+                &i64::from(crate::domain::DEFAULT_MAX_INVITES_PER_DAY),
+                &i64::from(crate::domain::DEFAULT_MAX_INVITES_LIFETIME),
+            ],
         )
         .await?
         .iter()
@@ -142,6 +170,8 @@ pub async fn snapshot(
                     .try_get::<_, Option<String>>("timezone")?
                     .unwrap_or_default(),
                 daily_cap_points: row.try_get("cap")?,
+                max_invites_per_day: row.try_get("per_day")?,
+                max_invites_lifetime: row.try_get("lifetime")?,
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()?;
@@ -173,6 +203,39 @@ pub async fn snapshot(
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()?;
+    let invites = client
+        .query(
+            "SELECT invite_id, referrer_member_id, referee_member_id, status, sent_entry_id, \
+                    sent_day, closed_at, referrer_entry_id, referee_entry_id \
+             FROM invites WHERE program_id = $1",
+            &[&program],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AuditInvite {
+                invite_id: row.try_get(0)?,
+                referrer: row.try_get(1)?,
+                referee: row.try_get(2)?,
+                status: row.try_get(3)?,
+                sent_entry_id: row.try_get(4)?,
+                sent_day: row.try_get(5)?,
+                closed_at: row.try_get(6)?,
+                referrer_entry_id: row.try_get(7)?,
+                referee_entry_id: row.try_get(8)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    let referrals = client
+        .query(
+            "SELECT member_id, referral_invite_id, referral_open FROM members \
+             WHERE program_id = $1",
+            &[&program],
+        )
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
     Ok(Snapshot {
         entries,
         batches,
@@ -181,5 +244,7 @@ pub async fn snapshot(
         rules,
         tiers,
         tier_changes,
+        invites,
+        referrals,
     })
 }

@@ -1,6 +1,6 @@
 //! Point batches and their allocations: where credited points live until spent,
 //! reversed or expired, and the trace of every draw.
-use crate::domain::{BatchBalance, EntryId, ProgramId};
+use crate::domain::{BatchBalance, EntryId, MemberId, ProgramId};
 use chrono::{DateTime, Utc};
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
@@ -27,13 +27,11 @@ pub const HELD_FOR_UPDATE: &str = "SELECT batch_id, remaining, earned_at, expire
 /// The member's batches that still hold points (expired or not), locked, oldest first.
 pub async fn held_for_update(
     tx: &MemberTx<'_>,
+    member: MemberId,
 ) -> Result<Vec<BatchBalance>, tokio_postgres::Error> {
     let statement = tx.prepared(HELD_FOR_UPDATE).await?;
     let rows = tx
-        .query(
-            &statement,
-            &[&tx.program().as_str(), &tx.member().as_uuid()],
-        )
+        .query(&statement, &[&tx.program().as_str(), &member.as_uuid()])
         .await?;
     rows.iter().map(batch_balance).collect()
 }

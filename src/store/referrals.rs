@@ -554,3 +554,64 @@ pub async fn stats(
         .await?;
     Ok((counts, row.try_get(0)?))
 }
+
+/// The invite a purchase award converted, if any.
+pub async fn by_qualifying_entry(
+    client: &impl GenericClient,
+    program: &ProgramId,
+    entry: crate::domain::EntryId,
+) -> Result<Option<StoredInvite>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {INVITE_COLUMNS} FROM invites \
+             WHERE program_id = $1 AND qualifying_entry_id = $2"
+        ))
+        .await?;
+    let row = client
+        .query_opt(&statement, &[&program.as_str(), &entry.as_uuid()])
+        .await?;
+    row.as_ref().map(invite_from_row).transpose()
+}
+
+/// Marks a converted invite clawed back, with its event.
+pub async fn claw_back(
+    tx: &MemberTx<'_>,
+    invite: Uuid,
+    at: DateTime<Utc>,
+    events: &[NewEvent],
+) -> Result<(), super::mutation::WriteError> {
+    let outbox = OutboxRows::of(events);
+    let statement = tx.prepared(CLAW_BACK).await?;
+    let row = tx
+        .query_one(
+            &statement,
+            &[
+                &tx.program().as_str(),
+                &invite,
+                &at,
+                &outbox.ids,
+                &outbox.members,
+                &outbox.types,
+                &outbox.payloads,
+            ],
+        )
+        .await?;
+    let written: i64 = row.try_get(0)?;
+    if written != 1 {
+        return Err(super::mutation::WriteError::RowsMissed {
+            what: "a converted invite to claw back",
+            expected: 1,
+            written,
+        });
+    }
+    Ok(())
+}
+
+pub const CLAW_BACK: &str = concat!(
+    "WITH invite AS ( \
+       UPDATE invites SET status = 'clawed_back', clawed_back_at = $3 \
+       WHERE program_id = $1 AND invite_id = $2 AND status = 'converted' RETURNING invite_id), \
+     outbox AS (",
+    outbox_insert!("$1", "$3", "$4", "$5", "$6", "$7"),
+    " WHERE EXISTS (SELECT 1 FROM invite)) SELECT count(*) FROM invite"
+);

@@ -637,3 +637,208 @@ async fn the_server_refuses_to_start_with_a_short_contact_key() {
         "{error:#}"
     );
 }
+
+#[tokio::test]
+async fn the_audit_checks_the_referral_invariants() {
+    let mut app = spawn_app().await;
+    app.create_program(referral_rules()).await;
+    let referrer = app.enroll().await;
+    let code = app.invite_one(&referrer).await;
+    app.invite(&referrer, "two", &["x@example.com", "y@example.com"])
+        .await
+        .unwrap();
+    app.clock.advance(Duration::minutes(1));
+    let referee = app.enroll().await;
+    app.accept(&code, &referee, "accept").await.unwrap();
+    app.award(app.purchase(&referee, 5_000)).await;
+    let program = flash_loyalty::domain::ProgramId::parse(PROGRAM).unwrap();
+    let audit = |app: &TestApp| {
+        let service = app.service.clone();
+        let program = program.clone();
+        async move { service.audit(&program).await.unwrap() }
+    };
+    assert!(audit(&app).await.is_clean(), "{}", audit(&app).await);
+    let client = app.db.get().await.unwrap();
+
+    // An invite that forgets the credit it paid.
+    client
+        .execute(
+            "UPDATE invites SET referrer_entry_id = NULL WHERE status = 'converted'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = audit(&app).await;
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("referral credit")),
+        "{report}"
+    );
+    client
+        .execute(
+            "UPDATE invites i SET referrer_entry_id = e.entry_id FROM ledger_entries e \
+             WHERE i.status = 'converted' AND e.kind = 'bonus' AND e.reason = 'referral' \
+               AND e.member_id = i.referrer_member_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(audit(&app).await.is_clean(), "{}", audit(&app).await);
+
+    // A converted referral still waiting for its purchase (it would pay again).
+    client
+        .execute(
+            "UPDATE members SET referral_open = true WHERE referral_invite_id IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = audit(&app).await;
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.contains("waiting: true")),
+        "{report}"
+    );
+    client
+        .execute("UPDATE members SET referral_open = false", &[])
+        .await
+        .unwrap();
+
+    // Rules that allowed fewer invites a day than were sent.
+    client
+        .execute(
+            "UPDATE program_rules SET rules = rules || '{\"max_invites_per_day\": 2}'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = audit(&app).await;
+    assert!(
+        report.violations.iter().any(|v| v.contains("quota 2")),
+        "{report}"
+    );
+}
+
+impl TestApp {
+    async fn refund(&mut self, award_entry: &str, key: &str, points: Option<i64>) {
+        self.ledger
+            .reverse_award(proto::ReverseAwardRequest {
+                program_id: PROGRAM.into(),
+                idempotency_key: key.into(),
+                award: Some(proto::EntryRef {
+                    r#ref: Some(proto::entry_ref::Ref::EntryId(award_entry.into())),
+                }),
+                points,
+                reason: "refund".into(),
+            })
+            .await
+            .expect("refund");
+    }
+
+    /// A converted referral: (referrer, referee, the qualifying award's entry id).
+    async fn converted_referral(&mut self) -> (String, String, String) {
+        let referrer = self.enroll().await;
+        let code = self.invite_one(&referrer).await;
+        self.clock.advance(Duration::minutes(1));
+        let referee = self.enroll().await;
+        self.accept(&code, &referee, &format!("accept-{code}"))
+            .await
+            .unwrap();
+        let award = self.award(self.purchase(&referee, 5_000)).await;
+        assert_eq!(self.referral_credits_of(&referrer).await, 1);
+        (referrer, referee, award.entry_id)
+    }
+
+    async fn referral_credits_of(&self, member: &str) -> usize {
+        self.referral_credits()
+            .await
+            .iter()
+            .filter(|(m, _)| m == member)
+            .count()
+    }
+
+    async fn invite_status_of(&mut self, referrer: &str) -> proto::InviteStatus {
+        let listed = self
+            .referrals
+            .list_invites(proto::ListInvitesRequest {
+                program_id: PROGRAM.into(),
+                referrer_member_id: referrer.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        proto::InviteStatus::try_from(listed.invites[0].status).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_full_refund_in_time_claws_both_credits_back() {
+    let mut app = spawn_app().await;
+    app.create_program(proto::ProgramRules {
+        referral_clawback_days: Some(14),
+        ..referral_rules()
+    })
+    .await;
+    let (referrer, referee, award) = app.converted_referral().await;
+    // The referrer spent most of its credit already.
+    app.spend(&referrer, 300).await;
+    // A partial refund takes nothing back.
+    app.refund(&award, "partial", Some(10)).await;
+    assert_eq!(
+        app.invite_status_of(&referrer).await,
+        proto::InviteStatus::Converted
+    );
+    assert_eq!(app.member(&referrer).await.balance_points, 200);
+    // The rest of it, within 14 days: both credits reversed through the ledger.
+    app.clock.advance(Duration::days(3));
+    app.refund(&award, "rest", None).await;
+    assert_eq!(
+        app.invite_status_of(&referrer).await,
+        proto::InviteStatus::ClawedBack
+    );
+    assert_eq!(app.member(&referrer).await.balance_points, 0);
+    assert_eq!(app.member(&referee).await.balance_points, 0);
+    let stats = app.stats(&referrer).await;
+    assert_eq!(
+        (stats.points_earned, stats.clawed_back, stats.converted),
+        (0, 1, 0)
+    );
+    assert_eq!(app.stats(&referee).await.points_earned, 0);
+    // What the referrer had spent is owed, as for any refund of spent points.
+    let client = app.db.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT reversed_points, unrecovered_points FROM ledger_entries \
+             WHERE kind = 'award_reversal' AND reason = 'referral clawback' \
+               AND member_id = $1::text::uuid",
+            &[&referrer],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (500, 300));
+    app.assert_ties_out().await;
+}
+
+#[tokio::test]
+async fn a_refund_after_the_clawback_window_keeps_the_credits() {
+    let mut app = spawn_app().await;
+    app.create_program(proto::ProgramRules {
+        referral_clawback_days: Some(14),
+        ..referral_rules()
+    })
+    .await;
+    let (referrer, _, award) = app.converted_referral().await;
+    app.clock.advance(Duration::days(15));
+    app.refund(&award, "late", None).await;
+    assert_eq!(
+        app.invite_status_of(&referrer).await,
+        proto::InviteStatus::Converted
+    );
+    assert_eq!(app.member(&referrer).await.balance_points, 500);
+    app.assert_ties_out().await;
+}
