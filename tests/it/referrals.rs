@@ -842,3 +842,117 @@ async fn a_refund_after_the_clawback_window_keeps_the_credits() {
     assert_eq!(app.member(&referrer).await.balance_points, 500);
     app.assert_ties_out().await;
 }
+
+/// A real server at the most verbose log level, JSON and text alike, is sent contacts
+/// through every RPC that takes them (accepted and refused): no log line holds one.
+#[tokio::test]
+async fn no_contact_reaches_a_log_line() {
+    use std::process::{Command, Stdio};
+    let app = spawn_app().await;
+    let port = free_port();
+    let log_path = std::env::temp_dir().join(format!("flash-contacts-{}.log", Uuid::new_v4()));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_flash"))
+        .arg("serve")
+        .arg("--no-workers")
+        .env("FLASH_DATABASE_URL", &app.database_url)
+        .env("FLASH_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "FLASH_REDIS_PREFIX",
+            format!("test:{}:", Uuid::new_v4().simple()),
+        )
+        .env("FLASH_CONTACT_HASH_KEY", TEST_CONTACT_KEY)
+        .env("FLASH_LOG", "trace,h2=info,tower=info,hyper=info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn flash serve");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut channel = None;
+    for _ in 0..100 {
+        if let Ok(connected) = tonic::transport::Channel::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            channel = Some(connected);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let channel = channel.expect("the server listens");
+    let mut programs = proto::programs_client::ProgramsClient::new(channel.clone());
+    let mut ledger = proto::ledger_client::LedgerClient::new(channel.clone());
+    let mut referrals = proto::referrals_client::ReferralsClient::new(channel);
+    programs
+        .create_program(proto::CreateProgramRequest {
+            program_id: PROGRAM.into(),
+            name: "Acme".into(),
+            rules: Some(referral_rules()),
+        })
+        .await
+        .unwrap();
+    let secrets = [
+        "heidi.secret@example.com",
+        "+41 79 555 12 34",
+        "ivan.secret@example.net",
+        "malformed-secret-contact",
+    ];
+    let referrer = Uuid::new_v4().to_string();
+    ledger
+        .enroll_member(proto::EnrollMemberRequest {
+            program_id: PROGRAM.into(),
+            member_id: referrer.clone(),
+            contacts: vec![secrets[0].into(), secrets[1].into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Taken by the first member: refused.
+    let _ = ledger
+        .enroll_member(proto::EnrollMemberRequest {
+            program_id: PROGRAM.into(),
+            member_id: Uuid::new_v4().to_string(),
+            contacts: vec![secrets[0].into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    referrals
+        .create_invites(proto::CreateInvitesRequest {
+            program_id: PROGRAM.into(),
+            referrer_member_id: referrer.clone(),
+            idempotency_key: "leak-1".into(),
+            contacts: vec![secrets[2].into(), secrets[0].into()],
+        })
+        .await
+        .unwrap();
+    let _ = referrals
+        .create_invites(proto::CreateInvitesRequest {
+            program_id: PROGRAM.into(),
+            referrer_member_id: referrer.clone(),
+            idempotency_key: "leak-2".into(),
+            contacts: vec![secrets[3].into()],
+        })
+        .await
+        .unwrap_err();
+    let _ = server.kill();
+    let _ = server.wait();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_file(&log_path);
+    assert!(
+        logs.contains("create_invites"),
+        "the log has the calls:\n{logs}"
+    );
+    for secret in secrets {
+        let digits: String = secret.chars().filter(char::is_ascii_digit).collect();
+        assert!(!logs.contains(secret), "{secret} is in the log");
+        if secret.starts_with('+') {
+            assert!(!logs.contains(&digits), "{secret} is in the log as digits");
+        } else {
+            let local = secret.split('@').next().unwrap();
+            assert!(!logs.contains(local), "{local} is in the log");
+        }
+    }
+}
