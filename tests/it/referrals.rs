@@ -956,3 +956,81 @@ async fn no_contact_reaches_a_log_line() {
         }
     }
 }
+
+/// A chain of referrals (each member referred by the one before, so most are referrer and
+/// referee at once) converted all at once by single awards, a batch award spanning the
+/// chain and explicit conversions: both members of each are locked in the one global
+/// order, so no call sees a deadlock, and each referral pays each side once.
+#[tokio::test]
+async fn crossing_referral_chains_convert_once_without_deadlocks() {
+    let mut app = spawn_app().await;
+    app.create_program(referral_rules()).await;
+    let mut chain = vec![app.enroll().await];
+    let mut codes = vec![];
+    for i in 0..10 {
+        let code = app.invite_one(&chain[i]).await;
+        app.clock.advance(Duration::minutes(1));
+        let referee = app.enroll().await;
+        app.accept(&code, &referee, &format!("accept-{i}"))
+            .await
+            .unwrap();
+        chain.push(referee);
+        codes.push(code);
+    }
+    let mut calls = vec![];
+    for round in 0..2 {
+        for (i, member) in chain.iter().enumerate().skip(1) {
+            let mut ledger = app.ledger.clone();
+            let purchase = app.purchase(member, 3_000);
+            calls.push(tokio::spawn(async move {
+                ledger.award(purchase).await.map(|_| ())
+            }));
+            if round == 0 {
+                let mut referrals = app.referrals.clone();
+                let code = codes[i - 1].clone();
+                calls.push(tokio::spawn(async move {
+                    referrals
+                        .convert_invite(proto::ConvertInviteRequest {
+                            program_id: PROGRAM.into(),
+                            code,
+                            idempotency_key: format!("chain-convert-{i}"),
+                        })
+                        .await
+                        .map(|_| ())
+                }));
+            }
+        }
+        let batch: Vec<proto::AwardRequest> = chain
+            .iter()
+            .rev()
+            .map(|member| app.purchase(member, 3_000))
+            .collect();
+        let mut ledger = app.ledger.clone();
+        calls.push(tokio::spawn(async move {
+            let response = ledger
+                .award_batch(proto::AwardBatchRequest {
+                    program_id: PROGRAM.into(),
+                    awards: batch,
+                })
+                .await?
+                .into_inner();
+            for result in response.results {
+                if let Some(proto::award_batch_result::Outcome::Error(error)) = result.outcome {
+                    return Err(tonic::Status::internal(format!("batch item: {error:?}")));
+                }
+            }
+            Ok(())
+        }));
+    }
+    for call in calls {
+        if let Err(status) = call.await.unwrap() {
+            assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+            assert_eq!(refusal(&status).reason, "INVITE_NOT_OPEN", "{status}");
+        }
+    }
+    assert_eq!(app.referral_credits().await.len(), 20);
+    for member in &chain[..10] {
+        assert_eq!(app.stats(member).await.converted, 1);
+    }
+    app.assert_ties_out().await;
+}
