@@ -3,7 +3,7 @@
 //! [`Clients::send`], so a new RPC is added here once and every harness can send it.
 use flash_loyalty::grpc::proto::{
     self, events_client::EventsClient, ledger_client::LedgerClient,
-    programs_client::ProgramsClient, tiers_client::TiersClient,
+    programs_client::ProgramsClient, referrals_client::ReferralsClient, tiers_client::TiersClient,
 };
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -15,6 +15,7 @@ pub struct Clients {
     pub ledger: LedgerClient<Channel>,
     pub programs: ProgramsClient<Channel>,
     pub tiers: TiersClient<Channel>,
+    pub referrals: ReferralsClient<Channel>,
     /// The event stream (server streaming, so not a [`Call`]).
     pub events: EventsClient<Channel>,
 }
@@ -25,6 +26,7 @@ impl Clients {
             ledger: LedgerClient::new(channel.clone()),
             programs: ProgramsClient::new(channel.clone()),
             tiers: TiersClient::new(channel.clone()),
+            referrals: ReferralsClient::new(channel.clone()),
             events: EventsClient::new(channel),
         }
     }
@@ -110,6 +112,12 @@ rpcs! {
     ListTierHistory(ListTierHistoryRequest => ListTierHistoryResponse) via tiers.list_tier_history;
     EvaluateMember(EvaluateMemberRequest => EvaluateMemberResponse) via tiers.evaluate_member;
     SetTier(SetTierRequest => SetTierResponse) via tiers.set_tier;
+    CreateInvites(CreateInvitesRequest => CreateInvitesResponse) via referrals.create_invites;
+    AcceptInvite(AcceptInviteRequest => AcceptInviteResponse) via referrals.accept_invite;
+    ConvertInvite(ConvertInviteRequest => ConvertInviteResponse) via referrals.convert_invite;
+    RevokeInvite(RevokeInviteRequest => RevokeInviteResponse) via referrals.revoke_invite;
+    ListInvites(ListInvitesRequest => ListInvitesResponse) via referrals.list_invites;
+    GetReferralStats(GetReferralStatsRequest => GetReferralStatsResponse) via referrals.get_referral_stats;
 }
 
 impl Clients {

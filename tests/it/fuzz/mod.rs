@@ -86,6 +86,7 @@ async fn every_rpc_answers_generated_requests_with_a_well_formed_status() {
         ledger: app.ledger.clone(),
         programs: app.programs.clone(),
         tiers: app.tiers.clone(),
+        referrals: app.referrals.clone(),
         events: app.events.clone(),
     };
     let started = Instant::now();
@@ -228,6 +229,11 @@ async fn send(call: &Call, mut clients: Clients) -> Result<Answer, Status> {
             replayed(false)
         }
         Reply::SetTier(r) => replayed(r.replayed),
+        Reply::CreateInvites(r) => replayed(r.replayed),
+        Reply::AcceptInvite(r) => replayed(r.change.is_some_and(|c| c.replayed)),
+        Reply::ConvertInvite(r) => replayed(r.change.is_some_and(|c| c.replayed)),
+        Reply::RevokeInvite(r) => replayed(r.change.is_some_and(|c| c.replayed)),
+        Reply::ListInvites(_) | Reply::GetReferralStats(_) => replayed(false),
     };
     Ok(answer)
 }

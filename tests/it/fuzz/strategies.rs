@@ -55,8 +55,115 @@ pub(super) fn call_strategy(seeded: &Arc<Seeded>) -> BoxedStrategy<Call> {
                 .boxed(),
         ),
         (5, set_tier(seeded).prop_map(Call::SetTier).boxed()),
+        (
+            5,
+            create_invites(seeded).prop_map(Call::CreateInvites).boxed(),
+        ),
+        (
+            4,
+            invite_call(seeded)
+                .prop_map(|(program_id, code, referee_member_id, idempotency_key)| {
+                    Call::AcceptInvite(proto::AcceptInviteRequest {
+                        program_id,
+                        code,
+                        referee_member_id,
+                        idempotency_key,
+                    })
+                })
+                .boxed(),
+        ),
+        (
+            3,
+            invite_call(seeded)
+                .prop_map(|(program_id, code, _, idempotency_key)| {
+                    Call::ConvertInvite(proto::ConvertInviteRequest {
+                        program_id,
+                        code,
+                        idempotency_key,
+                    })
+                })
+                .boxed(),
+        ),
+        (
+            2,
+            invite_call(seeded)
+                .prop_map(|(program_id, code, _, idempotency_key)| {
+                    Call::RevokeInvite(proto::RevokeInviteRequest {
+                        program_id,
+                        code,
+                        idempotency_key,
+                    })
+                })
+                .boxed(),
+        ),
+        (
+            2,
+            (invite_call(seeded), wild_enum(), wild_i32(), wild_string())
+                .prop_map(
+                    |((program_id, _, referrer_member_id, _), status, page_size, page_token)| {
+                        Call::ListInvites(proto::ListInvitesRequest {
+                            program_id,
+                            referrer_member_id,
+                            status,
+                            page_size,
+                            page_token,
+                        })
+                    },
+                )
+                .boxed(),
+        ),
+        (
+            2,
+            invite_call(seeded)
+                .prop_map(|(program_id, _, member_id, _)| {
+                    Call::GetReferralStats(proto::GetReferralStatsRequest {
+                        program_id,
+                        member_id,
+                    })
+                })
+                .boxed(),
+        ),
     ])
     .boxed()
+}
+
+/// Invites from seeded members to valid, repeated and malformed contacts.
+pub(super) fn create_invites(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = proto::CreateInvitesRequest> {
+    let valid = (valid_member(seeded), valid_key(), wild_contacts());
+    let wild = (wild_program_id(), wild_uuid(seeded), wild_key());
+    (valid, wild, mask()).prop_map(
+        |((member, key, contacts), (w_program, w_member, w_key), m)| proto::CreateInvitesRequest {
+            program_id: pick(m, 0, PROGRAM.to_owned(), w_program),
+            referrer_member_id: pick(m, 1, member, w_member),
+            idempotency_key: pick(m, 2, key, w_key),
+            contacts,
+        },
+    )
+}
+
+/// (program, code, member, key) of a referral call: codes of the right shape (unknown),
+/// wrong shapes and wild strings.
+pub(super) fn invite_call(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = (String, String, String, String)> {
+    let code = prop_oneof![
+        Just("AAAAAAAAAAAAAAAAAAAAAA".to_owned()),
+        Just("short".to_owned()),
+        Just("a/b+c=".repeat(4)),
+        wild_string(),
+    ];
+    let valid = (valid_member(seeded), valid_key(), code);
+    let wild = (wild_program_id(), wild_uuid(seeded), wild_key());
+    (valid, wild, mask()).prop_map(|((member, key, code), (w_program, w_member, w_key), m)| {
+        (
+            pick(m, 0, PROGRAM.to_owned(), w_program),
+            code,
+            pick(m, 1, member, w_member),
+            pick(m, 2, key, w_key),
+        )
+    })
 }
 
 /// The daily cap of the seeded program.

@@ -73,6 +73,16 @@ const GRACE_REMINDER_DAYS: [i32; 2] = [5, 2];
 const REUPGRADE_WINDOW_DAYS: i64 = 30;
 const REUPGRADE_BONUS_POINTS: i64 = 25;
 
+/// Referrals: a referee's first purchase of $20 or more pays the referrer 40 and the
+/// referee 15; a full refund of it within 10 days takes both back.
+const REFERRAL_MIN_AMOUNT_MINOR: i64 = 2_000;
+const REFERRER_POINTS: i64 = 40;
+const REFEREE_POINTS: i64 = 15;
+const REFERRAL_CLAWBACK_DAYS: i64 = 10;
+/// The default invite quotas.
+const INVITES_PER_DAY: i64 = 50;
+const INVITES_LIFETIME: i64 = 500;
+
 /// Starts the Redis key prefix of the test's app, so a case can delete its cap counters.
 const REDIS_PREFIX: &str = "test:model:";
 
@@ -124,6 +134,10 @@ fn program_rules(timezone: &str) -> proto::ProgramRules {
         grace_reminder_days: GRACE_REMINDER_DAYS.to_vec(),
         reupgrade_window_days: Some(REUPGRADE_WINDOW_DAYS as i32),
         reupgrade_bonus_points: Some(REUPGRADE_BONUS_POINTS),
+        referrer_points: Some(REFERRER_POINTS),
+        referee_points: Some(REFEREE_POINTS),
+        referral_qualify_min_amount_minor: Some(REFERRAL_MIN_AMOUNT_MINOR),
+        referral_clawback_days: Some(REFERRAL_CLAWBACK_DAYS as i32),
         ..Default::default()
     }
 }

@@ -83,6 +83,20 @@ pub(super) enum Op {
     Bounce {
         member: usize,
     },
+    /// A referral: the referrer invites a new contact, a second later a new member
+    /// enrolls and accepts the invite (then waits for its qualifying purchase).
+    Refer {
+        referrer: usize,
+    },
+    /// A purchase by a referral's referee (qualifying or not).
+    RefereePurchase {
+        referral: usize,
+        amount_minor: i64,
+    },
+    /// ConvertInvite of a referral's invite.
+    Convert {
+        referral: usize,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +150,10 @@ pub(super) fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
         2 => (0..members, any::<bool>())
             .prop_map(|(member, refund_first)| Op::RefundAndCancel { member, refund_first }),
         1 => (0..members).prop_map(|member| Op::Bounce { member }),
+        2 => (0..members).prop_map(|referrer| Op::Refer { referrer }),
+        3 => (0..8usize, prop_oneof![Just(1_500i64), Just(REFERRAL_MIN_AMOUNT_MINOR), Just(6_000i64)])
+            .prop_map(|(referral, amount_minor)| Op::RefereePurchase { referral, amount_minor }),
+        1 => (0..8usize).prop_map(|referral| Op::Convert { referral }),
     ]
 }
 
@@ -157,6 +175,9 @@ pub(super) enum Request {
     ReverseSpend(proto::ReverseSpendRequest),
     Adjust(proto::AdjustRequest),
     SetTier(proto::SetTierRequest),
+    CreateInvites(proto::CreateInvitesRequest),
+    AcceptInvite(proto::AcceptInviteRequest),
+    ConvertInvite(proto::ConvertInviteRequest),
 }
 
 impl Request {
@@ -168,12 +189,16 @@ impl Request {
             Request::ReverseSpend(r) => &r.idempotency_key,
             Request::Adjust(r) => &r.idempotency_key,
             Request::SetTier(r) => &r.idempotency_key,
+            Request::CreateInvites(r) => &r.idempotency_key,
+            Request::AcceptInvite(r) => &r.idempotency_key,
+            Request::ConvertInvite(r) => &r.idempotency_key,
         }
     }
 
-    /// The same key with one field the outcome depends on changed.
-    pub(super) fn changed(&self) -> Request {
-        match self.clone() {
+    /// The same key with one field the outcome depends on changed; None when the service
+    /// would refuse the changed request for another reason first (an unknown code).
+    pub(super) fn changed(&self) -> Option<Request> {
+        Some(match self.clone() {
             Request::Award(r) => Request::Award(proto::AwardRequest {
                 amount_minor: r.amount_minor + 1,
                 ..r
@@ -198,7 +223,12 @@ impl Request {
                 reason: format!("{} (changed)", r.reason),
                 ..r
             }),
-        }
+            Request::CreateInvites(r) => Request::CreateInvites(proto::CreateInvitesRequest {
+                contacts: vec!["changed@model.example".into()],
+                ..r
+            }),
+            Request::AcceptInvite(_) | Request::ConvertInvite(_) => return None,
+        })
     }
 }
 
@@ -210,6 +240,9 @@ pub(super) enum Response {
     ReverseSpend(proto::ReverseSpendResponse),
     Adjust(proto::AdjustResponse),
     SetTier(proto::SetTierResponse),
+    CreateInvites(proto::CreateInvitesResponse),
+    /// AcceptInvite and ConvertInvite.
+    InviteChange(proto::InviteChange),
 }
 
 impl Response {
@@ -221,6 +254,8 @@ impl Response {
             Response::ReverseSpend(r) => r.replayed,
             Response::Adjust(r) => r.replayed,
             Response::SetTier(r) => r.replayed,
+            Response::CreateInvites(r) => r.replayed,
+            Response::InviteChange(r) => r.replayed,
         }
     }
 
@@ -232,6 +267,8 @@ impl Response {
             Response::ReverseSpend(r) => &r.entry_id,
             Response::Adjust(r) => &r.entry_id,
             Response::SetTier(r) => &r.entry_id,
+            Response::CreateInvites(r) => &r.entry_id,
+            Response::InviteChange(r) => &r.entry_id,
         }
     }
 
@@ -245,6 +282,8 @@ impl Response {
             Response::ReverseSpend(r) => r.replayed = replayed,
             Response::Adjust(r) => r.replayed = replayed,
             Response::SetTier(r) => r.replayed = replayed,
+            Response::CreateInvites(r) => r.replayed = replayed,
+            Response::InviteChange(r) => r.replayed = replayed,
         }
         response
     }
@@ -261,5 +300,12 @@ pub(super) async fn send(
         Request::ReverseSpend(r) => Response::ReverseSpend(clients.rpc(r, None).await?),
         Request::Adjust(r) => Response::Adjust(clients.rpc(r, None).await?),
         Request::SetTier(r) => Response::SetTier(clients.rpc(r, None).await?),
+        Request::CreateInvites(r) => Response::CreateInvites(clients.rpc(r, None).await?),
+        Request::AcceptInvite(r) => {
+            Response::InviteChange(clients.rpc(r, None).await?.change.unwrap_or_default())
+        }
+        Request::ConvertInvite(r) => {
+            Response::InviteChange(clients.rpc(r, None).await?.change.unwrap_or_default())
+        }
     })
 }

@@ -75,6 +75,28 @@ pub(super) enum Expected {
         to: usize,
         hold_until: Option<DateTime<Utc>>,
     },
+    /// One invite sent, and the quotas left after it.
+    Invited {
+        remaining_today: i64,
+        remaining_lifetime: i64,
+    },
+    /// An accepted or converted referral.
+    InviteChange {
+        status: proto::InviteStatus,
+        referrer: usize,
+        referee: usize,
+    },
+}
+
+/// A referral the model made: its invite's code, its sides and where it stands.
+#[derive(Debug, Clone)]
+pub(super) struct Referral {
+    pub(super) code: String,
+    pub(super) referrer: usize,
+    pub(super) referee: usize,
+    pub(super) status: proto::InviteStatus,
+    /// The key of the purchase award that converted it.
+    pub(super) qualifying: Option<String>,
 }
 
 /// A member's place on the ladder.
@@ -116,6 +138,9 @@ pub(super) struct Model {
     /// award's instant, so both leave the window together.
     pub(super) status_points: Vec<(usize, DateTime<Utc>, i64)>,
     pub(super) standings: Vec<Standing>,
+    /// Invites sent: (referrer, code once known, program-local day sent).
+    pub(super) invites: Vec<(usize, Option<String>, NaiveDate)>,
+    pub(super) referrals: Vec<Referral>,
 }
 
 impl Model {
@@ -139,7 +164,117 @@ impl Model {
             spends: vec![],
             status_points: vec![],
             standings: vec![Standing::default(); count],
+            invites: vec![],
+            referrals: vec![],
         }
+    }
+
+    /// A member enrolled during the case (a referee).
+    pub(super) fn add_member(&mut self, member_id: String) -> usize {
+        self.members.push(member_id);
+        self.lifetime_earned.push(0);
+        self.owed.push(0);
+        self.standings.push(Standing::default());
+        self.members.len() - 1
+    }
+
+    /// The program's zone now.
+    fn zone_now(&self) -> chrono_tz::Tz {
+        self.zones
+            .iter()
+            .rev()
+            .find(|(effective, _)| *effective <= self.now)
+            .map_or(zone(ZONES[0]), |(_, zone)| *zone)
+    }
+
+    /// The referral a member accepted, if any.
+    fn referral_of(&self, member: usize) -> Option<usize> {
+        self.referrals.iter().position(|r| r.referee == member)
+    }
+
+    /// Pays both sides of an accepted referral (referee first, then referrer; each a
+    /// credit counted toward status, kept as a reversible credit under its own name), then
+    /// lifts both.
+    fn convert(&mut self, referral: usize, qualifying: Option<String>) {
+        let (referrer, referee) = (
+            self.referrals[referral].referrer,
+            self.referrals[referral].referee,
+        );
+        for (member, side, points) in [
+            (referee, "referee", REFEREE_POINTS),
+            (referrer, "referrer", REFERRER_POINTS),
+        ] {
+            let batch = self.credit(member, points);
+            self.lifetime_earned[member] += points;
+            self.status_points.push((member, self.now, points));
+            self.entries.insert(
+                format!("referral-{referral}-{side}"),
+                Entry::Award {
+                    member,
+                    at: self.now,
+                    points,
+                    batch: Some(batch),
+                    reversed: 0,
+                },
+            );
+        }
+        self.lift(referee);
+        self.lift(referrer);
+        self.referrals[referral].status = proto::InviteStatus::Converted;
+        self.referrals[referral].qualifying = qualifying;
+    }
+
+    /// Takes `points` of a credit back: from its own batch first, then the member's other
+    /// batches oldest first; what was spent already is owed. Returns (member, draws).
+    fn reverse_credit(&mut self, credit_key: &str, points: i64) -> (usize, Vec<(usize, i64)>) {
+        let Some(Entry::Award {
+            member, at, batch, ..
+        }) = self.entries.get(credit_key).cloned()
+        else {
+            panic!("no credit {credit_key}");
+        };
+        let mut draws = vec![];
+        let mut left = points;
+        if let Some(own) = batch {
+            if self.live(&self.batches[own]) {
+                let taken = left.min(self.batches[own].remaining);
+                self.batches[own].remaining -= taken;
+                left -= taken;
+                draws.push((own, taken));
+            }
+        }
+        draws.extend(self.draw_fifo(member, left, batch));
+        let recovered: i64 = draws.iter().map(|d| d.1).sum();
+        self.owed[member] += points - recovered;
+        self.lifetime_earned[member] -= points;
+        self.status_points.push((member, at, -points));
+        if let Some(Entry::Award { reversed, .. }) = self.entries.get_mut(credit_key) {
+            *reversed += points;
+        }
+        (member, draws)
+    }
+
+    /// A full refund of a referral's qualifying purchase within the clawback days takes
+    /// both credits back (the referrer's first).
+    fn claw_back(&mut self, award_key: &str, award_at: DateTime<Utc>) {
+        let Some(referral) = self.referrals.iter().position(|r| {
+            r.qualifying.as_deref() == Some(award_key) && r.status == proto::InviteStatus::Converted
+        }) else {
+            return;
+        };
+        if self.now > award_at + Duration::days(REFERRAL_CLAWBACK_DAYS) {
+            return;
+        }
+        for side in ["referrer", "referee"] {
+            let key = format!("referral-{referral}-{side}");
+            if let Some(Entry::Award {
+                points, reversed, ..
+            }) = self.entries.get(&key).cloned()
+            {
+                self.reverse_credit(&key, points - reversed);
+            }
+        }
+        self.referrals[referral].status = proto::InviteStatus::ClawedBack;
     }
 
     /// Points earned in the window (now − one calendar month, now].
@@ -326,6 +461,13 @@ impl Model {
             Request::Spend(r) => Some(self.member_index(&r.member_id)),
             Request::Adjust(r) => Some(self.member_index(&r.member_id)),
             Request::SetTier(r) => Some(self.member_index(&r.member_id)),
+            Request::CreateInvites(r) => Some(self.member_index(&r.referrer_member_id)),
+            Request::AcceptInvite(r) => Some(self.member_index(&r.referee_member_id)),
+            Request::ConvertInvite(r) => self
+                .referrals
+                .iter()
+                .find(|referral| referral.code == r.code)
+                .map(|referral| referral.referee),
             Request::ReverseAward(r) => match self.resolve(&r.award)?.1 {
                 Entry::Award { member, .. } => Some(member),
                 _ => None,
@@ -365,6 +507,9 @@ impl Model {
             Request::ReverseAward(r) => self.apply_reverse_award(key, r),
             Request::ReverseSpend(r) => self.apply_reverse_spend(key, r),
             Request::SetTier(r) => self.apply_set_tier(key, r),
+            Request::CreateInvites(r) => self.apply_create_invites(key, r),
+            Request::AcceptInvite(r) => self.apply_accept(key, r),
+            Request::ConvertInvite(r) => self.apply_convert(key, r),
         }
     }
 
@@ -398,6 +543,13 @@ impl Model {
             self.status_points.push((member, self.now, awarded));
         }
         self.lift(member);
+        if r.amount_minor >= REFERRAL_MIN_AMOUNT_MINOR {
+            if let Some(referral) = self.referral_of(member) {
+                if self.referrals[referral].status == proto::InviteStatus::Accepted {
+                    self.convert(referral, Some(key.clone()));
+                }
+            }
+        }
         self.entries.insert(
             key.clone(),
             Entry::Award {
@@ -476,7 +628,7 @@ impl Model {
             member,
             at,
             points: awarded,
-            batch,
+            batch: _,
             reversed,
         } = entry
         else {
@@ -490,33 +642,19 @@ impl Model {
         if points > reversible {
             return Expected::Error(Code::FailedPrecondition);
         }
-        let mut draws = vec![];
-        let mut left = points;
-        if let Some(own) = batch {
-            if self.live(&self.batches[own]) {
-                let taken = left.min(self.batches[own].remaining);
-                self.batches[own].remaining -= taken;
-                left -= taken;
-                draws.push((own, taken));
-            }
-        }
-        draws.extend(self.draw_fifo(member, left, batch));
-        let recovered: i64 = draws.iter().map(|d| d.1).sum();
         // What was spent already cannot be taken back: the member owes it.
-        self.owed[member] += points - recovered;
-        self.lifetime_earned[member] -= points;
-        self.status_points.push((member, at, -points));
-        if let Some(Entry::Award { reversed, .. }) = self.entries.get_mut(&award_key) {
-            *reversed += points;
+        let (_, draws) = self.reverse_credit(&award_key, points);
+        let balance = self.balance(member);
+        if reversible == points {
+            self.claw_back(&award_key, at);
         }
         self.entries.insert(key, Entry::Other);
-        debug_assert!(recovered <= points);
         Expected::ReverseAward {
             member,
             reversed: points,
             draws,
             remaining_reversible: reversible - points,
-            balance: self.balance(member),
+            balance,
         }
     }
 
@@ -541,6 +679,76 @@ impl Model {
             from,
             to,
             hold_until,
+        }
+    }
+
+    pub(super) fn apply_create_invites(
+        &mut self,
+        key: String,
+        r: &proto::CreateInvitesRequest,
+    ) -> Expected {
+        let referrer = self.member_index(&r.referrer_member_id);
+        let today = local_day(self.now, self.zone_now()).0;
+        self.invites.push((referrer, None, today));
+        let sent_today = self
+            .invites
+            .iter()
+            .filter(|(m, _, day)| *m == referrer && *day == today)
+            .count() as i64;
+        let held = self
+            .invites
+            .iter()
+            .filter(|(m, _, _)| *m == referrer)
+            .count() as i64;
+        self.entries.insert(key, Entry::Other);
+        Expected::Invited {
+            remaining_today: INVITES_PER_DAY - sent_today,
+            remaining_lifetime: INVITES_LIFETIME - held,
+        }
+    }
+
+    pub(super) fn apply_accept(&mut self, key: String, r: &proto::AcceptInviteRequest) -> Expected {
+        let Some(&(referrer, _, _)) = self
+            .invites
+            .iter()
+            .find(|(_, code, _)| code.as_deref() == Some(r.code.as_str()))
+        else {
+            return Expected::Error(Code::NotFound);
+        };
+        let referee = self.member_index(&r.referee_member_id);
+        self.referrals.push(Referral {
+            code: r.code.clone(),
+            referrer,
+            referee,
+            status: proto::InviteStatus::Accepted,
+            qualifying: None,
+        });
+        self.entries.insert(key, Entry::Other);
+        Expected::InviteChange {
+            status: proto::InviteStatus::Accepted,
+            referrer,
+            referee,
+        }
+    }
+
+    pub(super) fn apply_convert(
+        &mut self,
+        key: String,
+        r: &proto::ConvertInviteRequest,
+    ) -> Expected {
+        let Some(referral) = self.referrals.iter().position(|x| x.code == r.code) else {
+            return Expected::Error(Code::NotFound);
+        };
+        if self.referrals[referral].status != proto::InviteStatus::Accepted {
+            return Expected::Error(Code::FailedPrecondition);
+        }
+        self.convert(referral, None);
+        self.entries.insert(key, Entry::Other);
+        let found = &self.referrals[referral];
+        Expected::InviteChange {
+            status: proto::InviteStatus::Converted,
+            referrer: found.referrer,
+            referee: found.referee,
         }
     }
 
@@ -848,6 +1056,57 @@ impl Model {
                 prop_assert_eq!(&r.from_tier_code, TIERS[from].0, "set tier: from");
                 prop_assert_eq!(&r.tier_code, TIERS[to].0, "set tier: to");
                 prop_assert_eq!(r.hold_until, hold_until.map(timestamp), "set tier: hold");
+            }
+            (
+                Expected::Invited {
+                    remaining_today,
+                    remaining_lifetime,
+                },
+                Response::CreateInvites(r),
+            ) => {
+                prop_assert_eq!(r.results.len(), 1, "invites: one result");
+                let invite = r.results[0].invite.as_ref();
+                prop_assert!(invite.is_some(), "invites: an invite was sent");
+                prop_assert_eq!(r.remaining_today, remaining_today, "invites: left today");
+                prop_assert_eq!(
+                    r.remaining_lifetime,
+                    remaining_lifetime,
+                    "invites: left in all"
+                );
+                if let Some(last) = self.invites.last_mut() {
+                    last.1 = invite.map(|i| i.code.clone());
+                }
+            }
+            (
+                Expected::InviteChange {
+                    status,
+                    referrer,
+                    referee,
+                },
+                Response::InviteChange(r),
+            ) => {
+                prop_assert_eq!(r.status, status as i32, "invite: status");
+                prop_assert_eq!(
+                    &r.referrer_member_id,
+                    &self.members[referrer],
+                    "invite: referrer"
+                );
+                prop_assert_eq!(
+                    &r.referee_member_id,
+                    &self.members[referee],
+                    "invite: referee"
+                );
+                let paid = status == proto::InviteStatus::Converted;
+                prop_assert_eq!(
+                    !r.referrer_bonus_entry_id.is_empty(),
+                    paid,
+                    "invite: referrer paid"
+                );
+                prop_assert_eq!(
+                    !r.referee_bonus_entry_id.is_empty(),
+                    paid,
+                    "invite: referee paid"
+                );
             }
             (expected, response) => {
                 return Err(TestCaseError::fail(format!(

@@ -137,10 +137,39 @@ pub(super) fn request_for(
                     ..Default::default()
                 })
             } else {
-                earlier.changed()
+                earlier.changed()?
             }
         }
+        Op::RefereePurchase {
+            referral,
+            amount_minor,
+        } => {
+            let found = model
+                .referrals
+                .get(referral % model.referrals.len().max(1))?;
+            Request::Award(proto::AwardRequest {
+                program_id: program.into(),
+                member_id: model.members[found.referee].clone(),
+                idempotency_key: key,
+                source: 1,
+                external_ref: format!("order-{step}"),
+                amount_minor: *amount_minor,
+                currency: "USD".into(),
+                occurred_at: Some(timestamp(model.now)),
+            })
+        }
+        Op::Convert { referral } => {
+            let found = model
+                .referrals
+                .get(referral % model.referrals.len().max(1))?;
+            Request::ConvertInvite(proto::ConvertInviteRequest {
+                program_id: program.into(),
+                code: found.code.clone(),
+                idempotency_key: key,
+            })
+        }
         Op::Advance(_)
+        | Op::Refer { .. }
         | Op::Evaluate { .. }
         | Op::Expire
         | Op::LoseCapCounters
@@ -463,6 +492,7 @@ pub(super) async fn run_case(
     let mut sent: Vec<Request> = vec![];
     let mut clients = Clients {
         tiers: app.tiers.clone(),
+        referrals: app.referrals.clone(),
         events: app.events.clone(),
         ledger: app.ledger.clone(),
         programs: app.programs.clone(),
@@ -498,6 +528,41 @@ pub(super) async fn run_case(
             Op::Evaluate { member } => {
                 evaluate(app, &program, &mut model, *member, &after).await?;
                 which = Some(*member);
+            }
+            Op::Refer { referrer } => {
+                let invite_key = format!("k-{step}-invite");
+                let invite = Request::CreateInvites(proto::CreateInvitesRequest {
+                    program_id: program.clone(),
+                    referrer_member_id: model.members[*referrer].clone(),
+                    idempotency_key: invite_key.clone(),
+                    contacts: vec![format!("friend-{number}-{step}@model.example")],
+                });
+                exchange(&mut clients, &mut model, &mut sent, invite, &after).await?;
+                let Some(code) = model.invites.last().and_then(|(_, code, _)| code.clone()) else {
+                    return Err(TestCaseError::fail(format!("{after}: no invite code")));
+                };
+                // A new member, a second later, accepts it.
+                model.now += Duration::seconds(1);
+                app.clock.set(model.now);
+                let referee_id = uuid::Uuid::new_v4().to_string();
+                app.ledger
+                    .clone()
+                    .enroll_member(proto::EnrollMemberRequest {
+                        program_id: program.clone(),
+                        member_id: referee_id.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|status| TestCaseError::fail(format!("{after}: enroll: {status}")))?;
+                let referee = model.add_member(referee_id.clone());
+                let accept = Request::AcceptInvite(proto::AcceptInviteRequest {
+                    program_id: program.clone(),
+                    code,
+                    referee_member_id: referee_id,
+                    idempotency_key: format!("k-{step}-accept"),
+                });
+                exchange(&mut clients, &mut model, &mut sent, accept, &after).await?;
+                which = Some(referee);
             }
             Op::Bounce { member } => {
                 let m = *member;
