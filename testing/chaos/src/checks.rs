@@ -1,8 +1,8 @@
 //! The end-of-run checks: the ledger against the model of acknowledged outcomes.
 use crate::infra::{blocking, Infra};
-use crate::workload::{Answer, Ctx, Fate, KeyRecord, Stats, PROGRAM};
+use crate::workload::{self, Answer, Ctx, Fate, KeyRecord, Stats, PROGRAM};
 use rand_chacha::ChaCha8Rng;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// The model's record of every key sent.
 type Keys = HashMap<String, KeyRecord>;
@@ -48,6 +48,7 @@ async fn checks(
     every_acknowledged_key_has_its_one_entry(ctx, &model, &ledger.entries);
     balances_match_the_model(ctx, rng, &model, &ledger.engine).await;
     every_change_has_its_one_event(&db, stats).await?;
+    each_referral_paid_once(&db, ctx).await?;
     the_workers_paid_each_bonus_once(&db, ctx).await?;
     a_cursor_walk_delivers_every_event_once(&db, ctx, rng).await?;
     let per_member = entries_per_member(&db).await?;
@@ -193,7 +194,8 @@ async fn balances_match_the_model(
             _ => {}
         }
     }
-    for (index, member) in ctx.members.iter().enumerate() {
+    for index in ctx.enrolled_members() {
+        let member = &ctx.members[index];
         let expected = model_balance[index] + expired.get(member).copied().unwrap_or(0);
         match ctx.get_member(rng, index).await {
             Answer::Ok(response) => {
@@ -237,7 +239,8 @@ async fn list_entries_pages_through_each_members_entries(
     per_member: &HashMap<String, (i64, i64)>,
 ) {
     let stats = &ctx.stats;
-    for (index, member) in ctx.members.iter().enumerate() {
+    for index in ctx.enrolled_members() {
+        let member = &ctx.members[index];
         let (mut count, mut sum, mut token, mut pages) = (0i64, 0i64, String::new(), 0);
         let mut seen = std::collections::HashSet::new();
         loop {
@@ -392,7 +395,8 @@ async fn every_change_has_its_one_event(
              SELECT \
                (SELECT count(*) FROM ledger_entries e LEFT JOIN named \
                   ON named.entry_id = e.entry_id::text \
-                 WHERE e.program_id = $1 AND COALESCE(named.n, 0) <> 1), \
+                 WHERE e.program_id = $1 AND e.kind <> 'referral' \
+                   AND COALESCE(named.n, 0) <> 1), \
                (SELECT count(*) FROM named WHERE NOT EXISTS (SELECT 1 FROM ledger_entries e \
                  WHERE e.program_id = $1 AND e.entry_id::text = named.entry_id)), \
                (SELECT count(*) FROM tier_changes c LEFT JOIN changes \
@@ -419,6 +423,143 @@ async fn every_change_has_its_one_event(
     Ok(())
 }
 
+/// 3c'. Referrals: each converted invite paid each side once, with the rules' points, and a
+///      clawed-back one had both credits reversed; no referral credit outside them; every
+///      invite's transitions each have their one event; every acceptance the driver saw
+///      stands, and every conversion it saw acknowledged is converted (or clawed back).
+async fn each_referral_paid_once(db: &tokio_postgres::Client, ctx: &Ctx) -> anyhow::Result<()> {
+    let stats = &ctx.stats;
+    let invites = db
+        .query(
+            "SELECT i.invite_id::text, i.status, i.referrer_member_id::text, \
+               i.referee_member_id::text, i.accepted_at IS NOT NULL, \
+               (SELECT array_agg(e.member_id::text || ':' || e.points || ':' || \
+                  (SELECT count(*) FROM ledger_entries r WHERE r.program_id = e.program_id \
+                     AND r.reversed_entry_id = e.entry_id AND r.reason = 'referral clawback') \
+                  ORDER BY e.member_id) \
+                  FROM ledger_entries e WHERE e.program_id = i.program_id \
+                   AND e.entry_id IN (i.referrer_entry_id, i.referee_entry_id) \
+                   AND e.kind = 'bonus' AND e.reason = 'referral'), \
+               ev.invited, ev.accepted, ev.converted, ev.clawed_back, ev.closed, \
+               (SELECT a.points > 0 AND a.points = (SELECT COALESCE(sum(r.reversed_points), 0) \
+                  FROM ledger_entries r WHERE r.program_id = a.program_id \
+                   AND r.reversed_entry_id = a.entry_id AND r.kind = 'award_reversal') \
+                  FROM ledger_entries a WHERE a.program_id = i.program_id \
+                   AND a.entry_id = i.qualifying_entry_id) \
+             FROM invites i LEFT JOIN LATERAL (SELECT \
+                 count(*) FILTER (WHERE v.event_type = 'referral.invited') AS invited, \
+                 count(*) FILTER (WHERE v.event_type = 'referral.accepted') AS accepted, \
+                 count(*) FILTER (WHERE v.event_type = 'referral.converted') AS converted, \
+                 count(*) FILTER (WHERE v.event_type = 'referral.clawed_back') AS clawed_back, \
+                 count(*) FILTER (WHERE v.event_type = 'referral.closed') AS closed \
+               FROM events v WHERE v.program_id = i.program_id \
+                 AND v.payload ->> 'invite_id' = i.invite_id::text) ev ON true \
+             WHERE i.program_id = $1",
+            &[&PROGRAM],
+        )
+        .await?;
+    let credits: i64 = db
+        .query_one(
+            "SELECT count(*) FROM ledger_entries WHERE program_id = $1 AND kind = 'bonus' \
+               AND reason = 'referral'",
+            &[&PROGRAM],
+        )
+        .await?
+        .get(0);
+    let mut by_id: HashMap<String, (String, String, Option<String>)> = HashMap::new();
+    let mut paid = 0i64;
+    let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+    for row in &invites {
+        let (invite, status, referrer, referee, accepted): (
+            String,
+            String,
+            String,
+            Option<String>,
+            bool,
+        ) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let entries: Option<Vec<String>> = row.get(5);
+        *statuses.entry(status.clone()).or_default() += 1;
+        let converted = status == "converted" || status == "clawed_back";
+        let reversals = usize::from(status == "clawed_back");
+        let mut expected: Vec<String> = Vec::new();
+        if converted {
+            if let Some(referee) = &referee {
+                expected.push(format!(
+                    "{referee}:{}:{reversals}",
+                    workload::REFEREE_POINTS
+                ));
+            }
+            expected.push(format!(
+                "{referrer}:{}:{reversals}",
+                workload::REFERRER_POINTS
+            ));
+            expected.sort();
+        }
+        let entries = entries.unwrap_or_default();
+        paid += entries.len() as i64;
+        if entries != expected {
+            stats.fail(format!(
+                "invite {invite} ({status}): credits (member:points:clawbacks) {entries:?}, \
+                 expected {expected:?}"
+            ));
+        }
+        let closed = matches!(status.as_str(), "expired" | "revoked" | "superseded");
+        let wanted = [
+            ("referral.invited", true),
+            ("referral.accepted", accepted),
+            ("referral.converted", converted),
+            ("referral.clawed_back", status == "clawed_back"),
+            ("referral.closed", closed),
+        ];
+        for (column, (kind, due)) in (6..).zip(wanted) {
+            let count: i64 = row.get(column);
+            if count != i64::from(due) {
+                stats.fail(format!(
+                    "invite {invite} ({status}): {count} {kind} events, expected {}",
+                    i64::from(due)
+                ));
+            }
+        }
+        // The chaos program claws back within 30 days: every run is inside them.
+        let refunded: Option<bool> = row.get(11);
+        if refunded.unwrap_or(false) != (status == "clawed_back") {
+            stats.fail(format!(
+                "invite {invite} ({status}): its qualifying purchase fully refunded: {refunded:?}"
+            ));
+        }
+        by_id.insert(invite, (status, referrer, referee));
+    }
+    if credits != paid {
+        stats.fail(format!(
+            "{credits} referral credits in the ledger, {paid} named by converted invites"
+        ));
+    }
+    let accepted = ctx.model.lock().unwrap().referrals.clone();
+    for seen in &accepted {
+        let referrer = &ctx.members[seen.referrer];
+        let referee = &ctx.members[seen.referee];
+        match by_id.get(&seen.invite_id) {
+            Some((status, r, e)) if r == referrer && e.as_ref() == Some(referee) => {
+                if seen.converted && status != "converted" && status != "clawed_back" {
+                    stats.fail(format!(
+                        "invite {}: a conversion was acknowledged, the invite is {status}",
+                        seen.invite_id
+                    ));
+                }
+            }
+            other => stats.fail(format!(
+                "invite {}: accepted by {referee} from {referrer}, the ledger has {other:?}",
+                seen.invite_id
+            )),
+        }
+    }
+    stats.note(format!(
+        "referrals: {} accepted by the driver, invites by status {statuses:?}, {paid} credits",
+        accepted.len()
+    ));
+    Ok(())
+}
+
 /// 3c. The servers' workers, killed mid-job with their servers, paid every member born
 ///     today its birthday bonus exactly once, and no member a re-engagement bonus twice.
 async fn the_workers_paid_each_bonus_once(
@@ -441,7 +582,7 @@ async fn the_workers_paid_each_bonus_once(
         anyhow::Ok(paid)
     };
     // The workers run every second; give them a few rounds after healing.
-    let born_today: Vec<&String> = ctx.members.iter().step_by(3).collect();
+    let born_today: Vec<&String> = ctx.members[..ctx.regular].iter().step_by(3).collect();
     let mut paid = read().await?;
     for _ in 0..60 {
         let missing = born_today
@@ -455,14 +596,20 @@ async fn the_workers_paid_each_bonus_once(
     }
     for (index, member) in ctx.members.iter().enumerate() {
         let birthday = paid.get(&(member.clone(), "birthday".into())).copied();
-        let expected = (index % 3 == 0).then_some((1, crate::BIRTHDAY_BONUS));
+        // Referees join with no birthday, enrolled today.
+        let expected =
+            (index % 3 == 0 && !ctx.is_referee(index)).then_some((1, crate::BIRTHDAY_BONUS));
         if birthday != expected {
             stats.fail(format!(
                 "member {member}: birthday bonuses (count, points) {birthday:?}, expected {expected:?}"
             ));
         }
         if let Some((count, points)) = paid.get(&(member.clone(), "reengagement".into())) {
-            if *count != 1 || *points != crate::REENGAGEMENT_BONUS || index % 2 != 0 {
+            if *count != 1
+                || *points != crate::REENGAGEMENT_BONUS
+                || index % 2 != 0
+                || ctx.is_referee(index)
+            {
                 stats.fail(format!(
                     "member {member}: {count} re-engagement bonuses of {points} points"
                 ));

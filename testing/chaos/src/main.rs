@@ -194,6 +194,12 @@ async fn create_program(
             reengagement_after_days: Some(90),
             reengagement_bonus_points: Some(REENGAGEMENT_BONUS),
             reupgrade_bonus_points: Some(10),
+            referrer_points: Some(workload::REFERRER_POINTS),
+            referee_points: Some(workload::REFEREE_POINTS),
+            // Low enough that hot referrers meet the daily quota during a run.
+            max_invites_per_day: Some(4),
+            referral_qualify_min_amount_minor: Some(workload::REFERRAL_MIN_AMOUNT_MINOR),
+            referral_clawback_days: Some(30),
             ..Default::default()
         }),
     };

@@ -1,4 +1,4 @@
-//! The seeded workload: concurrent clients that award, spend, reverse and adjust, each
+//! The seeded workload: concurrent clients that award, spend, reverse, adjust and refer, each
 //! retrying a call that got no definite answer with the same idempotency key, and the model
 //! of every key's fate the final checks compare the ledger with.
 use flash_loyalty::grpc::proto;
@@ -7,7 +7,7 @@ use flash_testing_support::timestamp;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::transport::Endpoint;
@@ -29,6 +29,7 @@ pub enum Op {
     Read,
     TwinSpend,
     KeyRace,
+    Refer,
 }
 
 impl Op {
@@ -46,11 +47,12 @@ impl Op {
             Op::Read => "read",
             Op::TwinSpend => "twin_spend",
             Op::KeyRace => "key_race",
+            Op::Refer => "refer",
         }
     }
 }
 
-const WEIGHTS: [(Op, u32); 12] = [
+const WEIGHTS: [(Op, u32); 13] = [
     (Op::TwinSpend, 4),
     (Op::KeyRace, 3),
     (Op::Award, 30),
@@ -63,7 +65,13 @@ const WEIGHTS: [(Op, u32); 12] = [
     (Op::ReverseSpend, 6),
     (Op::Adjust, 9),
     (Op::Read, 4),
+    (Op::Refer, 4),
 ];
+
+/// The chaos program's referral rules: a purchase of at least this amount converts.
+pub const REFERRAL_MIN_AMOUNT_MINOR: i64 = 2_000;
+pub const REFERRER_POINTS: i64 = 30;
+pub const REFEREE_POINTS: i64 = 20;
 
 /// What became of one idempotency key.
 #[derive(Debug, Clone)]
@@ -104,11 +112,23 @@ pub struct AckedSpend {
     pub points: i64,
 }
 
+/// An invite its referee accepted.
+#[derive(Debug, Clone)]
+pub struct AcceptedReferral {
+    pub invite_id: String,
+    pub referrer: usize,
+    pub referee: usize,
+    /// A conversion was acknowledged: an explicit one, an acceptance that converted, or a
+    /// qualifying purchase.
+    pub converted: bool,
+}
+
 #[derive(Default)]
 pub struct Model {
     pub keys: HashMap<String, KeyRecord>,
     pub awards: Vec<AckedAward>,
     pub spends: Vec<AckedSpend>,
+    pub referrals: Vec<AcceptedReferral>,
 }
 
 #[derive(Default)]
@@ -151,9 +171,18 @@ pub enum Answer<T> {
 
 pub struct Ctx {
     pub seed: u64,
+    /// The members enrolled before the run (`..regular`), then the slots of referees
+    /// who join during it.
     pub members: Vec<String>,
     pub member_index: HashMap<String, usize>,
     pub hot: usize,
+    /// How many members were enrolled before the run.
+    pub regular: usize,
+    /// The next referee slot (`regular + next_slot`).
+    next_slot: AtomicUsize,
+    /// Referees enrolled during the run, in the order they joined: the operations pick
+    /// them like any member.
+    joined: Mutex<Vec<usize>>,
     clients: Vec<Clients>,
     pub model: Mutex<Model>,
     pub stats: Stats,
@@ -194,7 +223,9 @@ impl Ctx {
                 Clients::new(channel)
             })
             .collect();
-        let members: Vec<String> = (0..members)
+        // As many referee slots as members.
+        let regular = members;
+        let members: Vec<String> = (0..2 * members)
             .map(|_| uuid::Builder::from_random_bytes(rng.random()).into_uuid())
             .map(|u| u.to_string())
             .collect();
@@ -205,7 +236,10 @@ impl Ctx {
             .collect();
         Ctx {
             seed,
-            hot: (members.len() / 8).max(1),
+            hot: (regular / 8).max(1),
+            regular,
+            next_slot: AtomicUsize::new(0),
+            joined: Mutex::new(Vec::new()),
             members,
             member_index,
             clients,
@@ -253,7 +287,9 @@ impl Ctx {
                         Code::FailedPrecondition
                         | Code::AlreadyExists
                         | Code::InvalidArgument
-                        | Code::NotFound => {
+                        | Code::NotFound
+                        // A referrer's invite quota: the whole call refused.
+                        | Code::ResourceExhausted => {
                             *self
                                 .stats
                                 .refusals
@@ -280,12 +316,31 @@ impl Ctx {
         }
     }
 
+    /// A member to act on: most often a hot one, else any enrolled member, referees who
+    /// joined included.
     fn pick_member(&self, rng: &mut ChaCha8Rng) -> usize {
         if rng.random_bool(0.6) {
-            rng.random_range(0..self.hot)
-        } else {
-            rng.random_range(0..self.members.len())
+            return rng.random_range(0..self.hot);
         }
+        let joined = self.joined.lock().unwrap();
+        let pick = rng.random_range(0..self.regular + joined.len());
+        if pick < self.regular {
+            pick
+        } else {
+            joined[pick - self.regular]
+        }
+    }
+
+    /// Every member known to be enrolled: the regular ones, then the referees who joined.
+    pub fn enrolled_members(&self) -> Vec<usize> {
+        (0..self.regular)
+            .chain(self.joined.lock().unwrap().iter().copied())
+            .collect()
+    }
+
+    /// Whether `member` is a referee who joined during the run.
+    pub fn is_referee(&self, member: usize) -> bool {
+        member >= self.regular
     }
 
     fn disable(&self, op: Op) {
@@ -420,7 +475,11 @@ impl Ctx {
             "02-29" => "1992-02-29".to_owned(),
             month_day => format!("1990-{month_day}"),
         };
-        for (index, member) in self.members.clone().into_iter().enumerate() {
+        for (index, member) in self.members[..self.regular]
+            .to_vec()
+            .into_iter()
+            .enumerate()
+        {
             let request = proto::EnrollMemberRequest {
                 program_id: PROGRAM.into(),
                 member_id: member,
@@ -469,6 +528,7 @@ impl Ctx {
                 Op::Read => self.read(&mut rng).await,
                 Op::TwinSpend => self.twin_spend(&mut rng, key).await,
                 Op::KeyRace => self.key_race(&mut rng, key).await,
+                Op::Refer => self.refer(&mut rng, key).await,
             }
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
         }
@@ -798,7 +858,10 @@ impl Ctx {
     /// one wins, the other is ALREADY_EXISTS.
     async fn key_race(&self, rng: &mut ChaCha8Rng, key: String) {
         let first = self.pick_member(rng);
-        let second = (first + 1 + rng.random_range(0..self.members.len() - 1)) % self.members.len();
+        let second = (0..16)
+            .map(|_| self.pick_member(rng))
+            .find(|&m| m != first)
+            .unwrap_or((first + 1) % self.regular);
         let request_a = self.award_request(rng, first, &key);
         let mut request_b = self.award_request(rng, second, &key);
         request_b.external_ref.push_str("-rival");
@@ -973,6 +1036,156 @@ impl Ctx {
                 self.settle(&key, Fate::Acked, Some(member), response.points);
             }
             other => self.settle_not_ok(&key, Op::Adjust, &other),
+        }
+    }
+
+    /// A referral end to end, each step retried to a definite answer: a member invites a
+    /// new contact, the referee enrols with it and accepts, then converts with a
+    /// qualifying purchase or explicitly. The referee joins the members every other
+    /// operation picks once enrolled, so its purchases, refunds and spends race the
+    /// conversion and the clawback.
+    async fn refer(&self, rng: &mut ChaCha8Rng, key: String) {
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let referee = self.regular + slot;
+        if referee >= self.members.len() {
+            return self.award(rng, key).await;
+        }
+        let referrer = self.pick_member(rng);
+        let contact = format!("referee{slot}@chaos.example");
+        let invite_key = format!("{key}-invite");
+        self.register(&invite_key, "referral", Some(referrer));
+        let request = proto::CreateInvitesRequest {
+            program_id: PROGRAM.into(),
+            referrer_member_id: self.members[referrer].clone(),
+            idempotency_key: invite_key.clone(),
+            contacts: vec![contact.clone()],
+        };
+        let answer = self.call(rng, "create_invites", &request).await;
+        let Answer::Ok(response) = answer else {
+            return self.settle_not_ok(&invite_key, Op::Refer, &answer);
+        };
+        self.settle(&invite_key, Fate::Acked, None, 0);
+        let result = response.results.first();
+        let Some(invite) = result.and_then(|r| r.invite.clone()) else {
+            // A quota or a refusal of the contact: counted, nothing to follow.
+            let refusal = result.map_or(0, |r| r.refusal);
+            *self
+                .stats
+                .refusals
+                .lock()
+                .unwrap()
+                .entry(format!("create_invites:refusal {refusal}"))
+                .or_default() += 1;
+            return;
+        };
+
+        if rng.random_bool(0.1) {
+            // The referrer takes it back before anyone joins.
+            let revoke_key = format!("{key}-revoke");
+            self.register(&revoke_key, "referral", Some(referrer));
+            let revoke = proto::RevokeInviteRequest {
+                program_id: PROGRAM.into(),
+                code: invite.code,
+                idempotency_key: revoke_key.clone(),
+            };
+            match self.call(rng, "revoke_invite", &revoke).await {
+                Answer::Ok(_) => self.settle(&revoke_key, Fate::Acked, None, 0),
+                other => self.settle_not_ok(&revoke_key, Op::Refer, &other),
+            }
+            return;
+        }
+        let enroll = proto::EnrollMemberRequest {
+            program_id: PROGRAM.into(),
+            member_id: self.members[referee].clone(),
+            birthday: String::new(),
+            enrolled_at: None,
+            contacts: vec![contact],
+        };
+        match self.call(rng, "enroll_referee", &enroll).await {
+            Answer::Ok(_) => self.joined.lock().unwrap().push(referee),
+            Answer::Refused(code, message) => {
+                return self.stats.fail(format!(
+                    "enrolling referee {referee}: {code:?} \"{message}\""
+                ));
+            }
+            Answer::Unimplemented | Answer::Failed | Answer::GaveUp => return,
+        }
+
+        let accept_key = format!("{key}-accept");
+        self.register(&accept_key, "referral", Some(referee));
+        let accept = proto::AcceptInviteRequest {
+            program_id: PROGRAM.into(),
+            code: invite.code.clone(),
+            referee_member_id: self.members[referee].clone(),
+            idempotency_key: accept_key.clone(),
+        };
+        let answer = self.call(rng, "accept_invite", &accept).await;
+        let Answer::Ok(response) = answer else {
+            if let Answer::Refused(code, message) = &answer {
+                // A fresh invite to a fresh contact accepted by a new member: nothing may
+                // refuse it.
+                self.stats.fail(format!(
+                    "accepting invite {}: {code:?} \"{message}\"",
+                    invite.invite_id
+                ));
+            }
+            return self.settle_not_ok(&accept_key, Op::Refer, &answer);
+        };
+        self.settle(&accept_key, Fate::Acked, None, 0);
+        let converted = response
+            .change
+            .is_some_and(|c| c.status == proto::InviteStatus::Converted as i32);
+        let record = {
+            let mut model = self.model.lock().unwrap();
+            model.referrals.push(AcceptedReferral {
+                invite_id: invite.invite_id.clone(),
+                referrer,
+                referee,
+                converted,
+            });
+            model.referrals.len() - 1
+        };
+
+        let converted = if rng.random_bool(0.15) {
+            // Left accepted: a later purchase of the referee's, by any client, converts it.
+            false
+        } else if rng.random_bool(0.7) {
+            let purchase_key = format!("{key}-purchase");
+            let mut request = self.award_request(rng, referee, &purchase_key);
+            request.amount_minor = rng.random_range(REFERRAL_MIN_AMOUNT_MINOR..6_000);
+            self.register(&purchase_key, "award", Some(referee));
+            match self.send_award(rng, &request).await {
+                Answer::Ok(response) => {
+                    self.record_award(&request, &response);
+                    true
+                }
+                other => {
+                    self.settle_not_ok(&purchase_key, Op::Award, &other);
+                    false
+                }
+            }
+        } else {
+            let convert_key = format!("{key}-convert");
+            self.register(&convert_key, "referral", Some(referee));
+            let convert = proto::ConvertInviteRequest {
+                program_id: PROGRAM.into(),
+                code: invite.code,
+                idempotency_key: convert_key.clone(),
+            };
+            match self.call(rng, "convert_invite", &convert).await {
+                Answer::Ok(_) => {
+                    self.settle(&convert_key, Fate::Acked, None, 0);
+                    true
+                }
+                // A purchase of the referee's, racing on another client, converted first.
+                other => {
+                    self.settle_not_ok(&convert_key, Op::Refer, &other);
+                    false
+                }
+            }
+        };
+        if converted {
+            self.model.lock().unwrap().referrals[record].converted = true;
         }
     }
 
