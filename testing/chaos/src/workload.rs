@@ -475,11 +475,7 @@ impl Ctx {
             "02-29" => "1992-02-29".to_owned(),
             month_day => format!("1990-{month_day}"),
         };
-        for (index, member) in self.members[..self.regular]
-            .to_vec()
-            .into_iter()
-            .enumerate()
-        {
+        for (index, member) in self.members[..self.regular].iter().cloned().enumerate() {
             let request = proto::EnrollMemberRequest {
                 program_id: PROGRAM.into(),
                 member_id: member,
