@@ -3,6 +3,7 @@ mod allocation;
 mod events;
 mod ids;
 mod kind;
+pub mod layout;
 mod lock;
 mod money;
 mod referrals;
