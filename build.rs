@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/flash/loyalty/v1/tiers.proto",
         "proto/flash/loyalty/v1/events.proto",
         "proto/flash/loyalty/v1/referrals.proto",
+        "proto/flash/loyalty/v1/graph.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

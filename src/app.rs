@@ -16,6 +16,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 /// A built server, bound to its address and ready to serve.
 pub struct Application {
     listener: TcpListener,
+    /// The HTTP port (graph page), when `FLASH_HTTP_LISTEN` is not empty.
+    http_listener: Option<TcpListener>,
+    profile_url_template: Option<String>,
+    graph_refresh: std::time::Duration,
     pool: Pool,
     ledger: Ledger,
     programs: Programs,
@@ -40,8 +44,19 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        let http_listener = match settings.http_address()? {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding {address} (FLASH_HTTP_LISTEN)"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
+            http_listener,
+            profile_url_template: settings.profile_url_template.clone(),
+            graph_refresh: std::time::Duration::from_secs(settings.graph_refresh_seconds),
             ledger: Ledger::new(pool.clone(), cap, clock.clone()).with_contact_key(contact_key),
             programs: Programs::new(pool.clone(), clock),
             pool,
@@ -52,6 +67,13 @@ impl Application {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The HTTP port's address, when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn pool(&self) -> &Pool {
@@ -93,8 +115,42 @@ impl Application {
         health
             .set_serving::<proto::referrals_server::ReferralsServer<grpc::ReferralsApi>>()
             .await;
-        tracing::info!(address = %self.local_addr(), "serving gRPC");
-        tonic::transport::Server::builder()
+        health
+            .set_serving::<proto::graph_server::GraphServer<grpc::GraphApi>>()
+            .await;
+        let grpc_address = self.local_addr();
+        // One shutdown for both ports.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = move |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|&stop| stop).await;
+        };
+        let http = match self.http_listener {
+            Some(listener) => {
+                let router = crate::http::router(crate::http::HttpState {
+                    ledger: self.ledger.clone(),
+                    profile_url_template: self.profile_url_template,
+                });
+                tracing::info!(address = %listener.local_addr()?, "serving HTTP");
+                let stopped = until_stopped(stopped.clone());
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await
+                }))
+            }
+            None => None,
+        };
+        let watcher = tokio::spawn(
+            self.ledger
+                .clone()
+                .watch_graph_snapshots(self.graph_refresh),
+        );
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
+        tracing::info!(address = %grpc_address, "serving gRPC");
+        let served = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -110,11 +166,21 @@ impl Application {
             .add_service(proto::events_server::EventsServer::new(
                 grpc::EventsApi::new(Events::new(self.pool.clone())),
             ))
+            .add_service(proto::graph_server::GraphServer::new(grpc::GraphApi::new(
+                self.ledger.clone(),
+            )))
             .add_service(proto::ledger_server::LedgerServer::new(
                 grpc::LedgerApi::new(self.ledger),
             ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
-            .context("gRPC server failed")
+            .context("gRPC server failed");
+        watcher.abort();
+        if let Some(http) = http {
+            http.await
+                .context("the HTTP server panicked")?
+                .context("HTTP server failed")?;
+        }
+        served
     }
 }

@@ -52,7 +52,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
     /// Run one job once as of an instant (default now): expiry, expiring-soon, tier-grace,
-    /// birthday, reengagement, event-prune or invite-expiry. Exits 1 when members failed.
+    /// birthday, reengagement, event-prune, invite-expiry or graph-snapshot. Exits 1 when members failed.
     Run {
         job: String,
         /// The instant (RFC 3339) the run is for; not in the future.
@@ -100,6 +100,27 @@ pub struct Settings {
         global = true
     )]
     pub listen: SocketAddr,
+    /// Address of the HTTP server (the referral graph page, its JSON); empty: no HTTP server.
+    #[arg(
+        long,
+        env = "FLASH_HTTP_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub http_listen: String,
+    /// The member profile link of the graph page, `{member_id}` replaced by the member's
+    /// id, e.g. `https://crm.example/members/{member_id}`; unset: nodes link nowhere.
+    #[arg(long, env = "FLASH_PROFILE_URL_TEMPLATE", global = true)]
+    pub profile_url_template: Option<String>,
+    /// Seconds between two checks for referral graph snapshots written by other replicas.
+    #[arg(
+        long,
+        env = "FLASH_GRAPH_REFRESH_SECONDS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=86_400),
+        global = true
+    )]
+    pub graph_refresh_seconds: u64,
     /// Largest number of PostgreSQL connections.
     #[arg(long, env = "FLASH_DB_POOL_SIZE", default_value_t = 16, global = true)]
     pub db_pool_size: usize,
@@ -257,6 +278,17 @@ impl Settings {
 
     pub fn worker_interval(&self) -> Duration {
         Duration::from_secs(self.worker_interval_seconds)
+    }
+
+    /// The HTTP server's address; None when it is off.
+    pub fn http_address(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let raw = self.http_listen.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        raw.parse()
+            .map(Some)
+            .map_err(|error| anyhow::anyhow!("FLASH_HTTP_LISTEN {raw:?}: {error}"))
     }
 
     pub fn redis_timeout(&self) -> Duration {

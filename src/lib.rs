@@ -10,6 +10,7 @@
 //! - [`clock`]: the injectable clock; nothing else reads the time.
 //! - [`domain`]: ids, rules and points arithmetic; pure, no IO.
 //! - [`grpc`]: proto ↔ domain conversion and the one error → status mapping. No SQL.
+//! - [`http`]: the HTTP port beside gRPC (the referral graph page and its JSON). No SQL.
 //! - [`service`]: use cases; each owns its transaction, member lock and cap reservation.
 //! - [`store`]: SQL only; PostgreSQL errors are classified in one place.
 //! - [`cap`]: the Redis daily-cap counters; every Redis failure is a refusal.
@@ -28,6 +29,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod http;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! Domain types and rules: parse-don't-validate newtypes and pure arithmetic. No IO.
 mod allocation;
 mod events;
+pub mod graph;
 mod ids;
 mod kind;
 pub mod layout;

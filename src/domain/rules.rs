@@ -88,6 +88,12 @@ pub struct RulesDocument {
     /// referral credits back; 0: never.
     #[serde(default = "default_referral_clawback_days")]
     pub referral_clawback_days: i32,
+    /// The program-local hour (0–23) from which the day's referral graph snapshot is taken.
+    #[serde(default = "default_graph_snapshot_hour")]
+    pub graph_snapshot_hour: i32,
+    /// Days graph snapshots are kept; older ones are deleted by the snapshot job.
+    #[serde(default = "default_graph_snapshot_retention_days")]
+    pub graph_snapshot_retention_days: i32,
 }
 
 pub const DEFAULT_TIER_WINDOW_MONTHS: i32 = 12;
@@ -100,6 +106,8 @@ pub const DEFAULT_MAX_INVITES_PER_BATCH: i32 = 20;
 pub const DEFAULT_MAX_INVITES_PER_DAY: i32 = 50;
 pub const DEFAULT_MAX_INVITES_LIFETIME: i32 = 500;
 pub const DEFAULT_REFERRAL_CLAWBACK_DAYS: i32 = 30;
+pub const DEFAULT_GRAPH_SNAPSHOT_HOUR: i32 = 3;
+pub const DEFAULT_GRAPH_SNAPSHOT_RETENTION_DAYS: i32 = 30;
 /// The most contacts one CreateInvites call may carry, whatever the rules say.
 pub const MAX_INVITES_PER_CALL: i32 = 100;
 
@@ -132,6 +140,12 @@ fn default_max_invites_lifetime() -> i32 {
 }
 fn default_referral_clawback_days() -> i32 {
     DEFAULT_REFERRAL_CLAWBACK_DAYS
+}
+fn default_graph_snapshot_hour() -> i32 {
+    DEFAULT_GRAPH_SNAPSHOT_HOUR
+}
+fn default_graph_snapshot_retention_days() -> i32 {
+    DEFAULT_GRAPH_SNAPSHOT_RETENTION_DAYS
 }
 
 impl RulesDocument {
@@ -170,6 +184,8 @@ impl RulesDocument {
             max_invites_lifetime: DEFAULT_MAX_INVITES_LIFETIME,
             referral_qualify_min_amount_minor: 0,
             referral_clawback_days: DEFAULT_REFERRAL_CLAWBACK_DAYS,
+            graph_snapshot_hour: DEFAULT_GRAPH_SNAPSHOT_HOUR,
+            graph_snapshot_retention_days: DEFAULT_GRAPH_SNAPSHOT_RETENTION_DAYS,
         }
     }
 }
@@ -477,6 +493,18 @@ fn check_tier_policy(document: &mut RulesDocument) -> Result<(), InvalidField> {
         "rules.referral_clawback_days",
         document.referral_clawback_days,
         0,
+        MAX_NOTICE_DAYS,
+    )?;
+    days(
+        "rules.graph_snapshot_hour",
+        document.graph_snapshot_hour,
+        0,
+        23,
+    )?;
+    days(
+        "rules.graph_snapshot_retention_days",
+        document.graph_snapshot_retention_days,
+        1,
         MAX_NOTICE_DAYS,
     )?;
     Ok(())

@@ -1,12 +1,14 @@
 //! The gRPC transport: converts proto ↔ domain, calls the service, maps errors. No SQL.
 pub mod codec;
 mod events;
+pub mod graph;
 mod ledger;
 mod programs;
 mod referrals;
 mod tiers;
 
 pub use events::EventsApi;
+pub use graph::GraphApi;
 pub use ledger::LedgerApi;
 pub use programs::ProgramsApi;
 pub use referrals::ReferralsApi;
@@ -97,6 +99,8 @@ fn code_and_reason(error: &Error) -> (Code, &'static str) {
         Error::InviteNotOpen { .. } => (Code::FailedPrecondition, "INVITE_NOT_OPEN"),
         Error::ReferralRefused(refusal) => (Code::FailedPrecondition, refusal.reason()),
         Error::ContactTaken { .. } => (Code::AlreadyExists, "CONTACT_TAKEN"),
+        Error::GraphSnapshotNotFound { .. } => (Code::NotFound, "GRAPH_SNAPSHOT_NOT_FOUND"),
+        Error::NotInGraph { .. } => (Code::NotFound, "MEMBER_NOT_IN_GRAPH"),
         Error::Unavailable(Unavailable::DailyCap) => (Code::Unavailable, "DAILY_CAP_UNAVAILABLE"),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
         Error::Unexpected(_) => (Code::Internal, "INTERNAL"),
@@ -107,7 +111,16 @@ fn code_and_reason(error: &Error) -> (Code, &'static str) {
 fn error_metadata(error: &Error) -> HashMap<String, String> {
     let pairs: Vec<(&str, String)> = match error {
         Error::InvalidArgument(invalid) => vec![("field", invalid.field.clone())],
-        Error::ProgramNotFound { program } => vec![("program_id", program.to_string())],
+        Error::ProgramNotFound { program } | Error::GraphSnapshotNotFound { program } => {
+            vec![("program_id", program.to_string())]
+        }
+        Error::NotInGraph {
+            member,
+            snapshot_date,
+        } => vec![
+            ("member_id", member.to_string()),
+            ("snapshot_date", snapshot_date.to_string()),
+        ],
         Error::MemberNotFound { program, member } => vec![
             ("program_id", program.to_string()),
             ("member_id", member.to_string()),

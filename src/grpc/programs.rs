@@ -118,6 +118,12 @@ fn rules_document(
         referral_clawback_days: rules
             .referral_clawback_days
             .unwrap_or(defaults.referral_clawback_days),
+        graph_snapshot_hour: rules
+            .graph_snapshot_hour
+            .unwrap_or(defaults.graph_snapshot_hour),
+        graph_snapshot_retention_days: rules
+            .graph_snapshot_retention_days
+            .unwrap_or(defaults.graph_snapshot_retention_days),
         tiers: rules
             .tiers
             .into_iter()
@@ -174,6 +180,8 @@ fn program_message(program: ProgramView) -> proto::Program {
             max_invites_lifetime: Some(rules.max_invites_lifetime),
             referral_qualify_min_amount_minor: Some(rules.referral_qualify_min_amount_minor),
             referral_clawback_days: Some(rules.referral_clawback_days),
+            graph_snapshot_hour: Some(rules.graph_snapshot_hour),
+            graph_snapshot_retention_days: Some(rules.graph_snapshot_retention_days),
         }),
         rules_version: program.rules_version,
         created_at: Some(timestamp(program.created_at)),

@@ -132,6 +132,22 @@ pub enum Error {
     #[error("a contact given (contacts[{index}]) belongs to another member of the program")]
     ContactTaken { index: usize },
 
+    /// The program has no referral graph snapshot yet.
+    #[error(
+        "program {program} has no referral graph snapshot yet: the snapshot job takes one \
+         daily from the rules' graph_snapshot_hour, or call Graph.RebuildSnapshot"
+    )]
+    GraphSnapshotNotFound { program: ProgramId },
+    /// The member has no converted referral in the snapshot answering.
+    #[error(
+        "member {member} is not in the referral graph snapshot of {snapshot_date} (no \
+         converted referral either way by then)"
+    )]
+    NotInGraph {
+        member: MemberId,
+        snapshot_date: chrono::NaiveDate,
+    },
+
     /// Nothing was written; the same request with the same key may be sent again.
     #[error("{}; retry with the same idempotency key", .0.describe())]
     Unavailable(Unavailable),

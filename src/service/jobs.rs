@@ -1,5 +1,6 @@
 //! The worker fleet's jobs: expiry, expiring-soon notices, the tier grace batch, birthday
-//! and re-engagement bonuses, and event pruning. Safe with several replicas: a run of
+//! and re-engagement bonuses, event pruning, invite expiry and the referral graph snapshot.
+//! Safe with several replicas: a run of
 //! (job, slot) is claimed with a lease that is renewed at every checkpoint; a replica that
 //! dies leaves its lease to run out and another takes the run over from its checkpoint.
 //! Each member is its own unit of work under its lock; a member that fails is recorded,
@@ -36,10 +37,11 @@ pub enum Job {
     Reengagement,
     EventPrune,
     InviteExpiry,
+    GraphSnapshot,
 }
 
 impl Job {
-    pub const ALL: [Job; 7] = [
+    pub const ALL: [Job; 8] = [
         Job::Expiry,
         Job::ExpiringSoon,
         Job::TierGrace,
@@ -47,6 +49,7 @@ impl Job {
         Job::Reengagement,
         Job::EventPrune,
         Job::InviteExpiry,
+        Job::GraphSnapshot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl Job {
             Job::Reengagement => "reengagement",
             Job::EventPrune => "event-prune",
             Job::InviteExpiry => "invite-expiry",
+            Job::GraphSnapshot => "graph-snapshot",
         }
     }
 
@@ -73,7 +77,8 @@ impl Job {
             | Job::ExpiringSoon
             | Job::TierGrace
             | Job::Birthday
-            | Job::InviteExpiry => Duration::hours(1),
+            | Job::InviteExpiry
+            | Job::GraphSnapshot => Duration::hours(1),
             Job::Reengagement | Job::EventPrune => Duration::days(1),
         }
     }
@@ -351,7 +356,7 @@ impl Ledger {
             Job::Birthday | Job::Reengagement => {
                 self.members_per_program(&client, job, at, after).await?
             }
-            Job::EventPrune | Job::InviteExpiry => {
+            Job::EventPrune | Job::InviteExpiry | Job::GraphSnapshot => {
                 let after_program = after.map(|(program, _)| program).unwrap_or_default();
                 store::programs::list_ids(&**client)
                     .await?
@@ -444,10 +449,11 @@ impl Ledger {
             Job::Reengagement => self.reengagement(program, member_id, at).await,
             Job::EventPrune => self.prune_events(&program, at).await,
             Job::InviteExpiry => self.expire_invites(&program, at).await,
+            Job::GraphSnapshot => self.graph_snapshot_if_due(&program, at).await,
         }
     }
 
-    async fn program_rules(
+    pub(super) async fn program_rules(
         &self,
         program: &ProgramId,
     ) -> Result<crate::domain::RulesDocument, Error> {

@@ -7,6 +7,7 @@ mod bonus;
 mod error;
 mod events;
 mod expiry;
+mod graph;
 mod history;
 mod jobs;
 mod members;
@@ -24,6 +25,10 @@ pub use bonus::{BonusCause, BonusCredit, BonusOutcome, ReferralSide};
 pub use error::{Error, ReferralRefusal, Unavailable};
 pub use events::{EventView, Events};
 pub use expiry::ExpiryOutcome;
+pub use graph::{
+    CachedGraph, GraphCacheStats, GraphView, Neighbourhood, ADVOCATES_MAX, GRAPH_DEFAULT_NODES,
+    GRAPH_MAX_NODES, NEIGHBOURHOOD_DEFAULT_NODES, NEIGHBOURHOOD_MAX_DEPTH,
+};
 pub use history::{HistoryEntry, HistoryPage, Liability, RollForward};
 pub use jobs::{birthdays_celebrated_on, Job, Replica, RunCounts, RunOutcome, MAX_ATTEMPTS};
 pub use members::{EnrollCommand, MemberView};
@@ -65,6 +70,8 @@ pub struct Ledger {
     rules: RulesCache,
     /// Contacts are hashed under it; None in one-shot commands, which take no contacts.
     contact_key: Option<ContactKey>,
+    /// The latest referral graph snapshot of each program read so far.
+    graph: graph::GraphCache,
 }
 
 impl Ledger {
@@ -75,6 +82,7 @@ impl Ledger {
             clock,
             rules: RulesCache::default(),
             contact_key: None,
+            graph: graph::GraphCache::default(),
         }
     }
 

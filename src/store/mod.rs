@@ -5,6 +5,7 @@ pub mod batches;
 pub mod entries;
 mod error;
 pub mod events;
+pub mod graph;
 pub mod hot_path;
 pub mod jobs;
 mod member_tx;

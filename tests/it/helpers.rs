@@ -6,7 +6,7 @@ use flash_loyalty::app::Application;
 use flash_loyalty::clock::ManualClock;
 use flash_loyalty::config::Settings;
 use flash_loyalty::grpc::proto::{
-    self, events_client::EventsClient, ledger_client::LedgerClient,
+    self, events_client::EventsClient, graph_client::GraphClient, ledger_client::LedgerClient,
     programs_client::ProgramsClient, referrals_client::ReferralsClient, tiers_client::TiersClient,
 };
 use flash_loyalty::service::Ledger;
@@ -46,6 +46,9 @@ pub struct TestApp {
     pub tiers: TiersClient<Channel>,
     pub events: EventsClient<Channel>,
     pub referrals: ReferralsClient<Channel>,
+    pub graph: GraphClient<Channel>,
+    /// The HTTP port (graph page).
+    pub http: SocketAddr,
     pub clock: ManualClock,
     /// A pool on the test's database, for checks the API does not expose.
     pub db: Pool,
@@ -53,6 +56,20 @@ pub struct TestApp {
     pub service: Ledger,
     pub database_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestApp {
+    /// The server's clients, for the shared dispatch.
+    pub fn clients(&self) -> flash_testing_support::dispatch::Clients {
+        flash_testing_support::dispatch::Clients {
+            ledger: self.ledger.clone(),
+            programs: self.programs.clone(),
+            tiers: self.tiers.clone(),
+            referrals: self.referrals.clone(),
+            graph: self.graph.clone(),
+            events: self.events.clone(),
+        }
+    }
 }
 
 impl Drop for TestApp {
@@ -116,6 +133,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     settings.redis_url = redis_url();
     settings.redis_prefix = redis_prefix.clone();
     settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.http_listen = "127.0.0.1:0".into();
     settings.db_pool_size = 24;
     settings.contact_hash_key = Some(TEST_CONTACT_KEY.into());
     // Generous on a shared 2-core machine: these tests check outcomes, not latency.
@@ -128,6 +146,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("build app");
     store::migrate(app.pool()).await.expect("migrate");
     let address = app.local_addr();
+    let http = app.http_addr().expect("the test server's HTTP port");
     let db = app.pool().clone();
     let service = app.ledger().clone();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
@@ -146,7 +165,9 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         programs: ProgramsClient::new(channel.clone()),
         tiers: TiersClient::new(channel.clone()),
         events: EventsClient::new(channel.clone()),
-        referrals: ReferralsClient::new(channel),
+        referrals: ReferralsClient::new(channel.clone()),
+        graph: GraphClient::new(channel),
+        http,
         clock,
         db,
         service,

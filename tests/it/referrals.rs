@@ -615,6 +615,7 @@ async fn contacts_are_stored_only_as_keyed_hashes() {
 async fn the_server_refuses_to_start_with_a_short_contact_key() {
     let mut settings = flash_loyalty::config::Settings::defaults();
     settings.listen = "127.0.0.1:0".parse().unwrap();
+    settings.http_listen = String::new();
     settings.contact_hash_key = Some("too-short".into());
     let clock = std::sync::Arc::new(flash_loyalty::clock::ManualClock::starting_at(
         start_of_test(),
@@ -857,6 +858,7 @@ async fn no_contact_reaches_a_log_line() {
         .arg("--no-workers")
         .env("FLASH_DATABASE_URL", &app.database_url)
         .env("FLASH_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FLASH_HTTP_LISTEN", "")
         .env(
             "FLASH_REDIS_PREFIX",
             format!("test:{}:", Uuid::new_v4().simple()),

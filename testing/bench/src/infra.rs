@@ -173,6 +173,7 @@ impl FlashEnv {
                 "bench-contact-hash-key-of-at-least-32-bytes",
             )
             .env("FLASH_LISTEN", format!("127.0.0.1:{port}"))
+            .env("FLASH_HTTP_LISTEN", "")
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .spawn()

@@ -369,6 +369,7 @@ impl Infra {
             .flash_command()
             .arg("serve")
             .env("FLASH_LISTEN", format!("127.0.0.1:{}", server.port))
+            .env("FLASH_HTTP_LISTEN", "")
             .env("FLASH_DB_POOL_SIZE", "12")
             .env(
                 "FLASH_CONTACT_HASH_KEY",

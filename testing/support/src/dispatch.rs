@@ -2,7 +2,7 @@
 //! its mutations, the chaos driver every request under a deadline — all through
 //! [`Clients::send`], so a new RPC is added here once and every harness can send it.
 use flash_loyalty::grpc::proto::{
-    self, events_client::EventsClient, ledger_client::LedgerClient,
+    self, events_client::EventsClient, graph_client::GraphClient, ledger_client::LedgerClient,
     programs_client::ProgramsClient, referrals_client::ReferralsClient, tiers_client::TiersClient,
 };
 use std::time::Duration;
@@ -16,6 +16,7 @@ pub struct Clients {
     pub programs: ProgramsClient<Channel>,
     pub tiers: TiersClient<Channel>,
     pub referrals: ReferralsClient<Channel>,
+    pub graph: GraphClient<Channel>,
     /// The event stream (server streaming, so not a [`Call`]).
     pub events: EventsClient<Channel>,
 }
@@ -27,6 +28,7 @@ impl Clients {
             programs: ProgramsClient::new(channel.clone()),
             tiers: TiersClient::new(channel.clone()),
             referrals: ReferralsClient::new(channel.clone()),
+            graph: GraphClient::new(channel.clone()),
             events: EventsClient::new(channel),
         }
     }
@@ -118,6 +120,10 @@ rpcs! {
     RevokeInvite(RevokeInviteRequest => RevokeInviteResponse) via referrals.revoke_invite;
     ListInvites(ListInvitesRequest => ListInvitesResponse) via referrals.list_invites;
     GetReferralStats(GetReferralStatsRequest => GetReferralStatsResponse) via referrals.get_referral_stats;
+    GetGraph(GetGraphRequest => GetGraphResponse) via graph.get_graph;
+    GetNeighborhood(GetNeighborhoodRequest => GetNeighborhoodResponse) via graph.get_neighborhood;
+    ListTopAdvocates(ListTopAdvocatesRequest => ListTopAdvocatesResponse) via graph.list_top_advocates;
+    RebuildSnapshot(RebuildSnapshotRequest => RebuildSnapshotResponse) via graph.rebuild_snapshot;
 }
 
 impl Clients {

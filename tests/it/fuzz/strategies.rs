@@ -123,6 +123,46 @@ pub(super) fn call_strategy(seeded: &Arc<Seeded>) -> BoxedStrategy<Call> {
                 })
                 .boxed(),
         ),
+        (
+            2,
+            (invite_call(seeded), wild_i32())
+                .prop_map(|((program_id, _, _, _), max_nodes)| {
+                    Call::GetGraph(proto::GetGraphRequest {
+                        program_id,
+                        max_nodes,
+                    })
+                })
+                .boxed(),
+        ),
+        (
+            2,
+            (invite_call(seeded), wild_i32(), wild_i32())
+                .prop_map(|((program_id, _, member_id, _), depth, max_nodes)| {
+                    Call::GetNeighborhood(proto::GetNeighborhoodRequest {
+                        program_id,
+                        member_id,
+                        depth,
+                        max_nodes,
+                    })
+                })
+                .boxed(),
+        ),
+        (
+            1,
+            (invite_call(seeded), wild_i32())
+                .prop_map(|((program_id, _, _, _), limit)| {
+                    Call::ListTopAdvocates(proto::ListTopAdvocatesRequest { program_id, limit })
+                })
+                .boxed(),
+        ),
+        (
+            1,
+            invite_call(seeded)
+                .prop_map(|(program_id, _, _, _)| {
+                    Call::RebuildSnapshot(proto::RebuildSnapshotRequest { program_id })
+                })
+                .boxed(),
+        ),
     ])
     .boxed()
 }

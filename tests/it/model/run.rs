@@ -490,13 +490,7 @@ pub(super) async fn run_case(
     }
     let mut model = Model::new(members, case_start());
     let mut sent: Vec<Request> = vec![];
-    let mut clients = Clients {
-        tiers: app.tiers.clone(),
-        referrals: app.referrals.clone(),
-        events: app.events.clone(),
-        ledger: app.ledger.clone(),
-        programs: app.programs.clone(),
-    };
+    let mut clients = app.clients();
 
     for (step, op) in case.ops.iter().enumerate() {
         let after = format!("step {step} {op:?}");
