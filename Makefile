@@ -20,6 +20,7 @@ TEST_ARGS ?=
 
 FLASH := ./target/debug/flash
 BUF := node_modules/.bin/buf
+NODE_TOOLS := node_modules/.package-lock.json
 
 .PHONY: bootstrap build run test lint migrate audit expire chaos
 
@@ -42,7 +43,7 @@ run: bootstrap build
 	FLASH_CONTACT_HASH_KEY="$${FLASH_CONTACT_HASH_KEY:-$$(cat $(CONTACT_KEY_FILE))}" $(FLASH) serve
 
 # Drops the databases of earlier test runs first; a killed run leaves its flash_test_* behind.
-test: bootstrap
+test: bootstrap $(NODE_TOOLS)
 	psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" -tAc \
 	  "select format('drop database if exists %I with (force);', datname) from pg_database where datname like 'flash\_test\_%'" \
 	  | psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" >/dev/null || true
@@ -51,13 +52,14 @@ test: bootstrap
 	cargo build --workspace --bins
 	cargo test --workspace --all-targets -- --test-threads=8 $(TEST_ARGS)
 
-lint: | $(BUF)
+lint: $(NODE_TOOLS)
 	cargo fmt --all --check
 	$(BUF) lint
 	cargo clippy --workspace --all-targets -- -D warnings
 
-# Installs buf at the version package-lock.json pins, only when it is not there yet.
-$(BUF):
+# Installs buf, puppeteer-core (the browser test) and d3-force (the layout benchmark) at the
+# versions package-lock.json pins, again whenever it changes.
+$(NODE_TOOLS): package-lock.json
 	npm ci --silent
 
 migrate: bootstrap build

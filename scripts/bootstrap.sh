@@ -4,7 +4,8 @@
 #   - Redis on 127.0.0.1:6379,
 #   - the application database named by FLASH_DATABASE_URL,
 #   - the tools `make lint` and `make test` need: a C linker, rustfmt, clippy, Node.js and npm (for buf),
-#   - pgbench, the baseline `make bench` measures the service against.
+#   - pgbench, the baseline `make bench` measures the service against,
+#   - Chromium, the headless browser tests/browser/*.mjs drive through puppeteer-core.
 #
 # Written for a Debian machine where we are root, without Docker or systemd: missing packages come
 # from apt-get, servers are started directly (pg_ctlcluster, redis-server --daemonize).
@@ -196,7 +197,22 @@ ensure_tools() {
   fi
 }
 
+# --- Browser ---------------------------------------------------------------------------------
+
+# puppeteer-core downloads no browser: tests/browser/graph.mjs runs $CHROMIUM or the first of these
+# on PATH, and Debian's chromium is the one we install.
+ensure_browser() {
+  if [ -n "${CHROMIUM:-}" ] && command -v "$CHROMIUM" >/dev/null; then return 0; fi
+  local name
+  for name in chromium chromium-browser google-chrome; do
+    if command -v "$name" >/dev/null; then return 0; fi
+  done
+  apt_install chromium
+  command -v chromium >/dev/null || die "chromium is still missing after installing it"
+}
+
 ensure_tools
+ensure_browser
 ensure_postgres
 ensure_pgbench
 ensure_redis

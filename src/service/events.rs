@@ -7,13 +7,15 @@
 //! `NOTIFY`: PostgreSQL serializes the commits of every notifying transaction on one lock
 //! (taken in `PreCommit_Notify` and held through the commit), which would cap the award
 //! path at one commit at a time. The tail costs one tiny query per interval whatever the
-//! number of subscribers; a subscriber reads only when the horizon moved.
+//! number of subscribers, and none while nobody subscribes; a subscriber reads only when
+//! the horizon moved.
 use super::members::program_not_found;
 use super::Error;
 use crate::domain::{EventType, ProgramId};
 use crate::store::{self, events::Position};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
@@ -48,15 +50,21 @@ pub struct EventView {
 #[derive(Clone)]
 pub struct Events {
     db: Pool,
-    horizon: watch::Receiver<u64>,
+    /// Each subscription holds one receiver: the tail polls only while there is one.
+    horizon: Arc<watch::Sender<u64>>,
 }
 
 impl Events {
     /// Starts the process's tail task; it ends when the last `Events` clone is dropped.
     pub fn new(db: Pool) -> Self {
-        let (sender, horizon) = watch::channel(0);
-        tokio::spawn(tail(db.clone(), sender));
+        let horizon = Arc::new(watch::Sender::new(0));
+        tokio::spawn(tail(db.clone(), Arc::downgrade(&horizon)));
         Self { db, horizon }
+    }
+
+    /// Subscriptions streaming now.
+    pub fn subscribers(&self) -> usize {
+        self.horizon.receiver_count()
     }
 
     /// Streams the program's events after `after_cursor` (empty: from the oldest kept),
@@ -81,7 +89,7 @@ impl Events {
         let (sender, receiver) = mpsc::channel(BUFFER);
         let subscription = Subscription {
             db: self.db.clone(),
-            horizon: self.horizon.clone(),
+            horizon: self.horizon.subscribe(),
             program,
             types,
             retention_days,
@@ -184,14 +192,17 @@ async fn check_horizon(
     }
 }
 
-/// The tail: publishes the readable horizon whenever it moves.
-async fn tail(db: Pool, sender: watch::Sender<u64>) {
+/// The tail: publishes the readable horizon whenever it moves, while anyone subscribes.
+async fn tail(db: Pool, horizon: Weak<watch::Sender<u64>>) {
     let mut interval = tokio::time::interval(TAIL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if sender.is_closed() {
+        let Some(sender) = horizon.upgrade() else {
             return;
+        };
+        if sender.receiver_count() == 0 {
+            continue;
         }
         let horizon = match db.get().await {
             Ok(client) => store::events::readable_horizon(&client).await,

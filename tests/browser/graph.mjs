@@ -95,28 +95,38 @@ function fail(what) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const rgb = (p) => `rgb(${p[0]}, ${p[1]}, ${p[2]})`;
 const isWhite = (p) => p[0] >= 240 && p[1] >= 240 && p[2] >= 240;
-const isGreenish = (p) => p[1] >= p[0] + 40 && p[1] >= p[2] + 25;
-const isNavyish = (p) => p[2] >= p[0] + 25 && p[2] >= p[1] + 20 && p[0] < 120;
+// The hub green #1a9850 and the member navy #1f2a5a, give or take antialiasing; not the pale
+// green of a hub's halo, nor a dimmed node.
+const isGreenish = (p) => p[1] >= p[0] + 80 && p[1] >= p[2] + 40 && p[0] < 110;
+const isNavyish = (p) => p[2] >= p[0] + 25 && p[2] >= p[1] + 20 && p[0] < 120 && p[1] < 130;
 const lightness = (p) => p[0] + p[1] + p[2];
 
-// The canvas pixel [r, g, b, a] under each CSS-pixel point of the viewport (the canvas fills
-// it): the darkest of the 3×3 device pixels around the point, so that an antialiased edge or the
-// thin outline of an overlapping node crossing the centre does not hide the node's own colour.
-async function pixels(page, points) {
-  return page.evaluate((pts) => {
+// The canvas pixels around each CSS-pixel point of the viewport (the canvas fills it): a patch of
+// (2 * reach + 1)² device pixels, each [r, g, b]. A patch rather than one pixel, so that an
+// antialiased edge, or a small node or an outline drawn over a hub's centre, cannot hide it.
+async function patches(page, points, reach = 1) {
+  return page.evaluate((pts, k) => {
     const canvas = document.querySelector('canvas');
     const ctx = canvas.getContext('2d');
     const rect = canvas.getBoundingClientRect();
     const sx = canvas.width / rect.width, sy = canvas.height / rect.height;
     return pts.map((p) => {
       const x = Math.floor((p.x - rect.left) * sx), y = Math.floor((p.y - rect.top) * sy);
-      const d = ctx.getImageData(x - 1, y - 1, 3, 3).data;
-      let best = 0;
-      for (let k = 4; k < d.length; k += 4) if (d[k] + d[k + 1] + d[k + 2] < d[best] + d[best + 1] + d[best + 2]) best = k;
-      return Array.from(d.slice(best, best + 4));
+      const d = ctx.getImageData(x - k, y - k, 2 * k + 1, 2 * k + 1).data;
+      const out = [];
+      for (let i = 0; i < d.length; i += 4) out.push([d[i], d[i + 1], d[i + 2]]);
+      return out;
     });
-  }, points);
+  }, points, reach);
 }
+const darkest = (patch) => patch.reduce((a, b) => (lightness(b) < lightness(a) ? b : a));
+const HUB_RGB = [0x1a, 0x98, 0x50];
+const MEMBER_RGB = [0x1f, 0x2a, 0x5a];
+// The pixel of the patch nearest to a colour.
+const nearest = (patch, c) => {
+  const d = (p) => (p[0] - c[0]) ** 2 + (p[1] - c[1]) ** 2 + (p[2] - c[2]) ** 2;
+  return patch.reduce((a, b) => (d(b) < d(a) ? b : a));
+};
 
 // Resolves after the page has painted twice, so a change of state has reached the canvas.
 async function twoFrames(page) {
@@ -240,30 +250,49 @@ async function run({ url, screenshot, expect }) {
     const absent = await page.evaluate((list) => list.filter((id) => window.flashGraph.nodeInfo(id) === null), hood);
     if (absent.length) fail(`expected neighbours not in the graph: ${absent.join(', ')}`);
     const sampleIds = [...new Set([...hood.slice(0, 9), ...(await page.evaluate(() => window.flashGraph.nodeIds().slice(0, 4)))])];
-    const infos = await page.evaluate((list) => list.map((id) => window.flashGraph.nodeInfo(id)), sampleIds);
-    let memberId = sampleIds.find((id, k) => !infos[k].hub);
-    if (!memberId) {
-      memberId = await page.evaluate(() => window.flashGraph.nodeIds().find((id) => !window.flashGraph.nodeInfo(id).hub) ?? null);
-      if (!memberId) fail('the graph has no node without recruits to check the navy colour on');
-      sampleIds.push(memberId);
-    }
+    // The non-hub to check the navy on: the one least likely under a hub, as hubs are drawn on top.
+    // Node radii grow with 1 + √recruits, so that is the distance to a hub divided by that.
+    const memberId = await page.evaluate((preferred) => {
+      const g = window.flashGraph;
+      const all = g.nodeIds();
+      const hubs = all.filter((id) => g.nodeInfo(id).hub).map((id) => {
+        const p = g.screenOf(id);
+        return { x: p.x, y: p.y, size: 1 + Math.sqrt(g.nodeInfo(id).recruits) };
+      });
+      const candidates = [...preferred, ...all.slice(0, 2000)].filter((id) => !g.nodeInfo(id).hub);
+      let best = null, bestDistance = -1;
+      for (const id of candidates) {
+        const p = g.screenOf(id);
+        if (p.x < 0 || p.y < 0 || p.x >= innerWidth || p.y >= innerHeight) continue;
+        let d = Infinity;
+        for (const h of hubs) d = Math.min(d, Math.hypot(p.x - h.x, p.y - h.y) / h.size);
+        if (d > bestDistance) { best = id; bestDistance = d; }
+      }
+      return best;
+    }, sampleIds);
+    if (!memberId) fail('the graph has no node without recruits in view to check the navy colour on');
+    if (!sampleIds.includes(memberId)) sampleIds.push(memberId);
     const points = [];
     for (const id of sampleIds) points.push(await screenOf(page, id));
-    const before = await pixels(page, points);
+    const around = await patches(page, points, 1);
     sampleIds.forEach((id, k) => {
-      if (isWhite(before[k])) fail(`node ${id} at (${points[k].x.toFixed(1)}, ${points[k].y.toFixed(1)}) is not drawn: ${rgb(before[k])}`);
+      if (around[k].every(isWhite)) {
+        fail(`node ${id} at (${points[k].x.toFixed(1)}, ${points[k].y.toFixed(1)}) is not drawn: only background there`);
+      }
     });
-    const hubPixel = before[0];
-    if (!isGreenish(hubPixel)) fail(`the hub ${expect.hub} is ${rgb(hubPixel)}, not green`);
-    const memberPixel = before[sampleIds.indexOf(memberId)];
-    if (!isNavyish(memberPixel)) fail(`the non-hub ${memberId} is ${rgb(memberPixel)}, not navy`);
+    const [hubPatch] = await patches(page, [points[0]], 2);
+    const hubPixel = nearest(hubPatch, HUB_RGB);
+    if (!isGreenish(hubPixel)) fail(`the hub ${expect.hub} is not green: darkest pixel there ${rgb(darkest(hubPatch))}`);
+    const memberPatch = around[sampleIds.indexOf(memberId)];
+    const memberPixel = nearest(memberPatch, MEMBER_RGB);
+    if (!isNavyish(memberPixel)) fail(`the non-hub ${memberId} is not navy: darkest pixel there ${rgb(darkest(memberPatch))}`);
     pass(`${sampleIds.length} nodes drawn; hub ${rgb(hubPixel)}, non-hub ${rgb(memberPixel)}`);
 
     // 3. Hovering the hub highlights its neighbourhood and dims the rest.
     await moveToEmptySpot(page);
     await twoFrames(page);
     const outsiders = await pickOutsider(page, hood);
-    const outsiderBefore = outsiders.length ? await pixels(page, outsiders) : [];
+    const outsiderBefore = outsiders.length ? (await patches(page, outsiders, 1)).map(darkest) : [];
     const hubPoint = points[0];
     await page.mouse.move(hubPoint.x, hubPoint.y);
     await twoFrames(page);
@@ -279,7 +308,7 @@ async function run({ url, screenshot, expect }) {
     let dimNote = 'no node outside the neighbourhood to check dimming on';
     const usable = outsiders.map((o, k) => ({ ...o, before: outsiderBefore[k] })).filter((o) => !isWhite(o.before));
     if (usable.length) {
-      const after = await pixels(page, usable);
+      const after = (await patches(page, usable.slice(0, 1), 1)).map(darkest);
       const o = usable[0];
       if (!(lightness(after[0]) > lightness(o.before) + 60)) {
         fail(`node ${o.id} outside the neighbourhood was not dimmed: ${rgb(o.before)} before the hover, ${rgb(after[0])} during it`);
@@ -313,8 +342,8 @@ async function run({ url, screenshot, expect }) {
     await sleep(500);
     const stillFrames = await still.evaluate(() => window.flashGraph.frames);
     if (stillFrames !== stillState.frames) fail(`with reduced motion, flashGraph.frames went from ${stillState.frames} to ${stillFrames} in 500 ms`);
-    const [stillHub] = await pixels(still, [await screenOf(still, expect.hub)]);
-    if (!isGreenish(stillHub)) fail(`with reduced motion, the hub is ${rgb(stillHub)}, not green`);
+    const [stillHub] = await patches(still, [await screenOf(still, expect.hub)], 2);
+    if (!stillHub.some(isGreenish)) fail(`with reduced motion, the hub is not drawn green: darkest pixel there ${rgb(darkest(stillHub))}`);
     await still.close();
     pass(`animating by default (${framesLater - motion.frames} frames in 500 ms); with reduced motion none (frames stay ${stillFrames}), drawn statically`);
 

@@ -459,3 +459,30 @@ pub fn refusal(status: &tonic::Status) -> Refusal {
         retry: details.retry_info().is_some(),
     }
 }
+
+/// GET `path` of the test server's HTTP port: (status, content type, body).
+pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String, String) {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<hyper::body::Bytes>>();
+    let uri: hyper::Uri = format!("http://{address}{path}").parse().expect("a URI");
+    let response = client.get(uri).await.expect("an HTTP answer");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("the body")
+        .to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}

@@ -7,6 +7,7 @@ mod decoding;
 mod events;
 mod expiry;
 mod fuzz;
+mod graph;
 mod helpers;
 mod jobs;
 mod liability;

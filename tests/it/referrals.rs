@@ -8,7 +8,7 @@ use flash_loyalty::service::{Job, Replica, RunOutcome};
 use tonic::Code;
 use uuid::Uuid;
 
-fn referral_rules() -> proto::ProgramRules {
+pub(crate) fn referral_rules() -> proto::ProgramRules {
     proto::ProgramRules {
         referrer_points: Some(500),
         referee_points: Some(200),
@@ -51,7 +51,7 @@ impl TestApp {
     }
 
     /// One invite to a fresh contact; its code.
-    async fn invite_one(&mut self, referrer: &str) -> String {
+    pub(crate) async fn invite_one(&mut self, referrer: &str) -> String {
         let contact = format!("{}@example.com", Uuid::new_v4().simple());
         let response = self
             .invite(referrer, &format!("inv-{}", Uuid::new_v4()), &[&contact])
@@ -65,7 +65,7 @@ impl TestApp {
             .clone()
     }
 
-    async fn accept(
+    pub(crate) async fn accept(
         &mut self,
         code: &str,
         referee: &str,
@@ -725,7 +725,7 @@ async fn the_audit_checks_the_referral_invariants() {
 }
 
 impl TestApp {
-    async fn refund(&mut self, award_entry: &str, key: &str, points: Option<i64>) {
+    pub(crate) async fn refund(&mut self, award_entry: &str, key: &str, points: Option<i64>) {
         self.ledger
             .reverse_award(proto::ReverseAwardRequest {
                 program_id: PROGRAM.into(),
@@ -741,7 +741,7 @@ impl TestApp {
     }
 
     /// A converted referral: (referrer, referee, the qualifying award's entry id).
-    async fn converted_referral(&mut self) -> (String, String, String) {
+    pub(crate) async fn converted_referral(&mut self) -> (String, String, String) {
         let referrer = self.enroll().await;
         let code = self.invite_one(&referrer).await;
         self.clock.advance(Duration::minutes(1));
@@ -762,7 +762,7 @@ impl TestApp {
             .count()
     }
 
-    async fn invite_status_of(&mut self, referrer: &str) -> proto::InviteStatus {
+    pub(crate) async fn invite_status_of(&mut self, referrer: &str) -> proto::InviteStatus {
         let listed = self
             .referrals
             .list_invites(proto::ListInvitesRequest {

@@ -5,7 +5,12 @@
 //! the half-dead network a client must notice by itself). Dropping the proxy drops
 //! everything it holds.
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -25,6 +30,8 @@ pub struct Proxy {
     pub address: SocketAddr,
     mode: watch::Sender<Mode>,
     task: tokio::task::JoinHandle<()>,
+    /// Bytes forwarded from clients to the target so far.
+    sent: Arc<AtomicU64>,
 }
 
 impl Drop for Proxy {
@@ -39,6 +46,8 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let (mode, watcher) = watch::channel(Mode::Forward);
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -56,6 +65,10 @@ impl Proxy {
                         });
                     }
                     Mode::Forward => {
+                        let inbound = Counted {
+                            stream: inbound,
+                            read: counter.clone(),
+                        };
                         tokio::spawn(forward(inbound, target, watcher));
                     }
                 }
@@ -65,7 +78,14 @@ impl Proxy {
             address,
             mode,
             task,
+            sent,
         })
+    }
+
+    /// Bytes clients sent through the proxy so far: for a PostgreSQL proxy, proof that a
+    /// stretch of calls sent no statement when it does not move.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
     }
 
     pub fn port(&self) -> u16 {
@@ -116,13 +136,51 @@ async fn hold(mode: Mode, mut watcher: watch::Receiver<Mode>) {
     }
 }
 
-async fn forward(mut inbound: TcpStream, target: SocketAddr, mut watcher: watch::Receiver<Mode>) {
+/// A client connection counting the bytes read from it.
+struct Counted {
+    stream: TcpStream,
+    read: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.read.fetch_add(read, Ordering::SeqCst);
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+async fn forward(mut inbound: Counted, target: SocketAddr, mut watcher: watch::Receiver<Mode>) {
     let Ok(Ok(mut outbound)) =
         tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(target)).await
     else {
         return;
     };
-    let _ = inbound.set_nodelay(true);
+    let _ = inbound.stream.set_nodelay(true);
     let _ = outbound.set_nodelay(true);
     let changed = tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => None,
