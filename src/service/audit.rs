@@ -122,6 +122,62 @@ pub fn check(snapshot: &Snapshot) -> Vec<String> {
     violations.extend(invite_quotas_hold_at_every_sending(snapshot));
     violations.extend(members_waiting_referrals_match_their_invites(snapshot));
     violations.extend(status_counts_only_earnings(&ledger));
+    violations.extend(graph_snapshots_hold_only_converted_referrals(snapshot));
+    violations
+}
+
+/// Every kept referral graph snapshot reads back whole, holds what its row says (content
+/// hash, member and referral counts), and each of its edges is a referral that converted
+/// (still converted, or clawed back after the snapshot was taken).
+fn graph_snapshots_hold_only_converted_referrals(snapshot: &Snapshot) -> Vec<String> {
+    use crate::domain::graph::{content_hash, ReferralGraph};
+    let converted: HashSet<(Uuid, Uuid)> = snapshot
+        .invites
+        .iter()
+        .filter(|invite| matches!(invite.status.as_str(), "converted" | "clawed_back"))
+        .filter_map(|invite| Some((invite.referrer, invite.referee?)))
+        .collect();
+    let mut violations = Vec::new();
+    for stored in &snapshot.graphs {
+        let meta = &stored.meta;
+        let name = format!(
+            "graph snapshot of {} (version {})",
+            meta.snapshot_date, meta.version
+        );
+        if content_hash(&stored.blob, &stored.index) != meta.content_hash {
+            violations.push(format!("{name}: its bytes do not match its content hash"));
+        }
+        let graph = match ReferralGraph::decode(&stored.blob, &stored.index) {
+            Ok(graph) => graph,
+            Err(error) => {
+                violations.push(format!("{name}: unreadable: {error}"));
+                continue;
+            }
+        };
+        let counts = (graph.nodes.len(), graph.edges.len());
+        let stated = (
+            usize::try_from(meta.node_count).unwrap_or(usize::MAX),
+            usize::try_from(meta.edge_count).unwrap_or(usize::MAX),
+        );
+        if counts != stated {
+            violations.push(format!(
+                "{name}: holds {} members and {} referrals, its row says {} and {}",
+                counts.0, counts.1, stated.0, stated.1
+            ));
+        }
+        for &(referrer, referee) in &graph.edges {
+            let pair = (
+                graph.nodes[referrer as usize].member,
+                graph.nodes[referee as usize].member,
+            );
+            if !converted.contains(&pair) {
+                violations.push(format!(
+                    "{name}: edge {} → {} is not a converted referral",
+                    pair.0, pair.1
+                ));
+            }
+        }
+    }
     violations
 }
 

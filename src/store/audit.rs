@@ -84,6 +84,8 @@ pub struct Snapshot {
     pub tier_changes: Vec<AuditTierChange>,
     pub invites: Vec<AuditInvite>,
     pub referrals: Vec<AuditReferral>,
+    /// Every kept referral graph snapshot, oldest first.
+    pub graphs: Vec<super::graph::StoredSnapshot>,
 }
 
 pub async fn snapshot(
@@ -236,6 +238,7 @@ pub async fn snapshot(
         .iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
         .collect::<Result<_, tokio_postgres::Error>>()?;
+    let graphs = super::graph::all_of(client, program).await?;
     Ok(Snapshot {
         entries,
         batches,
@@ -246,5 +249,6 @@ pub async fn snapshot(
         tier_changes,
         invites,
         referrals,
+        graphs,
     })
 }

@@ -634,3 +634,56 @@ fn ensure_node_tools(root: &std::path::Path) {
         .expect("run npm");
     assert!(installed.success(), "npm ci failed");
 }
+
+#[tokio::test]
+async fn the_audit_checks_every_kept_snapshot() {
+    use flash_loyalty::domain::graph::{content_hash, ReferralGraph};
+    let mut app = spawn_app().await;
+    app.create_program(referral_rules()).await;
+    let (hub, _) = app.hub(2).await;
+    let lonely = app.enroll().await;
+    app.invite_one(&hub).await;
+    app.rebuild().await;
+    let program = flash_loyalty::domain::ProgramId::parse(PROGRAM).unwrap();
+    let report = app.service.audit(&program).await.unwrap();
+    assert!(report.is_clean(), "{report}");
+
+    // A well-formed snapshot claiming a referral that never converted.
+    let pair = (
+        hub.parse::<uuid::Uuid>().unwrap(),
+        lonely.parse::<uuid::Uuid>().unwrap(),
+    );
+    let (blob, index) = ReferralGraph::build(PROGRAM, &[pair], 1).encode();
+    let client = app.db.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE graph_snapshots SET blob = $1, graph_index = $2, content_hash = $3, \
+             node_count = 2, edge_count = 1",
+            &[&blob, &index, &content_hash(&blob, &index)],
+        )
+        .await
+        .unwrap();
+    let report = app.service.audit(&program).await.unwrap();
+    assert_eq!(report.violations.len(), 1, "{report}");
+    assert!(
+        report.violations[0].contains(&format!(
+            "edge {hub} → {lonely} is not a converted referral"
+        )),
+        "{report}"
+    );
+    // Bytes that are not what the row's hash and counts say.
+    client
+        .execute(
+            "UPDATE graph_snapshots SET content_hash = repeat('0', 64), node_count = 3",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = app.service.audit(&program).await.unwrap();
+    let all = report.violations.join("\n");
+    assert!(all.contains("do not match its content hash"), "{all}");
+    assert!(
+        all.contains("holds 2 members and 1 referrals, its row says 3 and 1"),
+        "{all}"
+    );
+}
