@@ -97,6 +97,8 @@ pub(super) enum Op {
     Convert {
         referral: usize,
     },
+    /// RebuildSnapshot, then GetGraph: the converted referrals the model holds, no other.
+    Graph,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +156,7 @@ pub(super) fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
         3 => (0..8usize, prop_oneof![Just(1_500i64), Just(REFERRAL_MIN_AMOUNT_MINOR), Just(6_000i64)])
             .prop_map(|(referral, amount_minor)| Op::RefereePurchase { referral, amount_minor }),
         1 => (0..8usize).prop_map(|referral| Op::Convert { referral }),
+        1 => Just(Op::Graph),
     ]
 }
 

@@ -175,7 +175,8 @@ pub(super) fn request_for(
         | Op::LoseCapCounters
         | Op::ChangeZone(_)
         | Op::RefundAndCancel { .. }
-        | Op::Bounce { .. } => return None,
+        | Op::Bounce { .. }
+        | Op::Graph => return None,
     })
 }
 
@@ -428,6 +429,57 @@ fn counted_adjustment(
     })
 }
 
+/// A snapshot rebuilt now holds exactly the referrals the model has converted.
+async fn graph(
+    app: &TestApp,
+    program: &str,
+    model: &Model,
+    after: &str,
+) -> Result<(), TestCaseError> {
+    let fail = |what: &str, status: tonic::Status| {
+        TestCaseError::fail(format!("{after}: {what}: {status}"))
+    };
+    let mut graph = app.graph.clone();
+    graph
+        .rebuild_snapshot(proto::RebuildSnapshotRequest {
+            program_id: program.into(),
+        })
+        .await
+        .map_err(|status| fail("rebuild snapshot", status))?;
+    let answer = graph
+        .get_graph(proto::GetGraphRequest {
+            program_id: program.into(),
+            max_nodes: 50_000,
+        })
+        .await
+        .map_err(|status| fail("get graph", status))?
+        .into_inner();
+    let edges: std::collections::BTreeSet<(String, String)> = answer
+        .edges
+        .iter()
+        .map(|edge| {
+            (
+                answer.nodes[edge.referrer as usize].member_id.clone(),
+                answer.nodes[edge.referee as usize].member_id.clone(),
+            )
+        })
+        .collect();
+    let expected: std::collections::BTreeSet<(String, String)> = model
+        .referrals
+        .iter()
+        .filter(|referral| referral.status == proto::InviteStatus::Converted)
+        .map(|referral| {
+            (
+                model.members[referral.referrer].clone(),
+                model.members[referral.referee].clone(),
+            )
+        })
+        .collect();
+    prop_assert_eq!(edges, expected, "{}: the graph's edges", after);
+    prop_assert_eq!(answer.dropped_nodes, 0, "{}: nothing dropped", after);
+    Ok(())
+}
+
 pub(super) async fn sweep(
     app: &TestApp,
     model: &mut Model,
@@ -519,6 +571,7 @@ pub(super) async fn run_case(
                 app.clock.set(to);
             }
             Op::Expire => sweep(app, &mut model, &after).await?,
+            Op::Graph => graph(app, &program, &model, &after).await?,
             Op::Evaluate { member } => {
                 evaluate(app, &program, &mut model, *member, &after).await?;
                 which = Some(*member);
