@@ -1,6 +1,7 @@
 //! The end-of-run checks: the ledger against the model of acknowledged outcomes.
 use crate::infra::{blocking, Infra};
 use crate::workload::{self, Answer, Ctx, Fate, KeyRecord, Stats, PROGRAM};
+use flash_loyalty::grpc::proto;
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashMap};
 
@@ -49,6 +50,7 @@ async fn checks(
     balances_match_the_model(ctx, rng, &model, &ledger.engine).await;
     every_change_has_its_one_event(&db, stats).await?;
     each_referral_paid_once(&db, ctx).await?;
+    the_graph_holds_the_converted_referrals(&db, ctx, rng).await?;
     the_workers_paid_each_bonus_once(&db, ctx).await?;
     a_cursor_walk_delivers_every_event_once(&db, ctx, rng).await?;
     let per_member = entries_per_member(&db).await?;
@@ -562,6 +564,79 @@ async fn each_referral_paid_once(db: &tokio_postgres::Client, ctx: &Ctx) -> anyh
 
 /// 3c. The servers' workers, killed mid-job with their servers, paid every member born
 ///     today its birthday bonus exactly once, and no member a re-engagement bonus twice.
+/// A snapshot rebuilt after the run holds exactly the converted invites, and every replica
+/// answers it (the others see it within their refresh interval).
+async fn the_graph_holds_the_converted_referrals(
+    db: &tokio_postgres::Client,
+    ctx: &Ctx,
+    rng: &mut ChaCha8Rng,
+) -> anyhow::Result<()> {
+    let stats = &ctx.stats;
+    let rebuild = proto::RebuildSnapshotRequest {
+        program_id: PROGRAM.into(),
+    };
+    let Answer::Ok(rebuilt) = ctx.call(rng, "rebuild_snapshot", &rebuild).await else {
+        stats.fail("RebuildSnapshot failed after healing".to_owned());
+        return Ok(());
+    };
+    let version = rebuilt.snapshot.map_or(0, |s| s.version);
+    let expected: std::collections::BTreeSet<(String, String)> = db
+        .query(
+            "SELECT referrer_member_id::text, referee_member_id::text FROM invites \
+             WHERE program_id = $1 AND status = 'converted'",
+            &[&PROGRAM],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let request = proto::GetGraphRequest {
+        program_id: PROGRAM.into(),
+        max_nodes: 50_000,
+    };
+    for _ in 0..100 {
+        let Answer::Ok(graph) = ctx.call(rng, "get_graph", &request).await else {
+            stats.fail("GetGraph failed after healing".to_owned());
+            return Ok(());
+        };
+        if graph.snapshot.as_ref().map_or(0, |s| s.version) < version {
+            // Another replica, not refreshed yet.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            continue;
+        }
+        let edges: std::collections::BTreeSet<(String, String)> = graph
+            .edges
+            .iter()
+            .map(|e| {
+                (
+                    graph.nodes[e.referrer as usize].member_id.clone(),
+                    graph.nodes[e.referee as usize].member_id.clone(),
+                )
+            })
+            .collect();
+        if edges != expected {
+            stats.fail(format!(
+                "the graph has {} referrals, {} invites are converted; differing: {:?}",
+                edges.len(),
+                expected.len(),
+                edges
+                    .symmetric_difference(&expected)
+                    .take(5)
+                    .collect::<Vec<_>>()
+            ));
+        }
+        stats.note(format!(
+            "graph: {} converted referrals in the snapshot",
+            edges.len()
+        ));
+        return Ok(());
+    }
+    stats.fail(format!(
+        "a replica never answered graph snapshot version {version}"
+    ));
+    Ok(())
+}
+
 async fn the_workers_paid_each_bonus_once(
     db: &tokio_postgres::Client,
     ctx: &Ctx,

@@ -30,6 +30,7 @@ pub enum Op {
     TwinSpend,
     KeyRace,
     Refer,
+    Graph,
 }
 
 impl Op {
@@ -48,11 +49,12 @@ impl Op {
             Op::TwinSpend => "twin_spend",
             Op::KeyRace => "key_race",
             Op::Refer => "refer",
+            Op::Graph => "graph",
         }
     }
 }
 
-const WEIGHTS: [(Op, u32); 13] = [
+const WEIGHTS: [(Op, u32); 14] = [
     (Op::TwinSpend, 4),
     (Op::KeyRace, 3),
     (Op::Award, 30),
@@ -66,6 +68,7 @@ const WEIGHTS: [(Op, u32); 13] = [
     (Op::Adjust, 9),
     (Op::Read, 4),
     (Op::Refer, 4),
+    (Op::Graph, 2),
 ];
 
 /// The chaos program's referral rules: a purchase of at least this amount converts.
@@ -167,6 +170,37 @@ pub enum Answer<T> {
     Failed,
     /// Retries were cut off (the run's settle time ran out).
     GaveUp,
+}
+
+/// What is wrong with a GetGraph answer's shape, if anything.
+fn graph_shape_problem(graph: &proto::GetGraphResponse, max_nodes: i32) -> Option<String> {
+    let snapshot = graph.snapshot.as_ref()?;
+    let nodes = graph.nodes.len();
+    if nodes > max_nodes as usize {
+        return Some(format!("{nodes} members answered"));
+    }
+    if nodes + graph.dropped_nodes as usize != snapshot.node_count as usize
+        || graph.edges.len() + graph.dropped_edges as usize != snapshot.edge_count as usize
+    {
+        return Some(format!(
+            "{nodes} + {} dropped members, {} + {} dropped referrals for a snapshot of {} and {}",
+            graph.dropped_nodes,
+            graph.edges.len(),
+            graph.dropped_edges,
+            snapshot.node_count,
+            snapshot.edge_count
+        ));
+    }
+    graph
+        .edges
+        .iter()
+        .find(|e| {
+            e.referrer as usize >= nodes
+                || e.referee as usize >= nodes
+                || e.referrer < 0
+                || e.referee < 0
+        })
+        .map(|e| format!("edge {e:?} names a member not answered"))
 }
 
 pub struct Ctx {
@@ -525,6 +559,7 @@ impl Ctx {
                 Op::TwinSpend => self.twin_spend(&mut rng, key).await,
                 Op::KeyRace => self.key_race(&mut rng, key).await,
                 Op::Refer => self.refer(&mut rng, key).await,
+                Op::Graph => self.graph(&mut rng).await,
             }
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
         }
@@ -1199,6 +1234,47 @@ impl Ctx {
                     "member {}: negative balance {balance}",
                     self.members[member]
                 ));
+            }
+        }
+    }
+
+    /// A snapshot rebuilt, or a graph read (down-sampled or a neighbourhood) checked for
+    /// its shape. NOT_FOUND before the first snapshot is a refusal like any other.
+    async fn graph(&self, rng: &mut ChaCha8Rng) {
+        let roll = rng.random_range(0..10);
+        if roll < 3 {
+            let request = proto::RebuildSnapshotRequest {
+                program_id: PROGRAM.into(),
+            };
+            let _ = self.call(rng, "rebuild_snapshot", &request).await;
+        } else if roll < 7 {
+            let max_nodes = rng.random_range(1..=200);
+            let request = proto::GetGraphRequest {
+                program_id: PROGRAM.into(),
+                max_nodes,
+            };
+            if let Answer::Ok(graph) = self.call(rng, "get_graph", &request).await {
+                if let Some(problem) = graph_shape_problem(&graph, max_nodes) {
+                    self.stats
+                        .fail(format!("GetGraph(max_nodes {max_nodes}): {problem}"));
+                }
+            }
+        } else {
+            let member = self.pick_member(rng);
+            let request = proto::GetNeighborhoodRequest {
+                program_id: PROGRAM.into(),
+                member_id: self.members[member].clone(),
+                depth: rng.random_range(1..=3),
+                max_nodes: rng.random_range(1..=100),
+            };
+            if let Answer::Ok(around) = self.call(rng, "get_neighborhood", &request).await {
+                let centre = around.nodes.first().and_then(|n| n.node.as_ref());
+                if centre.map(|n| n.member_id.as_str()) != Some(self.members[member].as_str()) {
+                    self.stats.fail(format!(
+                        "GetNeighborhood of {}: the centre is not first",
+                        self.members[member]
+                    ));
+                }
             }
         }
     }
