@@ -106,9 +106,22 @@ BENCH_CLIENTS ?= 1,4,16,64
 BENCH_HISTORY_SIZES ?= 10000
 # More flash-bench flags, e.g. `BENCH_ARGS=--analyze` (see `flash-bench --help`).
 BENCH_ARGS ?=
-.PHONY: bench
+# Then the referral-graph layout beside igraph's grid Fruchterman–Reingold and Graphviz's
+# sfdp on the same synthetic referral forest (time, peak memory, stress, overlaps; report in
+# target/bench/layout-report.md). d3-force takes about 6 minutes at 100,000 nodes on this
+# machine: `make bench LAYOUT_BASELINES=igraph,d3,sfdp` adds it; `make bench-layout` runs
+# only the layout.
+LAYOUT_NODES ?= 100000
+LAYOUT_BASELINES ?= igraph,sfdp
+.PHONY: bench bench-layout
 bench: bootstrap
 	cargo build --release -p flash-loyalty -p flash-bench --bins
 	./target/release/flash-bench --members $(BENCH_MEMBERS) --entries $(BENCH_ENTRIES) \
 	  --seconds $(BENCH_SECONDS) --clients $(BENCH_CLIENTS) \
 	  --history-sizes $(BENCH_HISTORY_SIZES) $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-layout
+
+bench-layout: bootstrap $(NODE_TOOLS)
+	command -v sfdp >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q graphviz >/dev/null
+	cargo build --release -p flash-bench --bin flash-layout-bench
+	./target/release/flash-layout-bench --nodes $(LAYOUT_NODES) --baselines $(LAYOUT_BASELINES)
