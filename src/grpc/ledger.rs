@@ -202,9 +202,10 @@ impl LedgerRpc for LedgerApi {
     ) -> Result<Response<proto::GetLiabilityResponse>, Status> {
         let request = request.into_inner();
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
-        let from = required_time("from", request.from).map_err(Error::from)?;
-        let to = required_time("to", request.to).map_err(Error::from)?;
+        let from = optional_time("from", request.from).map_err(Error::from)?;
+        let to = optional_time("to", request.to).map_err(Error::from)?;
         let liability = self.ledger.liability(&program, from, to).await?;
+        let (period_from, period_to) = (timestamp(liability.from), timestamp(liability.to));
         let batches = liability.batches;
         let r = liability.roll_forward;
         Ok(Response::new(proto::GetLiabilityResponse {
@@ -240,6 +241,9 @@ impl LedgerRpc for LedgerApi {
                 expired_points: int64("roll_forward.expired_points", r.expired)?,
                 closing_balance_points: int64("roll_forward.closing_balance_points", r.closing)?,
             }),
+            period_from: Some(period_from),
+            period_to: Some(period_to),
+            to_clamped: liability.to_clamped,
         }))
     }
 }

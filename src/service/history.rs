@@ -1,9 +1,9 @@
 //! Reading the books: a member's history and the program's liability report.
 use super::outcome::AllocationView;
-use super::{members::program_not_found, Error, Ledger, MAX_CLOCK_SKEW};
+use super::{members::program_not_found, Error, Ledger};
 use crate::domain::{EntryId, EntryKind, MemberId, ProgramId, PurchaseSource};
 use crate::store::{self, entries::StoredEntry, reports};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use uuid::Uuid;
 
 /// The most entries one history page returns.
@@ -72,6 +72,11 @@ pub type RollForward = reports::PeriodSums;
 pub struct Liability {
     pub batches: reports::BatchSums,
     pub roll_forward: RollForward,
+    /// The period answered: the one asked for, with its defaults and clamp applied.
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// The `to` asked for was in the future and was moved to now.
+    pub to_clamped: bool,
 }
 
 impl Ledger {
@@ -131,19 +136,18 @@ impl Ledger {
 
     /// The liability report for [from, to): outstanding points now, by expiry month, and
     /// the period's roll-forward, checked to add up before it is returned.
+    /// The program's liability now and its roll-forward over `[from, to)`. Without `to`,
+    /// up to now; a `to` in the future is clamped to now (and says so). Without `from`, from
+    /// the start of the program-local month `to` falls in: the month to date by default.
     pub async fn liability(
         &self,
         program: &ProgramId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
     ) -> Result<Liability, Error> {
         let now = self.clock.now();
-        if from >= to {
-            return Err(Error::invalid("from", "must be before to"));
-        }
-        if to > now + MAX_CLOCK_SKEW {
-            return Err(Error::invalid("to", "must not be in the future"));
-        }
+        let to_clamped = to.is_some_and(|to| to > now);
+        let to = to.map_or(now, |to| to.min(now));
         let mut client = self.db.get().await?;
         // One snapshot for both halves, so they agree with each other.
         let tx = client
@@ -152,9 +156,29 @@ impl Ledger {
             .read_only(true)
             .start()
             .await?;
-        store::programs::get(&*tx, program)
+        let stored = store::programs::get(&*tx, program)
             .await?
             .ok_or_else(|| program_not_found(program))?;
+        let from = match from {
+            Some(from) => from,
+            None => {
+                let zone: chrono_tz::Tz = stored.rules.timezone.parse().unwrap_or(chrono_tz::UTC);
+                let local = to.with_timezone(&zone).date_naive();
+                let first = local.with_day(1).unwrap_or(local);
+                crate::domain::local_day_bounds(first, zone).0
+            }
+        };
+        if from >= to {
+            let to_is = if to_clamped {
+                "to (clamped to now)"
+            } else {
+                "to"
+            };
+            return Err(Error::invalid(
+                "from",
+                format!("must be before {to_is}: {from} is not before {to}"),
+            ));
+        }
         let roll_forward = reports::period_sums(&*tx, program, from, to).await?;
         let batches = reports::batch_sums(&*tx, program, now).await?;
         tx.commit().await?;
@@ -175,6 +199,9 @@ impl Ledger {
         Ok(Liability {
             batches,
             roll_forward,
+            from,
+            to,
+            to_clamped,
         })
     }
 }

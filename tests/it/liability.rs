@@ -111,30 +111,79 @@ async fn the_roll_forward_of_a_scripted_month_ties_to_the_batches() {
 }
 
 #[tokio::test]
-async fn a_liability_period_must_be_ordered_and_not_in_the_future() {
+async fn a_liability_period_defaults_to_the_month_to_date_and_clamps_the_future() {
     let mut app = spawn_app().await;
     app.create_program(usd_rules()).await;
+    let member = app.enroll().await;
+    app.earn(&member, 10).await;
+    // The period ends before `to`: the award is a minute old.
+    app.clock.advance(Duration::minutes(1));
     let now = app.clock_now();
-    let request = |from, to| proto::GetLiabilityRequest {
+    let request = |from: Option<_>, to: Option<_>| proto::GetLiabilityRequest {
         program_id: PROGRAM.into(),
-        from: Some(timestamp(from)),
-        to: Some(timestamp(to)),
+        from: from.map(timestamp),
+        to: to.map(timestamp),
     };
+    // No period: the program-local month to date (Paris: March began at 23:00 UTC).
+    let month = app
+        .ledger
+        .get_liability(request(None, None))
+        .await
+        .unwrap()
+        .into_inner();
+    let month_start =
+        chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 2026, 2, 28, 23, 0, 0).unwrap();
+    assert_eq!(month.period_from, Some(timestamp(month_start)));
+    assert_eq!(month.period_to, Some(timestamp(now)));
+    assert!(!month.to_clamped);
+    assert_eq!(month.roll_forward.unwrap().earned_points, 10);
+    // A `to` in the future is clamped to now, and the answer says so.
+    let clamped = app
+        .ledger
+        .get_liability(request(
+            Some(now - Duration::days(1)),
+            Some(now + Duration::days(1)),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(clamped.to_clamped);
+    assert_eq!(clamped.period_to, Some(timestamp(now)));
+    assert_eq!(
+        clamped.period_from,
+        Some(timestamp(now - Duration::days(1)))
+    );
+    // Only `to`: from the start of its month.
+    let only_to = app
+        .ledger
+        .get_liability(request(None, Some(now - Duration::hours(1))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(only_to.period_from, Some(timestamp(month_start)));
+    // An empty or backwards period is refused, naming the clamp when there was one.
     let backwards = app
         .ledger
-        .get_liability(request(now, now - Duration::days(1)))
+        .get_liability(request(Some(now), Some(now - Duration::days(1))))
         .await
         .unwrap_err();
     assert_eq!(backwards.code(), Code::InvalidArgument);
-    let future = app
+    let after_now = app
         .ledger
-        .get_liability(request(now, now + Duration::days(1)))
+        .get_liability(request(
+            Some(now + Duration::hours(1)),
+            Some(now + Duration::days(1)),
+        ))
         .await
         .unwrap_err();
-    assert_eq!(future.code(), Code::InvalidArgument);
+    assert_eq!(after_now.code(), Code::InvalidArgument);
+    assert!(
+        after_now.message().contains("clamped to now"),
+        "{after_now:?}"
+    );
     let unknown = proto::GetLiabilityRequest {
         program_id: "nobody".into(),
-        ..request(now - Duration::days(1), now)
+        ..request(None, None)
     };
     assert_eq!(
         app.ledger.get_liability(unknown).await.unwrap_err().code(),
