@@ -5,7 +5,8 @@
 #   - the application database named by FLASH_DATABASE_URL,
 #   - the tools `make lint` and `make test` need: a C linker, rustfmt, clippy, Node.js and npm (for buf),
 #   - pgbench, the baseline `make bench` measures the service against,
-#   - Chromium, the headless browser tests/browser/*.mjs drive through puppeteer-core.
+#   - Chromium, the headless browser tests/browser/*.mjs drive through puppeteer-core,
+#   - Python 3 with venv, for the example clients and grpcurl (scripts/python-env.sh).
 #
 # Written for a Debian machine where we are root, without Docker or systemd: missing packages come
 # from apt-get, servers are started directly (pg_ctlcluster, redis-server --daemonize).
@@ -211,8 +212,17 @@ ensure_browser() {
   command -v chromium >/dev/null || die "chromium is still missing after installing it"
 }
 
+# --- Python -----------------------------------------------------------------------------------
+
+# The example clients and grpcurl live in a project-local virtualenv (scripts/python-env.sh).
+ensure_python() {
+  if command -v python3 >/dev/null && python3 -m venv --help >/dev/null 2>&1; then return 0; fi
+  apt_install python3 python3-venv
+}
+
 ensure_tools
 ensure_browser
+ensure_python
 ensure_postgres
 ensure_pgbench
 ensure_redis

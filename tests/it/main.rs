@@ -3,6 +3,7 @@
 mod audit;
 mod award;
 mod award_faults;
+mod callers;
 mod decoding;
 mod events;
 mod expiry;
