@@ -155,6 +155,7 @@ impl Application {
         };
         tracing::info!(address = %grpc_address, "serving gRPC");
         let served = tonic::transport::Server::builder()
+            .layer(grpc::observe::RpcSpanLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

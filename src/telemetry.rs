@@ -21,6 +21,10 @@ impl Drop for TelemetryGuard {
 }
 
 pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
+    // An incoming `traceparent` is continued by every RPC's span (`grpc::observe`).
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     let filter = EnvFilter::try_new(&settings.log).context("FLASH_LOG is not a valid filter")?;
     let format = if settings.log_json {
         tracing_subscriber::fmt::layer().json().boxed()

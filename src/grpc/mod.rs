@@ -3,6 +3,7 @@ pub mod codec;
 mod events;
 pub mod graph;
 mod ledger;
+pub mod observe;
 mod programs;
 mod referrals;
 mod tiers;

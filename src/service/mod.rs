@@ -374,9 +374,12 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, Error>> + Send + 'static,
 {
-    tokio::spawn(work).await.map_err(|join_error| {
-        Error::Unexpected(anyhow::anyhow!("unit of work failed: {join_error}"))
-    })?
+    // The unit of work stays in the RPC's span, its database calls the RPC's children.
+    tokio::spawn(tracing::Instrument::in_current_span(work))
+        .await
+        .map_err(|join_error| {
+            Error::Unexpected(anyhow::anyhow!("unit of work failed: {join_error}"))
+        })?
 }
 
 /// Names the fields whose values differ between a stored request and a new one.
