@@ -222,6 +222,13 @@ impl DailyCap {
         });
     }
 
+    /// Whether Redis answers a PING within the call timeout (readiness; a refusal of
+    /// capped awards follows from the same failures).
+    pub async fn ping(&self) -> bool {
+        let call = self.client.ping::<String>(None);
+        matches!(tokio::time::timeout(self.timeout, call).await, Ok(Ok(_)))
+    }
+
     /// Returns a reservation whose award was certainly not written. A failed release
     /// leaves the counters high: the member may earn less that day, never more.
     pub async fn release(&self, reservation: &Reservation) {
