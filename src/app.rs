@@ -12,6 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 /// A built server, bound to its address and ready to serve.
 pub struct Application {
@@ -20,6 +23,8 @@ pub struct Application {
     http_listener: Option<TcpListener>,
     profile_url_template: Option<String>,
     graph_refresh: std::time::Duration,
+    /// How often PostgreSQL is probed for the gRPC health service.
+    health_interval: std::time::Duration,
     pool: Pool,
     ledger: Ledger,
     programs: Programs,
@@ -29,6 +34,8 @@ impl Application {
     /// Connects to PostgreSQL and Redis (lazily: either may still be down) and binds the
     /// listen address (port 0 picks a free one).
     pub async fn build(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // Installs the process's metrics recorder before anything is recorded.
+        crate::telemetry::metrics::handle();
         let contact_key = settings.contact_key()?;
         let pool = store::connect_pool(
             &settings.database_url,
@@ -57,6 +64,7 @@ impl Application {
             http_listener,
             profile_url_template: settings.profile_url_template.clone(),
             graph_refresh: std::time::Duration::from_secs(settings.graph_refresh_seconds),
+            health_interval: settings.health_interval(),
             ledger: Ledger::new(pool.clone(), cap, clock.clone()).with_contact_key(contact_key),
             programs: Programs::new(pool.clone(), clock),
             pool,
@@ -122,6 +130,12 @@ impl Application {
         health
             .set_serving::<proto::graph_server::GraphServer<grpc::GraphApi>>()
             .await;
+        let database_watch = tokio::spawn(watch_database(
+            self.ledger.clone(),
+            health,
+            self.health_interval,
+        ));
+        let events = Events::new(self.pool.clone());
         let grpc_address = self.local_addr();
         // One shutdown for both ports.
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -132,6 +146,7 @@ impl Application {
             Some(listener) => {
                 let router = crate::http::router(crate::http::HttpState {
                     ledger: self.ledger.clone(),
+                    events: events.clone(),
                     profile_url_template: self.profile_url_template,
                 });
                 tracing::info!(address = %listener.local_addr()?, "serving HTTP");
@@ -155,7 +170,9 @@ impl Application {
         };
         tracing::info!(address = %grpc_address, "serving gRPC");
         let served = tonic::transport::Server::builder()
+            // Outermost first: the span covers the metering too.
             .layer(grpc::observe::RpcSpanLayer)
+            .layer(grpc::metered::MeteredLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -169,7 +186,7 @@ impl Application {
                 grpc::ReferralsApi::new(self.ledger.clone()),
             ))
             .add_service(proto::events_server::EventsServer::new(
-                grpc::EventsApi::new(Events::new(self.pool.clone())),
+                grpc::EventsApi::new(events),
             ))
             .add_service(proto::graph_server::GraphServer::new(grpc::GraphApi::new(
                 self.ledger.clone(),
@@ -181,11 +198,47 @@ impl Application {
             .await
             .context("gRPC server failed");
         watcher.abort();
+        database_watch.abort();
         if let Some(http) = http {
             http.await
                 .context("the HTTP server panicked")?
                 .context("HTTP server failed")?;
         }
         served
+    }
+}
+
+/// The services every call of which needs PostgreSQL: NOT_SERVING while it is unreachable.
+/// The server itself (the empty service name) stays SERVING.
+const DATABASE_SERVICES: [&str; 6] = [
+    <proto::ledger_server::LedgerServer<grpc::LedgerApi> as NamedService>::NAME,
+    <proto::programs_server::ProgramsServer<grpc::ProgramsApi> as NamedService>::NAME,
+    <proto::tiers_server::TiersServer<grpc::TiersApi> as NamedService>::NAME,
+    <proto::events_server::EventsServer<grpc::EventsApi> as NamedService>::NAME,
+    <proto::referrals_server::ReferralsServer<grpc::ReferralsApi> as NamedService>::NAME,
+    <proto::graph_server::GraphServer<grpc::GraphApi> as NamedService>::NAME,
+];
+
+/// Probes PostgreSQL every `interval` and turns the database-backed services NOT_SERVING
+/// while it does not answer, SERVING again when it does. Redis is not probed here: without
+/// it only capped awards are refused (`/ready` reports that).
+async fn watch_database(ledger: Ledger, health: HealthReporter, interval: std::time::Duration) {
+    let mut serving = true;
+    loop {
+        let up = ledger.postgres_up().await;
+        if up != serving {
+            let status = if up {
+                tracing::info!("PostgreSQL answers again: the ledger is serving");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!("PostgreSQL is unreachable: the ledger is not serving");
+                ServingStatus::NotServing
+            };
+            for service in DATABASE_SERVICES {
+                health.set_service_status(service, status).await;
+            }
+            serving = up;
+        }
+        tokio::time::sleep(interval).await;
     }
 }

@@ -223,6 +223,13 @@ impl DailyCap {
         });
     }
 
+    /// Whether Redis answers a PING within the call timeout (readiness; a refusal of
+    /// capped awards follows from the same failures).
+    pub async fn ping(&self) -> bool {
+        let call = self.client.ping::<String>(None);
+        matches!(tokio::time::timeout(self.timeout, call).await, Ok(Ok(_)))
+    }
+
     /// Returns a reservation whose award was certainly not written. A failed release
     /// leaves the counters high: the member may earn less that day, never more.
     #[tracing::instrument(name = "redis", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "cap::release"))]

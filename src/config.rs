@@ -121,6 +121,16 @@ pub struct Settings {
         global = true
     )]
     pub graph_refresh_seconds: u64,
+    /// Milliseconds between two probes of PostgreSQL for the gRPC health service: the
+    /// database-backed services turn NOT_SERVING while it is unreachable.
+    #[arg(
+        long,
+        env = "FLASH_HEALTH_INTERVAL_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(10..=3_600_000),
+        global = true
+    )]
+    pub health_interval_ms: u64,
     /// Largest number of PostgreSQL connections.
     #[arg(long, env = "FLASH_DB_POOL_SIZE", default_value_t = 16, global = true)]
     pub db_pool_size: usize,
@@ -289,6 +299,10 @@ impl Settings {
         raw.parse()
             .map(Some)
             .map_err(|error| anyhow::anyhow!("FLASH_HTTP_LISTEN {raw:?}: {error}"))
+    }
+
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
     }
 
     pub fn redis_timeout(&self) -> Duration {

@@ -4,13 +4,15 @@
 //! # Layout
 //! Layers point one way: `grpc` → `service` → `store`, with `domain` shared by all.
 //! - [`config`]: settings from flags and `FLASH_*` environment variables.
-//! - [`telemetry`]: the tracing subscriber and the OpenTelemetry exporter.
+//! - [`telemetry`]: the tracing subscriber, the OpenTelemetry exporter, and every Prometheus
+//!   metric's name (`telemetry::metrics`).
 //! - [`app`]: wiring — builds the pool, the Redis client and the services, and serves.
 //! - [`commands`]: the command-line subcommands besides `serve`.
 //! - [`clock`]: the injectable clock; nothing else reads the time.
 //! - [`domain`]: ids, rules and points arithmetic; pure, no IO.
 //! - [`grpc`]: proto ↔ domain conversion and the one error → status mapping. No SQL.
-//! - [`http`]: the HTTP port beside gRPC (the referral graph page and its JSON). No SQL.
+//! - [`http`]: the HTTP port beside gRPC (the referral graph page and its JSON, `/metrics`,
+//!   `/ready`). No SQL.
 //! - [`service`]: use cases; each owns its transaction, member lock and cap reservation.
 //! - [`store`]: SQL only; PostgreSQL errors are classified in one place.
 //! - [`cap`]: the Redis daily-cap counters; every Redis failure is a refusal.

@@ -1,5 +1,7 @@
 //! Logging and tracing: a `tracing` subscriber, and an OpenTelemetry layer exporting
-//! spans over OTLP when an endpoint is configured.
+//! spans over OTLP when an endpoint is configured. The Prometheus metrics: [`metrics`].
+pub mod metrics;
+
 use crate::config::Settings;
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;

@@ -1,8 +1,11 @@
-//! The HTTP transport (`FLASH_HTTP_LISTEN`): the referral graph page and its JSON. Like the
-//! gRPC layer it converts and calls the service, nothing more. No SQL.
+//! The HTTP transport (`FLASH_HTTP_LISTEN`): the referral graph page and its JSON,
+//! `/metrics` (Prometheus) and `/ready` (readiness). Like the gRPC layer it converts and
+//! calls the service, nothing more. No SQL.
 mod graph;
+mod metrics;
+mod ready;
 
-use crate::service::Ledger;
+use crate::service::{Events, Ledger};
 use axum::Router;
 use std::sync::Arc;
 
@@ -10,11 +13,16 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct HttpState {
     pub ledger: Ledger,
+    /// The event stream, for its subscriber count.
+    pub events: Events,
     /// `FLASH_PROFILE_URL_TEMPLATE`.
     pub profile_url_template: Option<String>,
 }
 
 /// Every HTTP route.
 pub fn router(state: HttpState) -> Router {
-    graph::routes().with_state(Arc::new(state))
+    graph::routes()
+        .merge(metrics::routes())
+        .merge(ready::routes())
+        .with_state(Arc::new(state))
 }

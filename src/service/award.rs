@@ -1,7 +1,7 @@
 //! The award path: the one function that writes purchase points, for every source.
 use super::{
-    replay_or_conflict, replayed, run_to_completion, Error, ItemOpening, Ledger, Outcome, Unit,
-    MAX_CLOCK_SKEW,
+    replay_or_conflict, replayed, run_to_completion, Error, ItemOpening, Ledger, Outcome,
+    Unavailable, Unit, MAX_CLOCK_SKEW,
 };
 use crate::cap::{CapDay, Reservation, Reserve};
 use crate::domain::{
@@ -10,6 +10,7 @@ use crate::domain::{
 };
 use crate::store::events::NewEvent;
 use crate::store::{entries, mutation};
+use crate::telemetry::metrics;
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -113,7 +114,7 @@ impl Ledger {
     pub async fn award(&self, command: AwardCommand) -> Result<AwardOutcome, Error> {
         let ledger = self.clone();
         let mut results =
-            run_to_completion(async move { Ok(ledger.award_group(vec![command]).await) }).await?;
+            run_to_completion(async move { Ok(ledger.award_counted(vec![command]).await) }).await?;
         results
             .pop()
             .unwrap_or_else(|| Err(Error::Unexpected(anyhow::anyhow!("an award went missing"))))
@@ -158,7 +159,7 @@ impl Ledger {
                 run_to_completion(async move {
                     let (indexes, commands): (Vec<usize>, Vec<AwardCommand>) =
                         group.into_iter().unzip();
-                    let outcomes = ledger.award_group(commands).await;
+                    let outcomes = ledger.award_counted(commands).await;
                     Ok(indexes.into_iter().zip(outcomes).collect())
                 })
             })
@@ -178,6 +179,26 @@ impl Ledger {
                 })
             })
             .collect())
+    }
+
+    /// [`Ledger::award_group`], counted once it is over: the points and cap hits of the
+    /// awards that committed (a replay counts nothing), and the awards withheld because
+    /// the cap's Redis could not answer.
+    async fn award_counted(&self, commands: Vec<AwardCommand>) -> Vec<Result<AwardOutcome, Error>> {
+        let Some(program) = commands.first().map(|command| command.program.clone()) else {
+            return vec![];
+        };
+        let results = self.award_group(commands).await;
+        for result in &results {
+            match result {
+                Ok(outcome) if !outcome.replayed => {
+                    metrics::award_committed(&program, outcome.awarded_points, outcome.capped)
+                }
+                Err(Error::Unavailable(Unavailable::DailyCap)) => metrics::award_withheld(&program),
+                _ => {}
+            }
+        }
+        results
     }
 
     /// Awards a group of purchases of one program in one transaction under their members'

@@ -135,6 +135,7 @@ impl Ledger {
             };
             mutation::write(&tx, &effects).await?;
             tx.commit().await?;
+            crate::telemetry::metrics::expiry_committed(&program, points);
             Ok(points)
         })
         .await

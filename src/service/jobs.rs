@@ -188,7 +188,28 @@ impl Ledger {
         Ok(outcomes)
     }
 
+    /// Runs a slot (see [`Ledger::run_claimed_slot`]), counted and timed by how it ended.
     async fn run_slot(
+        &self,
+        job: Job,
+        slot: DateTime<Utc>,
+        at: DateTime<Utc>,
+        replica: &Replica,
+    ) -> Result<RunOutcome, Error> {
+        let started = std::time::Instant::now();
+        let ran = self.run_claimed_slot(job, slot, at, replica).await;
+        let outcome = match &ran {
+            Ok(RunOutcome::Done { .. }) => "done",
+            Ok(RunOutcome::NotClaimed) => "not_claimed",
+            Ok(RunOutcome::LeaseLost) => "lease_lost",
+            Err(_) => "failed",
+        };
+        crate::telemetry::metrics::job_run(job.name(), outcome, started.elapsed());
+        ran
+    }
+
+    /// Claims the slot's run and runs it, chunk by chunk from its checkpoint.
+    async fn run_claimed_slot(
         &self,
         job: Job,
         slot: DateTime<Utc>,

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod expiry;
 mod graph;
+mod health;
 mod history;
 mod jobs;
 mod members;
@@ -29,6 +30,7 @@ pub use graph::{
     CachedGraph, GraphCacheStats, GraphView, Neighbourhood, ADVOCATES_MAX, GRAPH_DEFAULT_NODES,
     GRAPH_MAX_NODES, NEIGHBOURHOOD_DEFAULT_NODES, NEIGHBOURHOOD_MAX_DEPTH,
 };
+pub use health::Readiness;
 pub use history::{HistoryEntry, HistoryPage, Liability, RollForward};
 pub use jobs::{birthdays_celebrated_on, Job, Replica, RunCounts, RunOutcome, MAX_ATTEMPTS};
 pub use members::{EnrollCommand, MemberView};

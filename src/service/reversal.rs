@@ -9,6 +9,7 @@ use crate::domain::{
 };
 use crate::store::events::NewEvent;
 use crate::store::{self, entries, entries::StoredEntry, mutation};
+use crate::telemetry::metrics;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -181,6 +182,7 @@ impl Ledger {
                 }
             }
             unit.tx.commit().await?;
+            metrics::reversal_committed(&command.program, "award", outcome.reversed_points);
             Ok(outcome)
         })
         .await
@@ -350,6 +352,7 @@ impl Ledger {
                 )],
             };
             unit.finish(&effects).await?;
+            metrics::reversal_committed(&command.program, "spend", outcome.reversed_points);
             Ok(outcome)
         })
         .await

@@ -108,6 +108,7 @@ impl Ledger {
                 )],
             };
             unit.finish(&effects).await?;
+            crate::telemetry::metrics::spend_committed(&command.program, outcome.points);
             Ok(outcome)
         })
         .await

@@ -380,13 +380,16 @@ pub async fn members_of(
     rows.iter().map(|row| row.try_get(0)).collect()
 }
 
+/// A member's last earning award (entry, when), if any, and its enrolment.
+pub type LastEarning = (Option<(Uuid, DateTime<Utc>)>, DateTime<Utc>);
+
 /// The member's last purchase award that earned points: (entry, when); and its enrolment.
 #[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::last_earning"))]
 pub async fn last_earning(
     client: &impl GenericClient,
     program: &str,
     member: Uuid,
-) -> Result<(Option<(Uuid, DateTime<Utc>)>, DateTime<Utc>), tokio_postgres::Error> {
+) -> Result<LastEarning, tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT m.enrolled_at, a.entry_id, a.created_at FROM members m \

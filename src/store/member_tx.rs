@@ -54,14 +54,19 @@ impl<'a> MemberTx<'a> {
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .await?;
+        // Timed from the lock statement alone: the wait is what the histogram is for.
+        let waiting;
         if let [(key, _)] = keyed.as_slice() {
             let lock = transaction.prepare_cached(LOCK_MEMBER).await?;
+            waiting = std::time::Instant::now();
             transaction.execute(&lock, &[key]).await?;
         } else {
             let keys: Vec<i64> = keyed.iter().map(|(key, _)| *key).collect();
             let lock = transaction.prepare_cached(LOCK_MEMBERS).await?;
+            waiting = std::time::Instant::now();
             transaction.execute(&lock, &[&keys]).await?;
         }
+        crate::telemetry::metrics::member_lock_waited(waiting.elapsed());
         Ok(Self {
             transaction,
             program: program.clone(),

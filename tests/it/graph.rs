@@ -243,8 +243,9 @@ async fn reads_run_no_sql_once_cached_and_down_sampling_keeps_the_top_hubs() {
         settings.database_url = settings
             .database_url
             .replace("127.0.0.1:5432", &format!("127.0.0.1:{port}"));
-        // No background refresh during the count.
+        // No background refresh or health probe during the count.
         settings.graph_refresh_seconds = 86_400;
+        settings.health_interval_ms = 86_400_000;
     })
     .await;
     app.create_program(referral_rules()).await;

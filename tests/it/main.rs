@@ -20,4 +20,5 @@ mod referrals;
 mod reversals;
 mod server;
 mod spend;
+mod telemetry;
 mod tiers;
