@@ -22,3 +22,4 @@ mod server;
 mod spend;
 mod telemetry;
 mod tiers;
+mod traces;
