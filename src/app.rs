@@ -135,7 +135,7 @@ impl Application {
             health,
             self.health_interval,
         ));
-        let events = Events::new(self.pool.clone());
+        let events = Events::new(self.pool.clone(), self.ledger.clock());
         let grpc_address = self.local_addr();
         // One shutdown for both ports.
         let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -44,6 +44,7 @@ def generate_stubs():
 
 generate_stubs()
 from flash.loyalty.v1 import ledger_pb2, ledger_pb2_grpc  # noqa: E402
+from flash.loyalty.v1 import referrals_pb2, referrals_pb2_grpc  # noqa: E402
 
 
 def details(error):
@@ -118,6 +119,22 @@ def main(address, program):
         expect(error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.code())
         expect(bad is not None and bad.field_violations, "a BadRequest")
         print(f"bad field: {error.code().name} field={bad.field_violations[0].field}")
+    # Past the referrer's invites of the day: RESOURCE_EXHAUSTED, with when to retry.
+    referrals = referrals_pb2_grpc.ReferralsStub(channel)
+    try:
+        for batch in range(10):
+            contacts = [f"friend-{batch}-{i}-{order}@example.com" for i in range(20)]
+            referrals.CreateInvites(referrals_pb2.CreateInvitesRequest(
+                program_id=program, referrer_member_id=member,
+                idempotency_key=f"invite-{order}-{batch}", contacts=contacts))
+        sys.exit("unexpected: the invites of the day had no end")
+    except grpc.RpcError as error:
+        found = details(error)
+        expect(error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.code())
+        expect("retry_info" in found, "a RetryInfo")
+        info, retry = found["error_info"], found["retry_info"].retry_delay
+        print(f"quota: {error.code().name} {info.reason} quota={info.metadata['quota']} "
+              f"retry_after={retry.seconds}s")
     print("python client: ok")
 
 

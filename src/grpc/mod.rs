@@ -59,6 +59,12 @@ impl From<Error> for Status {
             Error::Unavailable(_) => {
                 details.set_retry_info(Some(RETRY_AFTER));
             }
+            Error::InviteQuotaExceeded {
+                retry_after: Some(after),
+                ..
+            } => {
+                details.set_retry_info(Some(*after));
+            }
             _ => {}
         }
         Status::with_error_details(code, error.to_string(), details)

@@ -117,6 +117,9 @@ pub enum Error {
         limit: i64,
         remaining: i64,
         asked: i64,
+        /// When the same call can pass: the next program-local day for `per_day`; none for
+        /// the others (send fewer, or wait for invites to expire).
+        retry_after: Option<std::time::Duration>,
     },
     /// The invite is not in the state the operation needs.
     #[error("the invite is {status}; {needs}")]

@@ -11,6 +11,7 @@
 //! the horizon moved.
 use super::members::program_not_found;
 use super::Error;
+use crate::clock::Clock;
 use crate::domain::{EventType, ProgramId};
 use crate::store::{self, events::Position};
 use chrono::{DateTime, Utc};
@@ -50,16 +51,17 @@ pub struct EventView {
 #[derive(Clone)]
 pub struct Events {
     db: Pool,
+    clock: Arc<dyn Clock>,
     /// Each subscription holds one receiver: the tail polls only while there is one.
     horizon: Arc<watch::Sender<u64>>,
 }
 
 impl Events {
     /// Starts the process's tail task; it ends when the last `Events` clone is dropped.
-    pub fn new(db: Pool) -> Self {
+    pub fn new(db: Pool, clock: Arc<dyn Clock>) -> Self {
         let horizon = Arc::new(watch::Sender::new(0));
         tokio::spawn(tail(db.clone(), Arc::downgrade(&horizon)));
-        Self { db, horizon }
+        Self { db, clock, horizon }
     }
 
     /// Subscriptions streaming now.
@@ -89,6 +91,7 @@ impl Events {
         let (sender, receiver) = mpsc::channel(BUFFER);
         let subscription = Subscription {
             db: self.db.clone(),
+            clock: self.clock.clone(),
             horizon: self.horizon.subscribe(),
             program,
             types,
@@ -103,6 +106,7 @@ impl Events {
 /// One subscriber's reader.
 struct Subscription {
     db: Pool,
+    clock: Arc<dyn Clock>,
     horizon: watch::Receiver<u64>,
     program: ProgramId,
     types: Vec<&'static str>,
@@ -148,9 +152,13 @@ impl Subscription {
                     payload: event.payload,
                     created_at: event.created_at,
                 };
+                let created_at = view.created_at;
                 if self.sender.send(Ok(view)).await.is_err() {
                     return;
                 }
+                crate::telemetry::metrics::event_delivered(
+                    (self.clock.now() - created_at).to_std().unwrap_or_default(),
+                );
             }
             if full {
                 continue;

@@ -88,6 +88,11 @@ impl Ledger {
         }
     }
 
+    /// The process's clock, for the services beside the ledger.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// The ledger hashing contacts under `key` (the server's).
     pub fn with_contact_key(mut self, key: ContactKey) -> Self {
         self.contact_key = Some(key);

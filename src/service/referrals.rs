@@ -7,8 +7,8 @@ use super::bonus::{credit_in_unit, BonusCause, BonusCredit, ReferralSide};
 use super::members::program_not_found;
 use super::{run_to_completion, Error, Ledger, Opened, Outcome, ReferralRefusal, Unit};
 use crate::domain::{
-    invite_code, local_day, Contact, ContactHash, EntryId, EntryKind, EventType, IdempotencyKey,
-    InviteRefusal, InviteStatus, MemberId, ProgramId,
+    invite_code, local_day, local_day_bounds, Contact, ContactHash, EntryId, EntryKind, EventType,
+    IdempotencyKey, InviteRefusal, InviteStatus, MemberId, ProgramId,
 };
 use crate::store::events::NewEvent;
 use crate::store::referrals::{Conversion, NewInvite, StoredInvite};
@@ -208,6 +208,7 @@ impl Ledger {
                     limit: per_batch,
                     remaining: per_batch,
                     asked,
+                    retry_after: None,
                 });
             }
             let program = command.program.clone();
@@ -256,11 +257,15 @@ impl Ledger {
                 ),
             ] {
                 if used + sending > limit {
+                    let tomorrow = local_day_bounds(day, rules.rules.timezone).1;
                     return Err(Error::InviteQuotaExceeded {
                         quota,
                         limit,
                         remaining: (limit - used).max(0),
                         asked: sending,
+                        retry_after: (quota == "per_day")
+                            .then(|| (tomorrow - now).to_std().ok())
+                            .flatten(),
                     });
                 }
             }

@@ -40,6 +40,7 @@ pub const DB_POOL_WAITING: &str = "flash_db_pool_waiting";
 pub const JOB_RUNS: &str = "flash_job_runs_total";
 pub const JOB_RUN_DURATION: &str = "flash_job_run_duration_seconds";
 pub const EVENT_SUBSCRIBERS: &str = "flash_event_subscribers";
+pub const EVENT_DELIVERY_LAG: &str = "flash_event_delivery_lag_seconds";
 
 /// Histogram buckets, in seconds: from a fast lock (1 ms) to a long job run (10 min).
 const BUCKETS_SECONDS: &[f64] = &[
@@ -127,6 +128,11 @@ fn describe() {
         "Worker job run duration, by job and outcome"
     );
     describe_gauge!(EVENT_SUBSCRIBERS, "Event-stream subscriptions open");
+    describe_histogram!(
+        EVENT_DELIVERY_LAG,
+        Unit::Seconds,
+        "How old an event is when it reaches a subscriber (its commit to its delivery)"
+    );
 }
 
 /// One gRPC call answered.
@@ -179,6 +185,11 @@ pub fn job_run(job: &'static str, outcome: &'static str, elapsed: Duration) {
     ::metrics::counter!(JOB_RUNS, "job" => job, "outcome" => outcome).increment(1);
     ::metrics::histogram!(JOB_RUN_DURATION, "job" => job, "outcome" => outcome)
         .record(elapsed.as_secs_f64());
+}
+
+/// An event handed to a subscriber `lag` after it was written.
+pub fn event_delivered(lag: Duration) {
+    ::metrics::histogram!(EVENT_DELIVERY_LAG).record(lag.as_secs_f64());
 }
 
 /// The pool and stream gauges, set just before a scrape renders.

@@ -191,6 +191,7 @@ async fn the_python_client_enrolls_awards_spends_and_reads_error_details() {
         "history: 2 entries",
         "reused key: ALREADY_EXISTS KEY_REUSED differing_fields=amount_minor",
         "bad field: INVALID_ARGUMENT field=member_id",
+        "quota: RESOURCE_EXHAUSTED INVITE_QUOTA_EXCEEDED quota=per_day retry_after=",
         "python client: ok",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");

@@ -125,6 +125,22 @@ async fn metrics_count_committed_points_once_and_every_call_by_method_and_code()
     let mut withheld = app.purchase(&capped_member, 2_000);
     withheld.program_id = capped.clone();
     let refused = app.ledger.award(withheld).await.unwrap_err();
+    // A subscriber reads the program's first event (its delivery lag is recorded).
+    let mut stream = app
+        .events
+        .subscribe(flash_loyalty::grpc::proto::SubscribeRequest {
+            program_id: free.clone(),
+            after_cursor: String::new(),
+            event_types: vec![],
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let first_event = tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+        .await
+        .expect("an event in time");
+    assert!(first_event.expect("a healthy stream").is_some());
+    drop(stream);
     let after = scrape(&app).await;
 
     // Assert
@@ -153,6 +169,10 @@ async fn metrics_count_committed_points_once_and_every_call_by_method_and_code()
     );
     assert!(moved("flash_rpc_duration_seconds_count", &award_ok) >= 2.0);
     assert!(sample(&after, "flash_member_lock_wait_seconds_count", &[]) >= 3.0);
+    assert!(
+        moved("flash_event_delivery_lag_seconds_count", &[]) >= 1.0,
+        "{after}"
+    );
     assert!(sample(&after, "flash_db_pool_size", &[]) >= 1.0, "{after}");
     assert!(
         after.contains("# TYPE flash_event_subscribers gauge"),
