@@ -1,6 +1,7 @@
 # Flash Loyalty: `make run` serves the API with a demo program, `make test` runs every test,
-# `make lint` runs the checks CI runs. Debug builds everywhere (they compile much faster),
-# except `make bench`, which measures a release server.
+# `make lint` runs the checks CI runs, `make demo` walks a newcomer through the ledger.
+# Debug builds everywhere (they compile much faster), except `make bench`, which measures a
+# release server.
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := build
@@ -26,7 +27,7 @@ PROTO_BASELINE ?= 0d5aff04de0b85f5f9510e87427f8f79f3daaae1
 BUF := node_modules/.bin/buf
 NODE_TOOLS := node_modules/.package-lock.json
 
-.PHONY: bootstrap build run test lint migrate audit expire chaos
+.PHONY: bootstrap build run test lint migrate audit expire chaos demo
 
 # PostgreSQL, Redis, the database and the build tools; silent when all is in place.
 bootstrap:
@@ -45,6 +46,13 @@ run: bootstrap build
 	$(FLASH) migrate
 	$(FLASH) demo
 	FLASH_CONTACT_HASH_KEY="$${FLASH_CONTACT_HASH_KEY:-$$(cat $(CONTACT_KEY_FILE))}" $(FLASH) serve
+
+# The walkthrough: its own `flash serve` (database flash_demo, dropped and created again, a
+# free port) and its own redis-server walk an award and its replay, a FIFO spend, a cap
+# outage, a tier upgrade and a refund, then `flash audit`; exits non-zero if a step misbehaves.
+demo: bootstrap
+	cargo build --workspace --bins
+	./target/debug/flash-demo
 
 # Drops the databases of earlier test runs first; a killed run leaves its flash_test_* behind.
 test: bootstrap $(NODE_TOOLS)
