@@ -59,8 +59,9 @@ test: bootstrap $(NODE_TOOLS)
 	psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" -tAc \
 	  "select format('drop database if exists %I with (force);', datname) from pg_database where datname like 'flash\_test\_%'" \
 	  | psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" >/dev/null || true
-	# tests/chaos.rs runs the flash-chaos binary of testing/chaos, which Cargo builds only
-	# for its own package's tests: build every binary of the workspace first.
+	# tests/chaos.rs and tests/demo.rs run the flash-chaos and flash-demo binaries of
+	# testing/chaos and testing/demo, which Cargo builds only for their own packages' tests:
+	# build every binary of the workspace first.
 	cargo build --workspace --bins
 	cargo test --workspace --all-targets -- --test-threads=8 $(TEST_ARGS)
 
