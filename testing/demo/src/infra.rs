@@ -163,10 +163,8 @@ impl World {
         let started = Instant::now();
         while started.elapsed() < SERVER_START_MAX {
             if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok()?) {
-                bail!(
-                    "flash serve exited at start ({status}):\n{}",
-                    log_tail(log, 15)
-                );
+                // The caller prints the log's end.
+                bail!("flash serve exited at start ({status})");
             }
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Ok(server);

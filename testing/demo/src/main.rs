@@ -79,12 +79,14 @@ async fn main() -> ExitCode {
         }
         Err(error) => {
             eprintln!("\ndemo: FAILED: {error:#}");
-            if log.exists() {
+            if std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
                 eprintln!(
                     "demo: the server's log is {}; its end:\n{}",
                     log.display(),
                     infra::log_tail(&log, 20)
                 );
+            } else {
+                let _ = std::fs::remove_file(&log);
             }
             ExitCode::FAILURE
         }
