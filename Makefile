@@ -1,6 +1,7 @@
 # Flash Loyalty: `make run` serves the API with a demo program, `make test` runs every test,
-# `make lint` runs the checks CI runs. Debug builds everywhere (they compile much faster),
-# except `make bench`, which measures a release server.
+# `make lint` runs the checks CI runs, `make demo` walks a newcomer through the ledger.
+# Debug builds everywhere (they compile much faster), except `make bench`, which measures a
+# release server.
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := build
@@ -26,7 +27,7 @@ PROTO_BASELINE ?= 0d5aff04de0b85f5f9510e87427f8f79f3daaae1
 BUF := node_modules/.bin/buf
 NODE_TOOLS := node_modules/.package-lock.json
 
-.PHONY: bootstrap build run test lint migrate audit expire chaos
+.PHONY: bootstrap build run test lint migrate audit expire chaos demo
 
 # PostgreSQL, Redis, the database and the build tools; silent when all is in place.
 bootstrap:
@@ -46,13 +47,21 @@ run: bootstrap build
 	$(FLASH) demo
 	FLASH_CONTACT_HASH_KEY="$${FLASH_CONTACT_HASH_KEY:-$$(cat $(CONTACT_KEY_FILE))}" $(FLASH) serve
 
+# The walkthrough: its own `flash serve` (database flash_demo, dropped and created again, a
+# free port) and its own redis-server walk an award and its replay, a FIFO spend, a cap
+# outage, a tier upgrade and a refund, then `flash audit`; exits non-zero if a step misbehaves.
+demo: bootstrap
+	cargo build --workspace --bins
+	./target/debug/flash-demo
+
 # Drops the databases of earlier test runs first; a killed run leaves its flash_test_* behind.
 test: bootstrap $(NODE_TOOLS)
 	psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" -tAc \
 	  "select format('drop database if exists %I with (force);', datname) from pg_database where datname like 'flash\_test\_%'" \
 	  | psql -w -X -q "$(FLASH_TEST_DATABASE_URL)" >/dev/null || true
-	# tests/chaos.rs runs the flash-chaos binary of testing/chaos, which Cargo builds only
-	# for its own package's tests: build every binary of the workspace first.
+	# tests/chaos.rs and tests/demo.rs run the flash-chaos and flash-demo binaries of
+	# testing/chaos and testing/demo, which Cargo builds only for their own packages' tests:
+	# build every binary of the workspace first.
 	cargo build --workspace --bins
 	cargo test --workspace --all-targets -- --test-threads=8 $(TEST_ARGS)
 

@@ -69,6 +69,12 @@ impl PrivateRedis {
         self.spawn()
     }
 
+    /// Kills the server (an outage); [`PrivateRedis::restart`] starts it again on the same
+    /// port.
+    pub fn stop(&mut self) {
+        self.kill();
+    }
+
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
