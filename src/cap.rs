@@ -133,7 +133,7 @@ impl DailyCap {
     /// program's `rules_version`. `seeds` has one entry per day: its total from PostgreSQL,
     /// given only after a [`Reserve::CountersUnknown`] named it.
     #[allow(clippy::too_many_arguments)]
-    #[tracing::instrument(name = "redis", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "cap::reserve"))]
+    #[tracing::instrument(name = "redis", level = "debug", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "cap::reserve"))]
     pub async fn reserve(
         &self,
         program: &ProgramId,
@@ -232,7 +232,7 @@ impl DailyCap {
 
     /// Returns a reservation whose award was certainly not written. A failed release
     /// leaves the counters high: the member may earn less that day, never more.
-    #[tracing::instrument(name = "redis", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "cap::release"))]
+    #[tracing::instrument(name = "redis", level = "debug", skip_all, fields(otel.kind = "client", db.system = "redis", db.operation = "cap::release"))]
     pub async fn release(&self, reservation: &Reservation) {
         if reservation.granted_points == 0 {
             return;

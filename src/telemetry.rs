@@ -22,6 +22,10 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// What the OTLP exporter receives: every RPC and unit of work, and the PostgreSQL and Redis
+/// calls below them.
+const TRACE_FILTER: &str = "info,flash_loyalty=debug";
+
 pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     // An incoming `traceparent` is continued by every RPC's span (`grpc::observe`).
     opentelemetry::global::set_text_map_propagator(
@@ -52,12 +56,15 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
         }
         None => None,
     };
-    let otel = provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("flash")));
+    // Traces keep the database and Redis calls (debug spans) whatever FLASH_LOG says; without
+    // an exporter nothing enables those spans, so they cost nothing.
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("flash"))
+            .with_filter(EnvFilter::new(TRACE_FILTER))
+    });
     tracing_subscriber::registry()
-        .with(filter)
-        .with(format)
+        .with(format.with_filter(filter))
         .with(otel)
         .try_init()
         .context("installing the tracing subscriber")?;

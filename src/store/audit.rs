@@ -88,7 +88,7 @@ pub struct Snapshot {
     pub graphs: Vec<super::graph::StoredSnapshot>,
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "audit::snapshot"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "audit::snapshot"))]
 pub async fn snapshot(
     client: &impl GenericClient,
     program: &ProgramId,

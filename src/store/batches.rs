@@ -25,7 +25,7 @@ pub const HELD_FOR_UPDATE: &str = "SELECT batch_id, remaining, earned_at, expire
      ORDER BY earned_at, batch_id FOR UPDATE";
 
 /// The member's batches that still hold points (expired or not), locked, oldest first.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::held_for_update"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::held_for_update"))]
 pub async fn held_for_update(
     tx: &MemberTx<'_>,
     member: MemberId,
@@ -45,7 +45,7 @@ pub const BY_IDS_FOR_UPDATE: &str = "SELECT batch_id, remaining, earned_at, expi
      ORDER BY earned_at, batch_id FOR UPDATE";
 
 /// The batch an entry credited, locked.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::credited_by"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::credited_by"))]
 pub async fn credited_by(
     tx: &MemberTx<'_>,
     entry: EntryId,
@@ -58,7 +58,7 @@ pub async fn credited_by(
 }
 
 /// The batches given, locked (for restoring into them).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::by_ids_for_update"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::by_ids_for_update"))]
 pub async fn by_ids_for_update(
     tx: &MemberTx<'_>,
     batch_ids: &[Uuid],
@@ -71,7 +71,7 @@ pub async fn by_ids_for_update(
 }
 
 /// The allocations of the given entries, each entry's in FIFO order of its batches.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::allocations_of"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::allocations_of"))]
 pub async fn allocations_of(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -101,7 +101,7 @@ pub async fn allocations_of(
 }
 
 /// The batches the given entries credited: (entry, batch).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::credited_by_entries"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::credited_by_entries"))]
 pub async fn credited_by_entries(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -130,7 +130,7 @@ fn batch_balance(row: &Row) -> Result<BatchBalance, tokio_postgres::Error> {
 
 /// Members holding points in batches that expired by `as_of`, after `after` in
 /// (program, member) order: one bounded chunk of the expiry sweep.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::members_with_due"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::members_with_due"))]
 pub async fn members_with_due(
     client: &impl GenericClient,
     as_of: DateTime<Utc>,
@@ -152,7 +152,7 @@ pub async fn members_with_due(
 }
 
 /// The member's batches that expired by `as_of` and still hold points, locked.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::due_for_update"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::due_for_update"))]
 pub async fn due_for_update(
     tx: &MemberTx<'_>,
     as_of: DateTime<Utc>,

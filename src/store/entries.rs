@@ -123,7 +123,7 @@ pub(super) fn stored_entry(
     })
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::get"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::get"))]
 pub async fn get(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -137,7 +137,7 @@ pub async fn get(
 }
 
 /// A member's entries, newest first, older than `before_seq` when given.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::history"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::history"))]
 pub async fn history(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -167,7 +167,7 @@ pub const REVERSED_SO_FAR: &str = "SELECT COALESCE(sum(reversed_points), 0)::big
      FROM ledger_entries WHERE program_id = $1 AND reversed_entry_id = $2";
 
 /// How much of an entry earlier reversals already cover.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::reversed_so_far"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::reversed_so_far"))]
 pub async fn reversed_so_far(
     tx: &MemberTx<'_>,
     entry: EntryId,
@@ -179,7 +179,7 @@ pub async fn reversed_so_far(
     row.try_get(0)
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::find_by_key"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::find_by_key"))]
 pub async fn find_by_key(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -211,7 +211,7 @@ pub const PURCHASE_POINTS_BETWEEN: &str = "SELECT COALESCE(sum(points), 0)::text
      FROM ledger_entries WHERE program_id = $1 AND member_id = $2 AND status_at IS NOT NULL \
      AND status_at >= $3 AND status_at < $4 AND kind = 'award'";
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::purchase_points_between"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "entries::purchase_points_between"))]
 pub async fn purchase_points_between(
     tx: &MemberTx<'_>,
     member: MemberId,

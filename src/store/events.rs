@@ -81,7 +81,7 @@ impl OutboxRows {
 }
 
 /// Writes events of the locked members' transaction.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "events::append"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "events::append"))]
 pub async fn append(
     tx: &MemberTx<'_>,
     at: DateTime<Utc>,
@@ -140,7 +140,7 @@ pub const READ_AFTER: &str = "SELECT txid::text AS txid_text, seq, event_id, mem
        AND (cardinality($4::text[]) = 0 OR event_type = ANY($4::text[])) \
      ORDER BY txid, seq LIMIT $5";
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "events::read_after"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "events::read_after"))]
 pub async fn read_after(
     client: &deadpool_postgres::Client,
     program: &crate::domain::ProgramId,
@@ -180,7 +180,7 @@ pub async fn read_after(
 }
 
 /// The last position the pruning job deleted from a program's stream, if any.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "events::horizon"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "events::horizon"))]
 pub async fn horizon(
     client: &deadpool_postgres::Client,
     program: &crate::domain::ProgramId,
@@ -202,7 +202,7 @@ pub async fn horizon(
 }
 
 /// The oldest transaction still running (cluster-wide): the stream's readable horizon.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "events::readable_horizon"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "events::readable_horizon"))]
 pub async fn readable_horizon(
     client: &deadpool_postgres::Client,
 ) -> Result<u64, tokio_postgres::Error> {

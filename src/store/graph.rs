@@ -40,7 +40,7 @@ fn meta_of(row: &tokio_postgres::Row) -> Result<SnapshotMeta, tokio_postgres::Er
 
 /// Every converted referral of a program: (referrer, referee). Only `converted` invites:
 /// pending, accepted, revoked, expired, superseded and clawed-back ones are not edges.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::converted_referrals"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::converted_referrals"))]
 pub async fn converted_referrals(
     client: &impl GenericClient,
     program: &str,
@@ -61,7 +61,7 @@ pub async fn converted_referrals(
 /// Stores the snapshot of `(program, date)`: a new row, or a new version of the day's row
 /// when its content changed. Unchanged content keeps the stored row and its version.
 /// Returns the stored snapshot's meta and whether this call wrote it.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::store"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::store"))]
 pub async fn store(
     client: &impl GenericClient,
     meta: &SnapshotMeta,
@@ -109,7 +109,7 @@ pub async fn store(
 }
 
 /// The meta of the program's snapshot of `date`, if taken.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::meta_on"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::meta_on"))]
 pub async fn meta_on(
     client: &impl GenericClient,
     program: &str,
@@ -129,7 +129,7 @@ pub async fn meta_on(
 }
 
 /// The program's latest snapshot (latest day), bytes included.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::latest"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::latest"))]
 pub async fn latest(
     client: &impl GenericClient,
     program: &str,
@@ -154,7 +154,7 @@ pub async fn latest(
 }
 
 /// The version of every program's latest snapshot: what replicas compare their caches to.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::latest_versions"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::latest_versions"))]
 pub async fn latest_versions(
     client: &impl GenericClient,
 ) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
@@ -171,7 +171,7 @@ pub async fn latest_versions(
 }
 
 /// Deletes the program's snapshots of days before `keep_from`; returns how many.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::prune"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::prune"))]
 pub async fn prune(
     client: &impl GenericClient,
     program: &str,
@@ -186,7 +186,7 @@ pub async fn prune(
 }
 
 /// Every stored snapshot's meta with its bytes, for `flash audit`.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::all_of"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "graph::all_of"))]
 pub async fn all_of(
     client: &impl GenericClient,
     program: &str,

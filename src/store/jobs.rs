@@ -18,7 +18,7 @@ pub struct Claim {
 /// Claims the run of (job, slot): a new row, or a row whose holder's lease ran out before
 /// it finished (a crashed replica), taken over with its checkpoint. None when another
 /// replica holds a live lease or the run finished.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::claim"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::claim"))]
 pub async fn claim(
     client: &impl GenericClient,
     job: &str,
@@ -50,7 +50,7 @@ pub async fn claim(
 }
 
 /// Runs left unfinished by a replica whose lease ran out: (job, slot), oldest first.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::abandoned"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::abandoned"))]
 pub async fn abandoned(
     client: &impl GenericClient,
     now: DateTime<Utc>,
@@ -69,7 +69,7 @@ pub async fn abandoned(
 
 /// Extends the lease and records progress; false when the run is no longer this
 /// replica's (its lease ran out and another took it over): the replica must stop.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::checkpoint"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::checkpoint"))]
 pub async fn checkpoint(
     client: &impl GenericClient,
     run_id: Uuid,
@@ -90,7 +90,7 @@ pub async fn checkpoint(
 }
 
 /// Marks the run finished with its counts; false when it was no longer this replica's.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::finish"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::finish"))]
 pub async fn finish(
     client: &impl GenericClient,
     run_id: Uuid,
@@ -120,7 +120,7 @@ pub struct StoredRun {
     pub counts: serde_json::Value,
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::recent_runs"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::recent_runs"))]
 pub async fn recent_runs(
     client: &impl GenericClient,
     limit: i64,
@@ -162,7 +162,7 @@ pub struct StoredFailure {
 /// Records a failed attempt: the next one waits `backoff`, and after `max_attempts` the
 /// member is parked (no more automatic tries). Returns the record.
 #[allow(clippy::too_many_arguments)]
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::record_failure"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::record_failure"))]
 pub async fn record_failure(
     client: &impl GenericClient,
     job: &str,
@@ -201,7 +201,7 @@ pub async fn record_failure(
     failure(&row)
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::clear_failure"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::clear_failure"))]
 pub async fn clear_failure(
     client: &impl GenericClient,
     job: &str,
@@ -218,7 +218,7 @@ pub async fn clear_failure(
 }
 
 /// The job's failures among these members (to skip those waiting or parked).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::failures_of"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::failures_of"))]
 pub async fn failures_of(
     client: &impl GenericClient,
     job: &str,
@@ -240,7 +240,7 @@ pub async fn failures_of(
 }
 
 /// The job's failures due for another try (not parked), oldest first.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::due_failures"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::due_failures"))]
 pub async fn due_failures(
     client: &impl GenericClient,
     job: &str,
@@ -260,7 +260,7 @@ pub async fn due_failures(
         .collect()
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::all_failures"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::all_failures"))]
 pub async fn all_failures(
     client: &impl GenericClient,
 ) -> Result<Vec<StoredFailure>, tokio_postgres::Error> {
@@ -288,7 +288,7 @@ fn failure(row: &tokio_postgres::Row) -> Result<StoredFailure, tokio_postgres::E
 
 /// Members with batches expiring in `(at, at + the program's expiring_soon_days]` not yet
 /// announced, after `after`: one chunk of the expiring-soon job.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::members_expiring_soon"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::members_expiring_soon"))]
 pub async fn members_expiring_soon(
     client: &impl GenericClient,
     at: DateTime<Utc>,
@@ -316,7 +316,7 @@ pub async fn members_expiring_soon(
 
 /// The member's batches expiring in `(at, until]` not yet announced, locked; marks them
 /// announced. (batch, remaining, expires_at).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::take_expiring_soon"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::take_expiring_soon"))]
 pub async fn take_expiring_soon(
     tx: &MemberTx<'_>,
     at: DateTime<Utc>,
@@ -337,7 +337,7 @@ pub async fn take_expiring_soon(
 }
 
 /// Members of a program born on (month, day), enrolled by `at`, after `after`.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::members_born_on"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::members_born_on"))]
 pub async fn members_born_on(
     client: &impl GenericClient,
     program: &str,
@@ -362,7 +362,7 @@ pub async fn members_born_on(
 }
 
 /// A program's members after `after`, enrolled by `at`.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::members_of"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::members_of"))]
 pub async fn members_of(
     client: &impl GenericClient,
     program: &str,
@@ -384,7 +384,7 @@ pub async fn members_of(
 pub type LastEarning = (Option<(Uuid, DateTime<Utc>)>, DateTime<Utc>);
 
 /// The member's last purchase award that earned points: (entry, when); and its enrolment.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::last_earning"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::last_earning"))]
 pub async fn last_earning(
     client: &impl GenericClient,
     program: &str,
@@ -408,7 +408,7 @@ pub async fn last_earning(
 
 /// Deletes up to `limit` of a program's events created before `before`, oldest first, and
 /// moves the program's horizon past them. Returns how many were deleted.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::prune_events"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "jobs::prune_events"))]
 pub async fn prune_events(
     client: &mut deadpool_postgres::Client,
     program: &str,

@@ -27,7 +27,7 @@ pub struct MemberTx<'a> {
 }
 
 impl<'a> MemberTx<'a> {
-    #[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::begin"))]
+    #[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::begin"))]
     pub async fn begin(
         client: &'a mut Client,
         program: &ProgramId,
@@ -37,7 +37,7 @@ impl<'a> MemberTx<'a> {
     }
 
     /// Locks every member given (at least one), in lock-key order.
-    #[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::begin_many"))]
+    #[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::begin_many"))]
     pub async fn begin_many(
         client: &'a mut Client,
         program: &ProgramId,
@@ -89,7 +89,7 @@ impl<'a> MemberTx<'a> {
     }
 
     /// The statement prepared once per connection: the hot path never parses SQL twice.
-    #[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::prepared"))]
+    #[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::prepared"))]
     pub async fn prepared(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         self.transaction.prepare_cached(sql).await
     }
@@ -99,13 +99,13 @@ impl<'a> MemberTx<'a> {
         &self.transaction
     }
 
-    #[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::commit"))]
+    #[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::commit"))]
     pub async fn commit(self) -> Result<(), tokio_postgres::Error> {
         self.transaction.commit().await
     }
 
     /// Rolls back now, so the lock is free before the caller does anything else.
-    #[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::rollback"))]
+    #[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "member_tx::rollback"))]
     pub async fn rollback(self) -> Result<(), tokio_postgres::Error> {
         self.transaction.rollback().await
     }

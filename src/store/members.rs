@@ -100,7 +100,7 @@ pub const ENROLL: &str = concat!(
 
 /// Enrolls the member (see [`ENROLL`]): the rules version, the row and whether it
 /// existed; None when the program does not exist.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::enroll"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::enroll"))]
 pub async fn enroll(
     client: &impl deadpool_postgres::GenericClient,
     program: &ProgramId,
@@ -140,7 +140,7 @@ pub const GET_WITH_PROGRAM: &str = concat!(
      WHERE p.program_id = $1"
 );
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::get_with_program"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::get_with_program"))]
 pub async fn get_with_program(
     client: &deadpool_postgres::Client,
     program: &ProgramId,
@@ -160,7 +160,7 @@ pub async fn get_with_program(
     .transpose()
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::get"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::get"))]
 pub async fn get(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -180,7 +180,7 @@ pub async fn get(
 }
 
 /// The member's points as of `now`: expired batches never count, swept or not.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::points_summary"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::points_summary"))]
 pub async fn points_summary(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -197,7 +197,7 @@ pub async fn points_summary(
 }
 
 /// [`points_summary`] as a statement prepared once per connection, for `GetMember`.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::points_summary_prepared"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::points_summary_prepared"))]
 pub async fn points_summary_prepared(
     client: &deadpool_postgres::Client,
     program: &ProgramId,

@@ -81,7 +81,7 @@ pub struct PurchaseRef<'a> {
 
 /// Reads what the items of a mutation need, under the lock, in item order; empty when the
 /// program does not exist.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "mutation::open"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "mutation::open"))]
 pub async fn open(
     tx: &MemberTx<'_>,
     asks: &[Ask<'_>],
@@ -223,7 +223,7 @@ pub struct NewAward<'a> {
 }
 
 /// Records awards made at `created_at` under `rules_version`, in one statement.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "mutation::write_awards"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "mutation::write_awards"))]
 pub async fn write_awards(
     tx: &MemberTx<'_>,
     rules_version: i64,
@@ -326,7 +326,7 @@ pub struct Effects<'a> {
 }
 
 /// Records a mutation: the one write of every use case.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "mutation::write"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "mutation::write"))]
 pub async fn write(tx: &MemberTx<'_>, effects: &Effects<'_>) -> Result<(), WriteError> {
     let entry = &effects.entry;
     let purchase = entry.purchase.as_ref();

@@ -21,7 +21,7 @@ const SELECT_PROGRAM: &str = "SELECT p.program_id, p.name, p.rules_version, r.ru
      WHERE p.program_id = $1";
 
 /// Inserts a program at rules version 1. Returns false when the id is taken.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::insert"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::insert"))]
 pub async fn insert(
     tx: &Transaction<'_>,
     program: &ProgramId,
@@ -44,7 +44,7 @@ pub async fn insert(
 }
 
 /// The program with its current rules.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::get"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::get"))]
 pub async fn get(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -56,7 +56,7 @@ pub async fn get(
 }
 
 /// The program with its current rules, its row locked against concurrent updates.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::get_for_update"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::get_for_update"))]
 pub async fn get_for_update(
     tx: &Transaction<'_>,
     program: &ProgramId,
@@ -67,7 +67,7 @@ pub async fn get_for_update(
 }
 
 /// Records a new rules version and makes it current.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::update"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::update"))]
 pub async fn update(
     tx: &Transaction<'_>,
     program: &ProgramId,
@@ -88,7 +88,7 @@ pub async fn update(
 
 /// Every rules version of a program up to `version`, oldest first, with the instant each
 /// took effect. Versions never change once written, so callers may cache the answer.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::rules_history"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::rules_history"))]
 pub async fn rules_history(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -112,7 +112,7 @@ pub async fn rules_history(
 }
 
 /// Every program id, for commands that walk all programs.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::list_ids"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "programs::list_ids"))]
 pub async fn list_ids(client: &impl GenericClient) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
         .query("SELECT program_id FROM programs ORDER BY program_id", &[])

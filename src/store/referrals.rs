@@ -24,7 +24,7 @@ fn contact_hash(row: &Row, column: &str) -> Result<ContactHash, tokio_postgres::
 
 /// Records a member's contacts (hashes); one already recorded for the member is kept.
 /// Returns how many of them belong to another member (then the caller rolls back).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::add_contacts"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::add_contacts"))]
 pub async fn add_contacts(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -61,7 +61,7 @@ pub async fn add_contacts(
 }
 
 /// The members holding any of the hashes.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::contact_owners"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::contact_owners"))]
 pub async fn contact_owners(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -87,7 +87,7 @@ pub async fn contact_owners(
 }
 
 /// Which of the hashes the referrer has a pending invite to.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::pending_from"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::pending_from"))]
 pub async fn pending_from(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -114,7 +114,7 @@ pub async fn pending_from(
 
 /// What a referrer's quotas have used: invites sent on the local day, and invites sent
 /// that did not expire (expired ones are given back to the lifetime quota).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::quota_used"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::quota_used"))]
 pub async fn quota_used(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -145,7 +145,7 @@ pub struct NewInvite {
 }
 
 /// Writes a referrer's new invites (one statement).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::insert"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::insert"))]
 pub async fn insert(
     tx: &MemberTx<'_>,
     referrer: MemberId,
@@ -235,7 +235,7 @@ fn invite_from_row(row: &Row) -> Result<StoredInvite, tokio_postgres::Error> {
 }
 
 /// The invite with a code, in a program.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::by_code"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::by_code"))]
 pub async fn by_code(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -253,7 +253,7 @@ pub async fn by_code(
 }
 
 /// The invite with an id.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::by_id"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::by_id"))]
 pub async fn by_id(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -287,7 +287,7 @@ pub const ACCEPT: &str = concat!(
     " WHERE EXISTS (SELECT 1 FROM invite)) SELECT count(*) FROM referee"
 );
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::accept"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::accept"))]
 pub async fn accept(
     tx: &MemberTx<'_>,
     invite: Uuid,
@@ -317,7 +317,7 @@ pub async fn accept(
 
 /// Closes every other pending invite to the contacts (the accepted invite's, the
 /// referee's own) as superseded; returns them (id, referrer).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::supersede"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::supersede"))]
 pub async fn supersede(
     tx: &MemberTx<'_>,
     hashes: &[ContactHash],
@@ -343,7 +343,7 @@ pub async fn supersede(
 }
 
 /// The referee's contact hashes.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::contacts_of"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::contacts_of"))]
 pub async fn contacts_of(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -363,7 +363,7 @@ pub async fn contacts_of(
 }
 
 /// The referee's first purchase award of at least `min_amount_minor`, if any.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::qualifying_award"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::qualifying_award"))]
 pub async fn qualifying_award(
     tx: &MemberTx<'_>,
     referee: MemberId,
@@ -414,7 +414,7 @@ pub struct Conversion {
     pub referee_entry: Option<Uuid>,
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::convert"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::convert"))]
 pub async fn convert(
     tx: &MemberTx<'_>,
     conversion: &Conversion,
@@ -444,7 +444,7 @@ pub async fn convert(
 }
 
 /// Revokes a pending invite; false when it was not pending any more.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::revoke"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::revoke"))]
 pub async fn revoke(
     tx: &MemberTx<'_>,
     invite: Uuid,
@@ -464,7 +464,7 @@ pub async fn revoke(
 
 /// Expires up to `limit` pending invites of a program past their expiry, with one
 /// `referral.closed` event each, in one statement; returns how many.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::expire_due"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::expire_due"))]
 pub async fn expire_due(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -497,7 +497,7 @@ pub async fn expire_due(
 }
 
 /// A page of a referrer's invites, newest first, of one status or all.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::list"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::list"))]
 pub async fn list(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -531,7 +531,7 @@ pub async fn list(
 
 /// A referrer's invites by status, and the points a member earned from referrals (both
 /// sides, net of clawbacks).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::stats"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::stats"))]
 pub async fn stats(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -572,7 +572,7 @@ pub async fn stats(
 }
 
 /// The invite a purchase award converted, if any.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::by_qualifying_entry"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::by_qualifying_entry"))]
 pub async fn by_qualifying_entry(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -591,7 +591,7 @@ pub async fn by_qualifying_entry(
 }
 
 /// Marks a converted invite clawed back, with its event.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::claw_back"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "referrals::claw_back"))]
 pub async fn claw_back(
     tx: &MemberTx<'_>,
     invite: Uuid,

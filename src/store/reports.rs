@@ -33,7 +33,7 @@ pub struct BatchSums {
     pub by_expiry_month: Vec<(String, i128)>,
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "reports::period_sums"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "reports::period_sums"))]
 pub async fn period_sums(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -73,7 +73,7 @@ pub async fn period_sums(
     })
 }
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "reports::batch_sums"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "reports::batch_sums"))]
 pub async fn batch_sums(
     client: &impl GenericClient,
     program: &ProgramId,

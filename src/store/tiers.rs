@@ -42,7 +42,7 @@ pub const WRITE_TIER: &str = concat!(
 
 /// Records the member's new tier state, the change that led to it (if any) and its events.
 #[allow(clippy::too_many_arguments)]
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::write"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::write"))]
 pub async fn write(
     tx: &MemberTx<'_>,
     member: MemberId,
@@ -104,7 +104,7 @@ pub const DEMOTIONS_SINCE: &str = "SELECT change_id, from_rank FROM tier_changes
      WHERE program_id = $1 AND member_id = $2 AND change = 'downgraded' \
        AND from_rank > $3 AND from_rank <= $4 AND created_at >= $5 ORDER BY seq DESC";
 
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::demotions_since"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::demotions_since"))]
 pub async fn demotions_since(
     tx: &MemberTx<'_>,
     member: MemberId,
@@ -146,7 +146,7 @@ pub const STATUS: &str = "SELECT \
        AND status_at IS NOT NULL AND status_at > $3 AND status_at <= $4";
 
 /// (status points, of which aging out by the instant `aging_before` maps to).
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::status"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::status"))]
 pub async fn status(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -192,7 +192,7 @@ pub struct StoredTierChange {
 }
 
 /// A member's tier history, newest first, older than `before_seq` when given.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::history"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::history"))]
 pub async fn history(
     client: &impl GenericClient,
     program: &ProgramId,
@@ -237,7 +237,7 @@ pub async fn history(
 
 /// Members above the first tier, after `after` in (program, member) order: one bounded
 /// chunk of the grace batch.
-#[tracing::instrument(name = "postgres", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::ranked_members"))]
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "tiers::ranked_members"))]
 pub async fn ranked_members(
     client: &impl GenericClient,
     after: Option<(String, Uuid)>,
