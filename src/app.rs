@@ -112,24 +112,11 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<proto::ledger_server::LedgerServer<grpc::LedgerApi>>()
-            .await;
-        health
-            .set_serving::<proto::programs_server::ProgramsServer<grpc::ProgramsApi>>()
-            .await;
-        health
-            .set_serving::<proto::tiers_server::TiersServer<grpc::TiersApi>>()
-            .await;
-        health
-            .set_serving::<proto::events_server::EventsServer<grpc::EventsApi>>()
-            .await;
-        health
-            .set_serving::<proto::referrals_server::ReferralsServer<grpc::ReferralsApi>>()
-            .await;
-        health
-            .set_serving::<proto::graph_server::GraphServer<grpc::GraphApi>>()
-            .await;
+        for service in DATABASE_SERVICES {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         let database_watch = tokio::spawn(watch_database(
             self.ledger.clone(),
             health,

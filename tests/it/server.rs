@@ -34,6 +34,10 @@ async fn reflection_lists_every_service_without_proto_files() {
     for expected in [
         "flash.loyalty.v1.Ledger",
         "flash.loyalty.v1.Programs",
+        "flash.loyalty.v1.Tiers",
+        "flash.loyalty.v1.Events",
+        "flash.loyalty.v1.Referrals",
+        "flash.loyalty.v1.Graph",
         "grpc.health.v1.Health",
     ] {
         assert!(
