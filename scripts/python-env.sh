@@ -7,6 +7,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="$root/target/py-venv"
 requirements="$root/examples/python/requirements.txt"
 stamp="$venv/.requirements"
+# One maker at a time: tests ask for it concurrently.
+mkdir -p "$root/target"
+exec 9>"$root/target/.py-venv.lock"
+flock 9
 if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
   command -v python3 >/dev/null || { echo "python-env: python3 is missing" >&2; exit 1; }
   rm -rf "$venv"

@@ -13,6 +13,12 @@ fn root() -> &'static Path {
 
 /// target/py-venv, made (or refreshed) by scripts/python-env.sh.
 fn python_env() -> PathBuf {
+    // Made once per test process (the script also locks against other processes).
+    static MADE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+    let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(venv) = made.as_ref() {
+        return venv.clone();
+    }
     let output = Command::new(root().join("scripts/python-env.sh"))
         .output()
         .expect("run scripts/python-env.sh");
@@ -21,7 +27,9 @@ fn python_env() -> PathBuf {
         "scripts/python-env.sh failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    let venv = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+    *made = Some(venv.clone());
+    venv
 }
 
 /// A server with the `demo` program `flash demo` creates, its clock at the real now (the
