@@ -48,19 +48,30 @@ impl Ledger {
                 .map(|contact| Ok((ledger.hash_contact(contact)?, contact.kind())))
                 .collect::<Result<Vec<_>, Error>>()?;
             let mut client = ledger.db.get().await?;
-            // The member and its contacts in one transaction: a contact of another member
-            // refuses the whole enrolment.
-            let tx = client.transaction().await?;
-            let (rules_version, stored, existed) = store::members::enroll(
-                &tx,
-                &command.program,
-                command.member,
-                command.birthday,
-                enrolled_at,
-            )
-            .await?
-            .ok_or_else(|| program_not_found(&command.program))?;
-            if !hashes.is_empty() {
+            let (rules_version, stored, existed) = if hashes.is_empty() {
+                // One statement, atomic by itself: no BEGIN and COMMIT round trips.
+                store::members::enroll(
+                    &client,
+                    &command.program,
+                    command.member,
+                    command.birthday,
+                    enrolled_at,
+                )
+                .await?
+                .ok_or_else(|| program_not_found(&command.program))?
+            } else {
+                // The member and its contacts in one transaction: a contact of another
+                // member refuses the whole enrolment.
+                let tx = client.transaction().await?;
+                let enrolled = store::members::enroll(
+                    &tx,
+                    &command.program,
+                    command.member,
+                    command.birthday,
+                    enrolled_at,
+                )
+                .await?
+                .ok_or_else(|| program_not_found(&command.program))?;
                 let taken = store::referrals::add_contacts(
                     &tx,
                     &command.program,
@@ -83,8 +94,9 @@ impl Ledger {
                         .unwrap_or(0);
                     return Err(Error::ContactTaken { index });
                 }
-            }
-            tx.commit().await?;
+                tx.commit().await?;
+                enrolled
+            };
             // A member enrolled just now holds nothing yet: no second statement.
             let points = if existed {
                 store::members::points_summary_prepared(
