@@ -12,13 +12,7 @@ use std::process::Command;
 
 /// The `flash-demo` binary beside this package's `flash`.
 fn flash_demo() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_flash")).with_file_name("flash-demo");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first with `cargo build --workspace --bins`",
-        path.display()
-    );
-    path
+    flash_testing_support::process::workspace_binary(env!("CARGO_BIN_EXE_flash"), "flash-demo")
 }
 
 #[test]

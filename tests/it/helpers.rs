@@ -486,3 +486,19 @@ pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String, String) 
         String::from_utf8_lossy(&body).into_owned(),
     )
 }
+
+/// A channel to a server process on `port`, once it listens (within 10 s).
+pub async fn connect_when_listening(port: u16) -> Channel {
+    let endpoint = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if let Ok(connected) = Channel::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            return connected;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("nothing listens on {endpoint}")
+}

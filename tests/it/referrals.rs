@@ -870,20 +870,7 @@ async fn no_contact_reaches_a_log_line() {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn flash serve");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let mut channel = None;
-    for _ in 0..100 {
-        if let Ok(connected) = tonic::transport::Channel::from_shared(endpoint.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            channel = Some(connected);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let channel = channel.expect("the server listens");
+    let channel = connect_when_listening(port).await;
     let mut programs = proto::programs_client::ProgramsClient::new(channel.clone());
     let mut ledger = proto::ledger_client::LedgerClient::new(channel.clone());
     let mut referrals = proto::referrals_client::ReferralsClient::new(channel);

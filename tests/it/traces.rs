@@ -84,20 +84,7 @@ async fn an_awards_span_tree_arrives_over_otlp_continuing_the_callers_trace() {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn flash serve");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let mut channel = None;
-    for _ in 0..100 {
-        if let Ok(connected) = tonic::transport::Channel::from_shared(endpoint.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            channel = Some(connected);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut ledger = proto::ledger_client::LedgerClient::new(channel.expect("the server listens"));
+    let mut ledger = proto::ledger_client::LedgerClient::new(connect_when_listening(port).await);
 
     // An award sent inside the caller's trace.
     let member = app.enroll().await;

@@ -1,73 +1,42 @@
 //! What one run owns outside itself: its database (dropped and created again on every
 //! run), the migrated schema, one release `flash serve` process, and what `/proc` says
 //! about that process.
-use anyhow::{bail, ensure, Context};
-use std::fs::File;
+use anyhow::{ensure, Context};
+use flash_testing_support::process::{self, FlashServer, ScratchDatabase};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// The prefix every benchmark database name must start with: the run drops the database
 /// it is given, so it refuses any name that could belong to the application or the tests.
 const DATABASE_PREFIX: &str = "flash_bench";
-/// How long `flash serve` may take to listen.
-const SERVER_START_MAX: Duration = Duration::from_secs(60);
 
-/// The benchmark database: its URL and the admin URL (database `postgres`) beside it.
-pub struct Database {
-    pub url: String,
-    pub name: String,
-    admin_url: String,
+/// The benchmark database (a scratch database: dropped and created again on every run).
+pub struct Database(ScratchDatabase);
+
+impl std::ops::Deref for Database {
+    type Target = ScratchDatabase;
+
+    fn deref(&self) -> &ScratchDatabase {
+        &self.0
+    }
 }
 
 impl Database {
     pub fn parse(url: &str) -> anyhow::Result<Database> {
-        let base = url.split('?').next().unwrap_or(url);
-        let query = &url[base.len()..];
-        let (server, name) = base
-            .rsplit_once('/')
-            .context("the benchmark database URL has no database name")?;
+        let database = ScratchDatabase::from_url(url)?;
+        let name = &database.name;
         ensure!(
             name.starts_with(DATABASE_PREFIX)
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "the benchmark drops its database, so its name must start with `{DATABASE_PREFIX}` \
              and hold only letters, digits and `_`; got `{name}`"
         );
-        Ok(Database {
-            url: url.to_owned(),
-            name: name.to_owned(),
-            admin_url: format!("{server}/postgres{query}"),
-        })
+        Ok(Database(database))
     }
 
-    pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-        let mut config: tokio_postgres::Config = url.parse().context("a PostgreSQL URL")?;
-        config.application_name("flash-bench");
-        config.connect_timeout(Duration::from_secs(5));
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        tokio::spawn(connection);
-        Ok(client)
-    }
-
-    /// Drops the database of an earlier run (with its connections) and creates it empty.
-    pub async fn recreate(&self) -> anyhow::Result<()> {
-        let admin = Self::connect(&self.admin_url).await?;
-        let name = &self.name;
-        // One statement per call: several in one simple query run as one transaction,
-        // which DROP DATABASE refuses.
-        for statement in [
-            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-            format!("CREATE DATABASE \"{name}\""),
-        ] {
-            admin
-                .batch_execute(&statement)
-                .await
-                .with_context(|| format!("recreating database {name}: {statement}"))?;
-        }
-        Ok(())
+    async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+        ScratchDatabase::connect(url, "flash-bench").await
     }
 
     /// Writes the seeded pages out now, so the checkpoint a bulk load triggers does not land
@@ -101,20 +70,7 @@ impl Database {
 
 /// The `flash` binary next to this executable: `make bench` builds both in target/release.
 pub fn flash_binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("FLASH_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let me = std::env::current_exe()?;
-    let flash = me
-        .parent()
-        .context("executable has no directory")?
-        .join("flash");
-    ensure!(
-        flash.exists(),
-        "no `flash` binary next to {} (run `cargo build --release --bins`)",
-        me.display()
-    );
-    Ok(flash)
+    process::flash_binary("cargo build --release --bins")
 }
 
 /// The environment every `flash` command of the run gets.
@@ -162,62 +118,18 @@ impl FlashEnv {
 
     /// Starts `flash serve` on a free port and waits until it listens.
     pub fn serve(&self, log: &Path) -> anyhow::Result<Server> {
-        let port = flash_testing_support::free_port();
-        let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         // The API alone: background jobs would run beside the measured load.
-        let child = self
-            .command("serve")
-            .arg("--no-workers")
-            .env(
-                "FLASH_CONTACT_HASH_KEY",
-                "bench-contact-hash-key-of-at-least-32-bytes",
-            )
-            .env("FLASH_LISTEN", format!("127.0.0.1:{port}"))
-            .env("FLASH_HTTP_LISTEN", "")
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .context("starting flash serve")?;
-        let mut server = Server { child, port };
-        let started = Instant::now();
-        while started.elapsed() < SERVER_START_MAX {
-            if let Some(status) = server.child.try_wait()? {
-                bail!(
-                    "flash serve exited at start ({status}); see {}",
-                    log.display()
-                );
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(server);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        bail!("flash serve did not listen on {port} within {SERVER_START_MAX:?}")
+        let mut serve = self.command("serve");
+        serve.arg("--no-workers").env(
+            "FLASH_CONTACT_HASH_KEY",
+            "bench-contact-hash-key-of-at-least-32-bytes",
+        );
+        FlashServer::start(serve, log)
     }
 }
 
 /// The running server; killed when dropped, also on failure.
-pub struct Server {
-    child: Child,
-    pub port: u16,
-}
-
-impl Server {
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type Server = FlashServer;
 
 /// Reads what the kernel accounts for one process.
 pub struct ProcStats {

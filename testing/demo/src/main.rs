@@ -19,7 +19,8 @@ use flash_loyalty::grpc::proto::{
     self, events_client::EventsClient, ledger_client::LedgerClient,
     programs_client::ProgramsClient, tiers_client::TiersClient, PurchaseSource,
 };
-use infra::{Database, World};
+use flash_testing_support::process::ScratchDatabase;
+use infra::World;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,7 +55,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let database = match Database::new(&cli.admin_url, &cli.database) {
+    let database = match infra::database(&cli.admin_url, &cli.database) {
         Ok(database) => database,
         Err(error) => {
             eprintln!("demo: {error:#}");
@@ -93,16 +94,16 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(database: &Database, log: &Path) -> anyhow::Result<()> {
+async fn run(database: &ScratchDatabase, log: &Path) -> anyhow::Result<()> {
     println!("Flash walkthrough: an award, a FIFO spend, a cap outage and a tier upgrade,");
     println!("and the ledger staying correct throughout.\n");
     database.recreate().await?;
-    let world = tokio::task::block_in_place(|| World::start(database.url(), log))?;
+    let world = tokio::task::block_in_place(|| World::start(database.url.clone(), log))?;
     println!(
         "demo: database {}, flash serve on 127.0.0.1:{}, its own redis-server on 127.0.0.1:{}",
         database.name, world.server.port, world.redis.port
     );
-    let db = Database::connect(&database.url()).await?;
+    let db = infra::connect(&database.url).await?;
     let channel = tonic::transport::Endpoint::from_shared(world.server.endpoint())?
         .connect_timeout(Duration::from_secs(5))
         .connect()

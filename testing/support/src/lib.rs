@@ -6,10 +6,13 @@
 //! - [`proxy`]: the TCP fault proxy — forward, cut, freeze or black-hole a connection.
 //! - [`redis`]: a private `redis-server` on a free port, for faults that must never touch
 //!   the shared Redis (FLUSHALL, restarts).
+//! - [`process`]: the workspace's binaries beside `flash`, one `flash serve` waited for and
+//!   killed when dropped, a scratch database dropped and created again (bench, demo).
 //! - [`dispatch`]: one [`dispatch::Call`] per RPC of `flash.loyalty.v1` and the one place
 //!   that sends it, with an optional deadline.
 //! - [`free_port`] and [`timestamp`]: the small helpers every harness needs.
 pub mod dispatch;
+pub mod process;
 pub mod proxy;
 pub mod redis;
 
