@@ -149,6 +149,11 @@ fn default_graph_snapshot_retention_days() -> i32 {
 }
 
 impl RulesDocument {
+    /// The program's time zone; UTC for a name no zone has (stored rules were validated).
+    pub fn zone(&self) -> Tz {
+        self.timezone.parse().unwrap_or(chrono_tz::UTC)
+    }
+
     /// Earning rules with every tier, bonus and event setting at its default.
     pub fn earning(
         currency: &str,

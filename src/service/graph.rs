@@ -233,7 +233,11 @@ impl Ledger {
         let now = self.clock.now();
         let ledger = self.clone();
         let program = program.clone();
-        run_to_completion(async move { ledger.take_graph_snapshot(&program, now).await }).await
+        run_to_completion(async move {
+            let rules = ledger.program_rules(&program).await?;
+            ledger.take_graph_snapshot(&program, &rules, now).await
+        })
+        .await
     }
 
     /// The snapshot job's work for one program: takes the day's snapshot once the program-
@@ -245,7 +249,7 @@ impl Ledger {
         at: DateTime<Utc>,
     ) -> Result<Option<i64>, Error> {
         let rules = self.program_rules(program).await?;
-        let zone: chrono_tz::Tz = rules.timezone.parse().unwrap_or(chrono_tz::UTC);
+        let zone = rules.zone();
         let local = at.with_timezone(&zone);
         if i64::from(local.hour()) < i64::from(rules.graph_snapshot_hour) {
             return Ok(None);
@@ -257,7 +261,7 @@ impl Ledger {
         if taken.is_some() {
             return Ok(None);
         }
-        let (meta, _) = self.take_graph_snapshot(program, at).await?;
+        let (meta, _) = self.take_graph_snapshot(program, &rules, at).await?;
         Ok(Some(i64::from(meta.node_count)))
     }
 
@@ -266,10 +270,10 @@ impl Ledger {
     async fn take_graph_snapshot(
         &self,
         program: &ProgramId,
+        rules: &crate::domain::RulesDocument,
         at: DateTime<Utc>,
     ) -> Result<(SnapshotMeta, bool), Error> {
-        let rules = self.program_rules(program).await?;
-        let zone: chrono_tz::Tz = rules.timezone.parse().unwrap_or(chrono_tz::UTC);
+        let zone = rules.zone();
         let date = at.with_timezone(&zone).date_naive();
         let referrals = {
             let client = self.db.get().await?;

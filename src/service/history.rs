@@ -162,7 +162,7 @@ impl Ledger {
         let from = match from {
             Some(from) => from,
             None => {
-                let zone: chrono_tz::Tz = stored.rules.timezone.parse().unwrap_or(chrono_tz::UTC);
+                let zone = stored.rules.zone();
                 let local = to.with_timezone(&zone).date_naive();
                 let first = local.with_day(1).unwrap_or(local);
                 crate::domain::local_day_bounds(first, zone).0

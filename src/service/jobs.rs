@@ -417,7 +417,7 @@ impl Ledger {
             let rules = &stored.rules;
             let members = match job {
                 Job::Birthday if rules.birthday_bonus_points > 0 => {
-                    let zone: chrono_tz::Tz = rules.timezone.parse().unwrap_or(chrono_tz::UTC);
+                    let zone = rules.zone();
                     let today = at.with_timezone(&zone).date_naive();
                     store::jobs::members_born_on(
                         &***client,
@@ -492,7 +492,7 @@ impl Ledger {
         at: DateTime<Utc>,
     ) -> ItemResult {
         let rules = self.program_rules(&program).await?;
-        let zone: chrono_tz::Tz = rules.timezone.parse().unwrap_or(chrono_tz::UTC);
+        let zone = rules.zone();
         let year = at.with_timezone(&zone).year();
         let credit = BonusCredit {
             member,
