@@ -3,7 +3,7 @@ use crate::cap::DailyCap;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::grpc::{self, proto};
-use crate::service::{Events, Ledger, Programs};
+use crate::service::{Clients, Events, Ledger, Programs};
 use crate::store;
 use anyhow::Context;
 use deadpool_postgres::Pool;
@@ -28,6 +28,8 @@ pub struct Application {
     pool: Pool,
     ledger: Ledger,
     programs: Programs,
+    clients: Clients,
+    clients_refresh: std::time::Duration,
 }
 
 impl Application {
@@ -66,7 +68,9 @@ impl Application {
             graph_refresh: std::time::Duration::from_secs(settings.graph_refresh_seconds),
             health_interval: settings.health_interval(),
             ledger: Ledger::new(pool.clone(), cap, clock.clone()).with_contact_key(contact_key),
-            programs: Programs::new(pool.clone(), clock),
+            programs: Programs::new(pool.clone(), clock.clone()),
+            clients: settings.clients(pool.clone(), clock)?,
+            clients_refresh: settings.clients_refresh(),
             pool,
         })
     }
@@ -90,6 +94,11 @@ impl Application {
 
     pub fn programs(&self) -> &Programs {
         &self.programs
+    }
+
+    /// The API's clients, for tests that create their own.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
     }
 
     /// The ledger use cases, for workers and tests that drive them directly.
@@ -151,6 +160,10 @@ impl Application {
                 .clone()
                 .watch_graph_snapshots(self.graph_refresh),
         );
+        if let Err(error) = self.clients.refresh().await {
+            tracing::warn!(error = %error, "reading the clients failed; they are read on first use");
+        }
+        let clients_watch = tokio::spawn(self.clients.clone().watch(self.clients_refresh));
         let shutdown = async move {
             shutdown.await;
             let _ = stop.send(true);
@@ -160,6 +173,7 @@ impl Application {
             // Outermost first: the span covers the metering too.
             .layer(grpc::observe::RpcSpanLayer)
             .layer(grpc::metered::MeteredLayer)
+            .layer(grpc::auth::AuthLayer::new(self.clients))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -185,6 +199,7 @@ impl Application {
             .await
             .context("gRPC server failed");
         watcher.abort();
+        clients_watch.abort();
         database_watch.abort();
         if let Some(http) = http {
             http.await

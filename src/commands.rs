@@ -1,7 +1,7 @@
 //! The command-line subcommands other than `serve`.
 use crate::cap::DailyCap;
 use crate::clock::Clock;
-use crate::config::{JobsCommand, Settings};
+use crate::config::{ClientsCommand, JobsCommand, Settings};
 use crate::domain::{ProgramId, RulesDocument};
 use crate::service::{Job, Ledger, Programs, RunOutcome};
 use crate::store;
@@ -36,7 +36,7 @@ pub async fn create_demo_program(settings: &Settings, clock: Arc<dyn Clock>) -> 
     };
     let program = ProgramId::parse("demo")?;
     match Programs::new(pool, clock)
-        .create(program, "Demo".into(), rules)
+        .create(program, "Demo".into(), rules, "flash-demo-command")
         .await
     {
         Ok((_, false)) => tracing::info!("created the demo program"),
@@ -244,4 +244,100 @@ pub async fn shutdown_signal() {
         _ = terminated => {},
     }
     tracing::info!("shutting down");
+}
+
+/// `flash clients …`: exit code 2 on a refused request (a bad name, an unknown client).
+pub async fn clients(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    command: ClientsCommand,
+) -> anyhow::Result<ExitCode> {
+    use crate::domain::{ClientName, ProgramAccess, Scopes};
+    let pool = pool(settings)?;
+    store::migrate(&pool).await?;
+    let clients = settings.clients(pool, clock)?;
+    let done = match command {
+        ClientsCommand::Add {
+            name,
+            programs,
+            scopes,
+            cert_subject,
+            rate,
+        } => {
+            let command = ClientName::parse(&name).and_then(|name| {
+                Ok(crate::service::NewClientCommand {
+                    name,
+                    programs: ProgramAccess::parse(programs.iter().map(String::as_str))?,
+                    scopes: Scopes::parse(scopes.iter().map(String::as_str))?,
+                    cert_subject,
+                    rate_per_second: rate,
+                })
+            });
+            match command {
+                Ok(command) => clients.add(command).await.map(|(client, token)| {
+                    println!(
+                        "client {} may call programs {} with scopes {}",
+                        client.name,
+                        client.programs.join(","),
+                        client.scopes.join(",")
+                    );
+                    println!("its bearer token, shown once (send `authorization: Bearer <token>`):");
+                    println!("{}", token.expose());
+                }),
+                Err(invalid) => Err(invalid.into()),
+            }
+        }
+        ClientsCommand::List => clients.list().await.map(|listed| {
+            println!("name\tprograms\tscopes\tcert_subject\trate\tcreated_at\tstatus");
+            for client in listed {
+                let status = match (client.revoked_at, client.previous_valid_until) {
+                    (Some(at), _) => format!("revoked {at}"),
+                    (None, Some(until)) => format!("live; the previous secret is valid until {until}"),
+                    (None, None) => "live".into(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{status}",
+                    client.name,
+                    client.programs.join(","),
+                    client.scopes.join(","),
+                    client.cert_subject.as_deref().unwrap_or("-"),
+                    client
+                        .rate_per_second
+                        .map_or_else(|| "default".to_owned(), |rate| rate.to_string()),
+                    client.created_at,
+                );
+            }
+        }),
+        ClientsCommand::Revoke { name } => match ClientName::parse(&name) {
+            Ok(name) => clients.revoke(&name).await.map(|()| {
+                println!("client {name} is revoked: every replica refuses it within {} ms", settings.clients_refresh_ms);
+            }),
+            Err(invalid) => Err(invalid.into()),
+        },
+        ClientsCommand::Rotate {
+            name,
+            grace_seconds,
+        } => match ClientName::parse(&name) {
+            Ok(name) => clients
+                .rotate(&name, std::time::Duration::from_secs(grace_seconds))
+                .await
+                .map(|token| {
+                    println!("client {name} has a new secret; the old one stays valid for {grace_seconds} s");
+                    println!("its new bearer token, shown once:");
+                    println!("{}", token.expose());
+                }),
+            Err(invalid) => Err(invalid.into()),
+        },
+    };
+    match done {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(crate::service::Error::Unexpected(error)) => Err(error),
+        Err(crate::service::Error::Unavailable(unavailable)) => Err(anyhow::anyhow!(
+            "the database is unavailable: {unavailable:?}"
+        )),
+        Err(refused) => {
+            eprintln!("flash clients: {refused}");
+            Ok(ExitCode::from(2))
+        }
+    }
 }

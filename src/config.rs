@@ -30,6 +30,11 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// Manage the API's clients: who may call, on which programs, with which scopes.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
     /// Apply pending migrations and exit.
     Migrate,
     /// Create the `demo` program used by the README's examples (idempotent).
@@ -46,6 +51,41 @@ pub enum Command {
         /// The program to audit; every program when omitted.
         #[arg(long)]
         program: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Create a client; prints its bearer token once, alone on the last line.
+    Add {
+        /// 1 to 63 characters of a-z, 0-9 and '-'; never reused, even after a revocation.
+        name: String,
+        /// The programs it may touch, comma-separated, or '*' for every program (including
+        /// programs created later).
+        #[arg(long, value_delimiter = ',', required = true)]
+        programs: Vec<String>,
+        /// Its scopes, comma-separated (award, spend, refund, adjust, referrals, read,
+        /// admin), or '*' for all.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// The subject of its client certificate (mutual TLS), e.g. "CN=marketplace,O=Acme".
+        #[arg(long)]
+        cert_subject: Option<String>,
+        /// Its calls a second; default FLASH_CLIENT_RATE_PER_SECOND.
+        #[arg(long)]
+        rate: Option<u32>,
+    },
+    /// List every client (never a secret).
+    List,
+    /// Revoke a client: every replica refuses it within FLASH_CLIENTS_REFRESH_MS.
+    Revoke { name: String },
+    /// Give a client a new secret (printed once, alone on the last line); the old one stays
+    /// valid for the grace period.
+    Rotate {
+        name: String,
+        /// How long the old secret stays valid, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        grace_seconds: u64,
     },
 }
 
@@ -230,6 +270,27 @@ pub struct Settings {
         global = true
     )]
     pub contact_hash_key: Option<String>,
+    /// Milliseconds between two readings of the clients table by each replica: a revoked
+    /// or rotated-out client is refused everywhere within this delay.
+    #[arg(
+        long,
+        env = "FLASH_CLIENTS_REFRESH_MS",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(10..=600_000),
+        global = true
+    )]
+    pub clients_refresh_ms: u64,
+    /// Calls a second each client may make (a token bucket holding one second of calls),
+    /// unless `flash clients add --rate` gave it its own; past it, RESOURCE_EXHAUSTED with
+    /// the wait in RetryInfo.
+    #[arg(
+        long,
+        env = "FLASH_CLIENT_RATE_PER_SECOND",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub client_rate_per_second: u32,
 }
 
 /// The largest clock offset, 100 years: keeps every instant inside the timestamp range.
@@ -303,6 +364,27 @@ impl Settings {
 
     pub fn health_interval(&self) -> Duration {
         Duration::from_millis(self.health_interval_ms)
+    }
+
+    pub fn clients_refresh(&self) -> Duration {
+        Duration::from_millis(self.clients_refresh_ms)
+    }
+
+    /// The API's clients, their secrets hashed under a key derived from the server secret.
+    pub fn clients(
+        &self,
+        pool: deadpool_postgres::Pool,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<crate::service::Clients> {
+        // The same checks as the contact key: present, long enough.
+        self.contact_key()?;
+        let secret = self.contact_hash_key.as_deref().unwrap_or_default();
+        Ok(crate::service::Clients::new(
+            pool,
+            secret.as_bytes(),
+            clock,
+            self.client_rate_per_second,
+        ))
     }
 
     pub fn redis_timeout(&self) -> Duration {

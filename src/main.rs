@@ -51,6 +51,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Worker => commands::worker(&settings, clock).await?,
         Command::Jobs { command } => return commands::jobs(&settings, clock, command).await,
+        Command::Clients { command } => return commands::clients(&settings, clock, command).await,
         Command::Migrate => {
             let pool = commands::pool(&settings)?;
             store::migrate(&pool).await?;

@@ -89,14 +89,21 @@ impl fmt::Display for EntryId {
     }
 }
 
-/// The caller's key that makes a mutation safe to retry: 1 to 128 printable characters.
+/// The caller's key that makes a mutation safe to retry: 1 to 128 printable characters,
+/// unique among the keys of the client that sent it (its namespace): one client can never
+/// replay, read or collide with another's. The engine's own keys (derived credits, expiry)
+/// are in the engine's namespace, the empty client.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
+pub struct IdempotencyKey {
+    client: String,
+    key: String,
+}
 
 impl IdempotencyKey {
     pub const MAX_CHARS: usize = 128;
 
-    pub fn parse(raw: &str) -> Result<Self, InvalidField> {
+    /// A key `client` sent.
+    pub fn parse(client: &super::ClientName, raw: &str) -> Result<Self, InvalidField> {
         let chars = raw.chars().count();
         if chars == 0 || chars > Self::MAX_CHARS {
             return Err(InvalidField::new(
@@ -120,24 +127,41 @@ impl IdempotencyKey {
                 ),
             ));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self {
+            client: client.as_str().to_owned(),
+            key: raw.to_owned(),
+        })
     }
 
     /// Keys of derived credits start with this; callers cannot send one.
     pub const DERIVED_PREFIX: &'static str = "flash:";
 
     /// The key of a credit derived from its cause (`flash:birthday:{member}:{year}`, …):
-    /// the same cause always makes the same key, so it is paid once.
+    /// the same cause always makes the same key, so it is paid once, whichever client's
+    /// call caused it.
     pub fn derived(cause: &str) -> Self {
         let mut key = format!("{}{cause}", Self::DERIVED_PREFIX);
         while key.chars().count() > Self::MAX_CHARS {
             key.pop();
         }
-        Self(key)
+        Self::engine(key)
+    }
+
+    /// A key of the engine's own work (the expiry of a batch), in the engine's namespace.
+    pub fn engine(key: String) -> Self {
+        Self {
+            client: String::new(),
+            key,
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
+    }
+
+    /// The client whose namespace the key is in; empty for the engine's keys.
+    pub fn client(&self) -> &str {
+        &self.client
     }
 }
 
@@ -156,11 +180,12 @@ mod tests {
 
     #[test]
     fn idempotency_keys_are_bounded() {
-        assert!(IdempotencyKey::parse("k").is_ok());
-        assert!(IdempotencyKey::parse(&"é".repeat(128)).is_ok());
-        assert!(IdempotencyKey::parse("").is_err());
-        assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
-        assert!(IdempotencyKey::parse("a\nb").is_err());
+        let client = crate::domain::ClientName::parse("tests").unwrap();
+        assert!(IdempotencyKey::parse(&client, "k").is_ok());
+        assert!(IdempotencyKey::parse(&client, &"é".repeat(128)).is_ok());
+        assert!(IdempotencyKey::parse(&client, "").is_err());
+        assert!(IdempotencyKey::parse(&client, &"k".repeat(129)).is_err());
+        assert!(IdempotencyKey::parse(&client, "a\nb").is_err());
     }
 
     #[test]

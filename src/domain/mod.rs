@@ -1,5 +1,6 @@
 //! Domain types and rules: parse-don't-validate newtypes and pure arithmetic. No IO.
 mod allocation;
+mod clients;
 mod events;
 pub mod graph;
 mod ids;
@@ -14,6 +15,9 @@ mod tiers;
 pub use allocation::{
     draw_for_reversal, draw_oldest_first, repay_owed, restore_for_spend_reversal, spendable_points,
     BatchBalance, Draw,
+};
+pub use clients::{
+    split_token, ClientName, IssuedToken, ProgramAccess, Scope, Scopes, SecretKey, TOKEN_PREFIX,
 };
 pub use events::EventType;
 pub use ids::{EntryId, IdempotencyKey, MemberId, ProgramId};

@@ -28,7 +28,7 @@ impl EventsRpc for EventsApi {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let receiver = self
             .events

@@ -39,7 +39,7 @@ impl GraphRpc for GraphApi {
         &self,
         request: Request<proto::GetGraphRequest>,
     ) -> Result<Response<proto::GetGraphResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let max_nodes = bounded(
             "max_nodes",
@@ -66,7 +66,7 @@ impl GraphRpc for GraphApi {
         &self,
         request: Request<proto::GetNeighborhoodRequest>,
     ) -> Result<Response<proto::GetNeighborhoodResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let member = MemberId::parse(&request.member_id).map_err(Error::from)?;
         let depth = bounded("depth", request.depth, 1, NEIGHBOURHOOD_MAX_DEPTH as usize)?;
@@ -105,7 +105,7 @@ impl GraphRpc for GraphApi {
         &self,
         request: Request<proto::ListTopAdvocatesRequest>,
     ) -> Result<Response<proto::ListTopAdvocatesResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let limit = bounded("limit", request.limit, 10, ADVOCATES_MAX)?;
         let (cached, top) = self.ledger.top_advocates(&program, limit).await?;
@@ -132,7 +132,7 @@ impl GraphRpc for GraphApi {
         &self,
         request: Request<proto::RebuildSnapshotRequest>,
     ) -> Result<Response<proto::RebuildSnapshotResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let (meta, changed) = self.ledger.rebuild_graph_snapshot(&program).await?;
         Ok(Response::new(proto::RebuildSnapshotResponse {

@@ -2,8 +2,9 @@
 use super::proto::{self, ledger_server::Ledger as LedgerRpc};
 use super::{int64, optional_time, page_request, required_time, timestamp};
 use crate::domain::{
-    parse_reference, Contact, Currency, EntryId, EntryKind, IdempotencyKey, InvalidField, MemberId,
-    ProgramId, PurchaseSource, MAX_AMOUNT_MINOR, MAX_CONTACTS_PER_MEMBER, MAX_RULE_POINTS,
+    parse_reference, ClientName, Contact, Currency, EntryId, EntryKind, IdempotencyKey,
+    InvalidField, MemberId, ProgramId, PurchaseSource, MAX_AMOUNT_MINOR, MAX_CONTACTS_PER_MEMBER,
+    MAX_RULE_POINTS,
 };
 use crate::service::{
     AdjustCommand, AllocationView, AwardCommand, AwardOutcome, EnrollCommand, EntryRef, Error,
@@ -29,7 +30,8 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::EnrollMemberRequest>,
     ) -> Result<Response<proto::EnrollMemberResponse>, Status> {
-        let command = enroll_command(request.into_inner())?;
+        let (caller, request) = super::auth::admit(request)?;
+        let command = enroll_command(&caller.name, request)?;
         let (member, already_enrolled) = self.ledger.enroll(command).await?;
         Ok(Response::new(proto::EnrollMemberResponse {
             member: Some(member_message(member)?),
@@ -41,7 +43,7 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::GetMemberRequest>,
     ) -> Result<Response<proto::GetMemberResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let member = MemberId::parse(&request.member_id).map_err(Error::from)?;
         let member = self.ledger.member(&program, member).await?;
@@ -54,7 +56,8 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::AwardRequest>,
     ) -> Result<Response<proto::AwardResponse>, Status> {
-        let command = award_command(request.into_inner())?;
+        let (caller, request) = super::auth::admit(request)?;
+        let command = award_command(&caller.name, request)?;
         let outcome = self.ledger.award(command).await?;
         Ok(Response::new(award_message(outcome)))
     }
@@ -63,7 +66,7 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::AwardBatchRequest>,
     ) -> Result<Response<proto::AwardBatchResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let commands = request
             .awards
@@ -78,7 +81,7 @@ impl LedgerRpc for LedgerApi {
                         "must be empty or the batch's program_id",
                     ));
                 }
-                award_command(award)
+                award_command(&caller.name, award)
             })
             .collect();
         let results = self.ledger.award_batch(commands).await?;
@@ -105,7 +108,8 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::SpendRequest>,
     ) -> Result<Response<proto::SpendResponse>, Status> {
-        let command = spend_command(request.into_inner())?;
+        let (caller, request) = super::auth::admit(request)?;
+        let command = spend_command(&caller.name, request)?;
         let outcome = self.ledger.spend(command).await?;
         Ok(Response::new(proto::SpendResponse {
             entry_id: outcome.entry_id,
@@ -120,7 +124,8 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::ReverseAwardRequest>,
     ) -> Result<Response<proto::ReverseAwardResponse>, Status> {
-        let command = reverse_award_command(request.into_inner())?;
+        let (caller, request) = super::auth::admit(request)?;
+        let command = reverse_award_command(&caller.name, request)?;
         let outcome = self.ledger.reverse_award(command).await?;
         Ok(Response::new(proto::ReverseAwardResponse {
             entry_id: outcome.entry_id,
@@ -140,7 +145,8 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::ReverseSpendRequest>,
     ) -> Result<Response<proto::ReverseSpendResponse>, Status> {
-        let command = reverse_spend_command(request.into_inner())?;
+        let (caller, request) = super::auth::admit(request)?;
+        let command = reverse_spend_command(&caller.name, request)?;
         let outcome = self.ledger.reverse_spend(command).await?;
         Ok(Response::new(proto::ReverseSpendResponse {
             entry_id: outcome.entry_id,
@@ -160,7 +166,8 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::AdjustRequest>,
     ) -> Result<Response<proto::AdjustResponse>, Status> {
-        let command = adjust_command(request.into_inner())?;
+        let (caller, request) = super::auth::admit(request)?;
+        let command = adjust_command(&caller.name, request)?;
         let outcome = self.ledger.adjust(command).await?;
         Ok(Response::new(proto::AdjustResponse {
             entry_id: outcome.entry_id,
@@ -179,7 +186,7 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::ListEntriesRequest>,
     ) -> Result<Response<proto::ListEntriesResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let member = MemberId::parse(&request.member_id).map_err(Error::from)?;
         let (page_size, before_seq) = page_request(request.page_size, &request.page_token)?;
@@ -200,7 +207,7 @@ impl LedgerRpc for LedgerApi {
         &self,
         request: Request<proto::GetLiabilityRequest>,
     ) -> Result<Response<proto::GetLiabilityResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let from = optional_time("from", request.from).map_err(Error::from)?;
         let to = optional_time("to", request.to).map_err(Error::from)?;
@@ -248,7 +255,7 @@ impl LedgerRpc for LedgerApi {
     }
 }
 
-fn award_command(request: proto::AwardRequest) -> Result<AwardCommand, Error> {
+fn award_command(client: &ClientName, request: proto::AwardRequest) -> Result<AwardCommand, Error> {
     let source = match proto::PurchaseSource::try_from(request.source) {
         Ok(proto::PurchaseSource::Receipt) => PurchaseSource::Receipt,
         Ok(proto::PurchaseSource::Shopify) => PurchaseSource::Shopify,
@@ -270,7 +277,7 @@ fn award_command(request: proto::AwardRequest) -> Result<AwardCommand, Error> {
     Ok(AwardCommand {
         program: ProgramId::parse(&request.program_id)?,
         member: MemberId::parse(&request.member_id)?,
-        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
+        idempotency_key: IdempotencyKey::parse(client, &request.idempotency_key)?,
         source,
         external_ref: parse_reference("external_ref", &request.external_ref)?,
         amount_minor: request.amount_minor,
@@ -279,13 +286,17 @@ fn award_command(request: proto::AwardRequest) -> Result<AwardCommand, Error> {
     })
 }
 
-fn enroll_command(request: proto::EnrollMemberRequest) -> Result<EnrollCommand, Error> {
+fn enroll_command(
+    client: &ClientName,
+    request: proto::EnrollMemberRequest,
+) -> Result<EnrollCommand, Error> {
     Ok(EnrollCommand {
         program: ProgramId::parse(&request.program_id)?,
         member: MemberId::parse(&request.member_id)?,
         birthday: parse_birthday(&request.birthday)?,
         enrolled_at: optional_time("enrolled_at", request.enrolled_at)?,
         contacts: parse_contacts(&request.contacts, MAX_CONTACTS_PER_MEMBER)?,
+        enrolled_by: client.to_string(),
     })
 }
 
@@ -303,23 +314,24 @@ pub(super) fn parse_contacts(raw: &[String], max: usize) -> Result<Vec<Contact>,
         .collect()
 }
 
-fn spend_command(request: proto::SpendRequest) -> Result<SpendCommand, Error> {
+fn spend_command(client: &ClientName, request: proto::SpendRequest) -> Result<SpendCommand, Error> {
     Ok(SpendCommand {
         program: ProgramId::parse(&request.program_id)?,
         member: MemberId::parse(&request.member_id)?,
-        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
+        idempotency_key: IdempotencyKey::parse(client, &request.idempotency_key)?,
         points: positive_points("points", request.points)?,
         reference: parse_reference("reference", &request.reference)?,
     })
 }
 
 fn reverse_award_command(
+    client: &ClientName,
     request: proto::ReverseAwardRequest,
 ) -> Result<ReverseAwardCommand, Error> {
     Ok(ReverseAwardCommand {
         program: ProgramId::parse(&request.program_id)?,
-        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
-        award: entry_ref("award", request.award)?,
+        idempotency_key: IdempotencyKey::parse(client, &request.idempotency_key)?,
+        award: entry_ref(client, "award", request.award)?,
         points: request
             .points
             .map(|p| positive_points("points", p))
@@ -329,12 +341,13 @@ fn reverse_award_command(
 }
 
 fn reverse_spend_command(
+    client: &ClientName,
     request: proto::ReverseSpendRequest,
 ) -> Result<ReverseSpendCommand, Error> {
     Ok(ReverseSpendCommand {
         program: ProgramId::parse(&request.program_id)?,
-        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
-        spend: entry_ref("spend", request.spend)?,
+        idempotency_key: IdempotencyKey::parse(client, &request.idempotency_key)?,
+        spend: entry_ref(client, "spend", request.spend)?,
         points: request
             .points
             .map(|p| positive_points("points", p))
@@ -343,7 +356,10 @@ fn reverse_spend_command(
     })
 }
 
-fn adjust_command(request: proto::AdjustRequest) -> Result<AdjustCommand, Error> {
+fn adjust_command(
+    client: &ClientName,
+    request: proto::AdjustRequest,
+) -> Result<AdjustCommand, Error> {
     if request.points == 0 || request.points.unsigned_abs() > MAX_RULE_POINTS.unsigned_abs() {
         return Err(Error::invalid(
             "points",
@@ -353,7 +369,7 @@ fn adjust_command(request: proto::AdjustRequest) -> Result<AdjustCommand, Error>
     Ok(AdjustCommand {
         program: ProgramId::parse(&request.program_id)?,
         member: MemberId::parse(&request.member_id)?,
-        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
+        idempotency_key: IdempotencyKey::parse(client, &request.idempotency_key)?,
         points: request.points,
         reason: parse_reference("reason", &request.reason)?,
         actor: parse_reference("actor", &request.actor)?,
@@ -378,13 +394,19 @@ fn optional_text(field: &str, raw: &str) -> Result<Option<String>, Error> {
     Ok(Some(parse_reference(field, raw)?))
 }
 
-fn entry_ref(field: &str, reference: Option<proto::EntryRef>) -> Result<EntryRef, Error> {
+/// The entry a reversal names: by id, or by the idempotency key this client wrote it under
+/// (another client's keys are not this client's to name).
+fn entry_ref(
+    client: &ClientName,
+    field: &str,
+    reference: Option<proto::EntryRef>,
+) -> Result<EntryRef, Error> {
     match reference.and_then(|r| r.r#ref) {
         Some(proto::entry_ref::Ref::EntryId(id)) => Ok(EntryRef::Id(EntryId::parse(
             &format!("{field}.entry_id"),
             &id,
         )?)),
-        Some(proto::entry_ref::Ref::IdempotencyKey(key)) => IdempotencyKey::parse(&key)
+        Some(proto::entry_ref::Ref::IdempotencyKey(key)) => IdempotencyKey::parse(client, &key)
             .map(EntryRef::Key)
             .map_err(|error| Error::invalid(&format!("{field}.idempotency_key"), error.message)),
         None => Err(Error::invalid(

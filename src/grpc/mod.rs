@@ -1,4 +1,5 @@
 //! The gRPC transport: converts proto ↔ domain, calls the service, maps errors. No SQL.
+pub mod auth;
 pub mod codec;
 mod events;
 pub mod graph;
@@ -62,6 +63,9 @@ impl From<Error> for Status {
             Error::InviteQuotaExceeded {
                 retry_after: Some(after),
                 ..
+            }
+            | Error::RateLimited {
+                retry_after: after, ..
             } => {
                 details.set_retry_info(Some(*after));
             }
@@ -109,6 +113,11 @@ fn code_and_reason(error: &Error) -> (Code, &'static str) {
         Error::ContactTaken { .. } => (Code::AlreadyExists, "CONTACT_TAKEN"),
         Error::GraphSnapshotNotFound { .. } => (Code::NotFound, "GRAPH_SNAPSHOT_NOT_FOUND"),
         Error::NotInGraph { .. } => (Code::NotFound, "MEMBER_NOT_IN_GRAPH"),
+        Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+        Error::ScopeMissing { .. } => (Code::PermissionDenied, "SCOPE_MISSING"),
+        Error::RateLimited { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
+        Error::ClientExists { .. } => (Code::AlreadyExists, "CLIENT_EXISTS"),
+        Error::ClientNotFound { .. } => (Code::NotFound, "CLIENT_NOT_FOUND"),
         Error::Unavailable(Unavailable::DailyCap) => (Code::Unavailable, "DAILY_CAP_UNAVAILABLE"),
         Error::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE"),
         Error::Unexpected(_) => (Code::Internal, "INTERNAL"),
@@ -178,6 +187,17 @@ fn error_metadata(error: &Error) -> HashMap<String, String> {
             ("remaining", remaining.to_string()),
         ],
         Error::InviteNotOpen { status, .. } => vec![("status", (*status).to_owned())],
+        Error::ScopeMissing { client, needs } => {
+            vec![("client", client.clone()), ("scope", needs.clone())]
+        }
+        Error::RateLimited {
+            client,
+            rate_per_second,
+            ..
+        } => vec![
+            ("client", client.clone()),
+            ("rate_per_second", rate_per_second.to_string()),
+        ],
         Error::ContactTaken { index } => vec![("field", format!("contacts[{index}]"))],
         _ => vec![],
     };

@@ -22,10 +22,13 @@ impl ProgramsRpc for ProgramsApi {
         &self,
         request: Request<proto::CreateProgramRequest>,
     ) -> Result<Response<proto::CreateProgramResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(crate::service::Error::from)?;
         let rules = rules_document(request.rules)?;
-        let (stored, replayed) = self.programs.create(program, request.name, rules).await?;
+        let (stored, replayed) = self
+            .programs
+            .create(program, request.name, rules, caller.name.as_str())
+            .await?;
         Ok(Response::new(proto::CreateProgramResponse {
             program: Some(program_message(stored)),
             replayed,
@@ -36,7 +39,7 @@ impl ProgramsRpc for ProgramsApi {
         &self,
         request: Request<proto::GetProgramRequest>,
     ) -> Result<Response<proto::GetProgramResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(crate::service::Error::from)?;
         let stored = self.programs.get(&program).await?;
         Ok(Response::new(proto::GetProgramResponse {
@@ -48,7 +51,7 @@ impl ProgramsRpc for ProgramsApi {
         &self,
         request: Request<proto::UpdateProgramRequest>,
     ) -> Result<Response<proto::UpdateProgramResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(crate::service::Error::from)?;
         let rules = rules_document(request.rules)?;
         let expected = match request.expected_rules_version {
@@ -63,7 +66,10 @@ impl ProgramsRpc for ProgramsApi {
             }
         };
         let name = Some(request.name).filter(|name| !name.is_empty());
-        let (stored, unchanged) = self.programs.update(program, name, rules, expected).await?;
+        let (stored, unchanged) = self
+            .programs
+            .update(program, name, rules, expected, caller.name.as_str())
+            .await?;
         Ok(Response::new(proto::UpdateProgramResponse {
             program: Some(program_message(stored)),
             unchanged,

@@ -28,7 +28,7 @@ impl ReferralsRpc for ReferralsApi {
         &self,
         request: Request<proto::CreateInvitesRequest>,
     ) -> Result<Response<proto::CreateInvitesResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = super::auth::admit(request)?;
         let max = usize::try_from(MAX_INVITES_PER_CALL).unwrap_or(100);
         let contacts = parse_contacts(&request.contacts, max)?;
         if contacts.is_empty() {
@@ -37,7 +37,7 @@ impl ReferralsRpc for ReferralsApi {
         let command = CreateInvitesCommand {
             program: ProgramId::parse(&request.program_id).map_err(Error::from)?,
             referrer: MemberId::parse(&request.referrer_member_id).map_err(Error::from)?,
-            idempotency_key: IdempotencyKey::parse(&request.idempotency_key)
+            idempotency_key: IdempotencyKey::parse(&caller.name, &request.idempotency_key)
                 .map_err(Error::from)?,
             contacts,
         };
@@ -52,11 +52,12 @@ impl ReferralsRpc for ReferralsApi {
         &self,
         request: Request<proto::AcceptInviteRequest>,
     ) -> Result<Response<proto::AcceptInviteResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let code = parse_code(&request.code)?;
         let referee = MemberId::parse(&request.referee_member_id).map_err(Error::from)?;
-        let key = IdempotencyKey::parse(&request.idempotency_key).map_err(Error::from)?;
+        let key =
+            IdempotencyKey::parse(&caller.name, &request.idempotency_key).map_err(Error::from)?;
         let outcome = self
             .ledger
             .accept_invite(program, code, referee, key)
@@ -70,10 +71,11 @@ impl ReferralsRpc for ReferralsApi {
         &self,
         request: Request<proto::ConvertInviteRequest>,
     ) -> Result<Response<proto::ConvertInviteResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let code = parse_code(&request.code)?;
-        let key = IdempotencyKey::parse(&request.idempotency_key).map_err(Error::from)?;
+        let key =
+            IdempotencyKey::parse(&caller.name, &request.idempotency_key).map_err(Error::from)?;
         let outcome = self.ledger.convert_invite(program, code, key).await?;
         Ok(Response::new(proto::ConvertInviteResponse {
             change: Some(change_message(outcome)),
@@ -84,10 +86,11 @@ impl ReferralsRpc for ReferralsApi {
         &self,
         request: Request<proto::RevokeInviteRequest>,
     ) -> Result<Response<proto::RevokeInviteResponse>, Status> {
-        let request = request.into_inner();
+        let (caller, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let code = parse_code(&request.code)?;
-        let key = IdempotencyKey::parse(&request.idempotency_key).map_err(Error::from)?;
+        let key =
+            IdempotencyKey::parse(&caller.name, &request.idempotency_key).map_err(Error::from)?;
         let outcome = self.ledger.revoke_invite(program, code, key).await?;
         Ok(Response::new(proto::RevokeInviteResponse {
             change: Some(change_message(outcome)),
@@ -98,7 +101,7 @@ impl ReferralsRpc for ReferralsApi {
         &self,
         request: Request<proto::ListInvitesRequest>,
     ) -> Result<Response<proto::ListInvitesResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let referrer = MemberId::parse(&request.referrer_member_id).map_err(Error::from)?;
         let status = match proto::InviteStatus::try_from(request.status) {
@@ -138,7 +141,7 @@ impl ReferralsRpc for ReferralsApi {
         &self,
         request: Request<proto::GetReferralStatsRequest>,
     ) -> Result<Response<proto::GetReferralStatsResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
         let member = MemberId::parse(&request.member_id).map_err(Error::from)?;
         let stats = self.ledger.referral_stats(&program, member).await?;

@@ -1,7 +1,7 @@
 //! `flash.loyalty.v1.Tiers`.
 use super::proto::{self, tiers_server::Tiers as TiersRpc};
 use super::{optional_time, page_request, timestamp};
-use crate::domain::{parse_reference, IdempotencyKey, MemberId, ProgramId, TierStep};
+use crate::domain::{parse_reference, ClientName, IdempotencyKey, MemberId, ProgramId, TierStep};
 use crate::service::{
     Error, Ledger, SetTierCommand, SetTierOutcome, TierChangeView, TierStatusView,
 };
@@ -28,7 +28,7 @@ impl TiersRpc for TiersApi {
         &self,
         request: Request<proto::GetTierStatusRequest>,
     ) -> Result<Response<proto::GetTierStatusResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let (program, member) = member_of(&request.program_id, &request.member_id)?;
         let status = self.ledger.tier_status(&program, member).await?;
         Ok(Response::new(proto::GetTierStatusResponse {
@@ -40,7 +40,7 @@ impl TiersRpc for TiersApi {
         &self,
         request: Request<proto::ListTierHistoryRequest>,
     ) -> Result<Response<proto::ListTierHistoryResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let (program, member) = member_of(&request.program_id, &request.member_id)?;
         let (page_size, before_seq) = page_request(request.page_size, &request.page_token)?;
         let page = self
@@ -60,7 +60,7 @@ impl TiersRpc for TiersApi {
         &self,
         request: Request<proto::EvaluateMemberRequest>,
     ) -> Result<Response<proto::EvaluateMemberResponse>, Status> {
-        let request = request.into_inner();
+        let (_, request) = super::auth::admit(request)?;
         let (program, member) = member_of(&request.program_id, &request.member_id)?;
         let evaluation = self.ledger.evaluate_member(program, member).await?;
         let steps = evaluation
@@ -87,13 +87,17 @@ impl TiersRpc for TiersApi {
         &self,
         request: Request<proto::SetTierRequest>,
     ) -> Result<Response<proto::SetTierResponse>, Status> {
-        let command = set_tier_command(request.into_inner())?;
+        let (caller, request) = super::auth::admit(request)?;
+        let command = set_tier_command(&caller.name, request)?;
         let outcome = self.ledger.set_tier(command).await?;
         Ok(Response::new(set_tier_message(outcome)))
     }
 }
 
-fn set_tier_command(request: proto::SetTierRequest) -> Result<SetTierCommand, Error> {
+fn set_tier_command(
+    client: &ClientName,
+    request: proto::SetTierRequest,
+) -> Result<SetTierCommand, Error> {
     let (program, member) = member_of(&request.program_id, &request.member_id)?;
     if request.tier_code.is_empty() {
         return Err(Error::invalid("tier_code", "is required"));
@@ -105,7 +109,7 @@ fn set_tier_command(request: proto::SetTierRequest) -> Result<SetTierCommand, Er
         hold_until: optional_time("hold_until", request.hold_until)?,
         reason: parse_reference("reason", &request.reason)?,
         actor: parse_reference("actor", &request.actor)?,
-        idempotency_key: IdempotencyKey::parse(&request.idempotency_key)?,
+        idempotency_key: IdempotencyKey::parse(client, &request.idempotency_key)?,
     })
 }
 

@@ -279,7 +279,7 @@ impl Ledger {
             .iter()
             .map(|&i| mutation::Ask {
                 member: commands[i].member,
-                key: Some(commands[i].idempotency_key.as_str()),
+                key: Some(&commands[i].idempotency_key),
                 purchase: Some(mutation::PurchaseRef {
                     source: commands[i].source.as_str(),
                     external_ref: &commands[i].external_ref,
@@ -454,7 +454,7 @@ impl Ledger {
                     entry_id,
                     member: command.member,
                     points: outcome.awarded_points,
-                    idempotency_key: command.idempotency_key.as_str(),
+                    idempotency_key: &command.idempotency_key,
                     request: &requests[i],
                     outcome: outcome.to_json(),
                     purchase: entries::Purchase {

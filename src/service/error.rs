@@ -84,6 +84,28 @@ pub enum Error {
         current: i64,
     },
 
+    /// No credentials, or credentials that name no live client.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The client lacks the scope the call needs.
+    #[error("client {client} lacks the scope this call needs: {needs}")]
+    ScopeMissing { client: String, needs: String },
+    /// The client called faster than its rate.
+    #[error(
+        "client {client} is over its rate of {rate_per_second} calls a second; retry after \
+         the delay in the RetryInfo details"
+    )]
+    RateLimited {
+        client: String,
+        rate_per_second: u32,
+        retry_after: std::time::Duration,
+    },
+    /// `flash clients add` of a name that exists (names are never given twice).
+    #[error("a client named {name} exists (or existed: names are never reused), or its certificate subject is another client's")]
+    ClientExists { name: String },
+    #[error("no live client named {name}")]
+    ClientNotFound { name: String },
+
     /// A figure to answer does not fit its int64 field (a total past i64).
     #[error(
         "{field}: the total {value} does not fit an int64 (at most {}); nothing is wrong with \

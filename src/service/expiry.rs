@@ -99,7 +99,7 @@ impl Ledger {
                 .collect();
             let points: i64 = due.iter().map(|batch| batch.remaining).sum();
             let entry_id = EntryId::generate();
-            let key = IdempotencyKey::parse(&format!("expiry/{entry_id}"))?;
+            let key = IdempotencyKey::engine(format!("expiry/{entry_id}"));
             let as_of_text = as_of.to_rfc3339();
             let record = json!({ "op": "expiry", "as_of": as_of_text, "points": points });
             let effects = mutation::Effects {

@@ -14,6 +14,8 @@ pub struct EnrollCommand {
     pub enrolled_at: Option<DateTime<Utc>>,
     /// Emails and phone numbers, stored only as keyed hashes.
     pub contacts: Vec<Contact>,
+    /// The client enrolling the member.
+    pub enrolled_by: String,
 }
 
 /// A member and their points as of now.
@@ -56,6 +58,7 @@ impl Ledger {
                     command.member,
                     command.birthday,
                     enrolled_at,
+                    &command.enrolled_by,
                 )
                 .await?
                 .ok_or_else(|| program_not_found(&command.program))?
@@ -69,6 +72,7 @@ impl Ledger {
                     command.member,
                     command.birthday,
                     enrolled_at,
+                    &command.enrolled_by,
                 )
                 .await?
                 .ok_or_else(|| program_not_found(&command.program))?;

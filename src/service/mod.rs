@@ -4,6 +4,7 @@ mod adjust;
 mod audit;
 mod award;
 mod bonus;
+mod clients;
 mod error;
 mod events;
 mod expiry;
@@ -23,6 +24,7 @@ pub use adjust::{AdjustCommand, AdjustOutcome};
 pub use audit::AuditReport;
 pub use award::{AwardCommand, AwardOutcome};
 pub use bonus::{BonusCause, BonusCredit, BonusOutcome, ReferralSide};
+pub use clients::{Caller, ClientView, Clients, Limiter, NewClientCommand};
 pub use error::{Error, ReferralRefusal, Unavailable};
 pub use events::{EventView, Events};
 pub use expiry::ExpiryOutcome;
@@ -289,7 +291,7 @@ impl Ledger {
     ) -> Result<Opened<'c, T>, Error> {
         let mut asks = vec![mutation::Ask {
             member,
-            key: Some(key.as_str()),
+            key: Some(key),
             purchase: None,
         }];
         asks.extend(others.iter().map(|&other| mutation::Ask {

@@ -49,15 +49,17 @@ impl Programs {
         program: ProgramId,
         name: String,
         rules: RulesDocument,
+        by: &str,
     ) -> Result<(ProgramView, bool), Error> {
         check_name(&name)?;
         let rules = ProgramRules::parse(rules)?.document;
         let programs = self.clone();
+        let by = by.to_owned();
         run_to_completion(async move {
             let now = programs.clock.now();
             let mut client = programs.db.get().await?;
             let tx = client.transaction().await?;
-            let created = store::programs::insert(&tx, &program, &name, &rules, now).await?;
+            let created = store::programs::insert(&tx, &program, &name, &rules, now, &by).await?;
             let stored = store::programs::get(&*tx, &program)
                 .await?
                 .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("program vanished")))?;
@@ -94,12 +96,14 @@ impl Programs {
         name: Option<String>,
         rules: RulesDocument,
         expected_rules_version: Option<i64>,
+        by: &str,
     ) -> Result<(ProgramView, bool), Error> {
         if let Some(name) = &name {
             check_name(name)?;
         }
         let rules = ProgramRules::parse(rules)?.document;
         let programs = self.clone();
+        let by = by.to_owned();
         run_to_completion(async move {
             let now = programs.clock.now();
             let mut client = programs.db.get().await?;
@@ -121,7 +125,7 @@ impl Programs {
                 }
             }
             let version = current.rules_version + 1;
-            store::programs::update(&tx, &program, &name, version, &rules, now).await?;
+            store::programs::update(&tx, &program, &name, version, &rules, now, &by).await?;
             let stored = store::programs::get(&*tx, &program)
                 .await?
                 .ok_or_else(|| Error::Unexpected(anyhow::anyhow!("program vanished")))?;

@@ -188,8 +188,8 @@ pub async fn find_by_key(
     let row = client
         .query_opt(
             "SELECT entry_id, member_id, kind, request, outcome FROM ledger_entries \
-             WHERE program_id = $1 AND idempotency_key = $2",
-            &[&program.as_str(), &key.as_str()],
+             WHERE program_id = $1 AND idempotency_key = $2 AND client = $3",
+            &[&program.as_str(), &key.as_str(), &key.client()],
         )
         .await?;
     row.map(|row| {

@@ -88,8 +88,8 @@ pub const ENROLL: &str = concat!(
     "WITH program AS ( \
        SELECT rules_version FROM programs WHERE program_id = $1), \
      enrolled AS ( \
-       INSERT INTO members (program_id, member_id, birthday, enrolled_at) \
-       SELECT $1, $2, $3, $4 FROM program \
+       INSERT INTO members (program_id, member_id, birthday, enrolled_at, enrolled_by) \
+       SELECT $1, $2, $3, $4, $5 FROM program \
        ON CONFLICT (program_id, member_id) \
        DO UPDATE SET birthday = COALESCE(EXCLUDED.birthday, members.birthday) \
        RETURNING ",
@@ -107,6 +107,7 @@ pub async fn enroll(
     member: MemberId,
     birthday: Option<NaiveDate>,
     enrolled_at: DateTime<Utc>,
+    enrolled_by: &str,
 ) -> Result<Option<(i64, StoredMember, bool)>, tokio_postgres::Error> {
     let statement = client.prepare_cached(ENROLL).await?;
     let row = client
@@ -117,6 +118,7 @@ pub async fn enroll(
                 &member.as_uuid(),
                 &birthday,
                 &enrolled_at,
+                &enrolled_by,
             ],
         )
         .await?;

@@ -2,6 +2,7 @@
 //! balance-changing writes take a [`MemberTx`], which holds the member's lock.
 pub mod audit;
 pub mod batches;
+pub mod clients;
 pub mod entries;
 mod error;
 pub mod events;

@@ -6,7 +6,7 @@ use super::entries::{KeyedEntry, NewEntry};
 use super::events::{outbox_insert, NewEvent, OutboxRows};
 use super::members::{member_columns, StoredMember};
 use super::MemberTx;
-use crate::domain::{Draw, EntryId, MemberId};
+use crate::domain::{Draw, EntryId, IdempotencyKey, MemberId};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -36,12 +36,13 @@ pub const OPEN: &str = concat!(
          COALESCE((r.rules->>'tier_window_months')::int, 12))) AT TIME ZONE 'UTC' \
          AS window_start FROM program_rules r \
          WHERE r.program_id = $1 AND r.version = p.rules_version) w \
-     CROSS JOIN unnest($2::uuid[], $3::text[], $4::text[], $5::text[]) \
-       WITH ORDINALITY AS i(member_id, idempotency_key, source, external_ref, n) \
+     CROSS JOIN unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $7::text[]) \
+       WITH ORDINALITY AS i(member_id, idempotency_key, source, external_ref, key_client, n) \
      LEFT JOIN LATERAL (SELECT * FROM members \
          WHERE program_id = $1 AND member_id = i.member_id OFFSET 0) m ON true \
      LEFT JOIN LATERAL (SELECT * FROM ledger_entries \
-         WHERE program_id = $1 AND idempotency_key = i.idempotency_key OFFSET 0) k ON true \
+         WHERE program_id = $1 AND idempotency_key = i.idempotency_key \
+           AND client = i.key_client OFFSET 0) k ON true \
      WHERE p.program_id = $1 ORDER BY i.n"
 );
 
@@ -50,7 +51,7 @@ pub const OPEN: &str = concat!(
 pub struct Ask<'a> {
     pub member: MemberId,
     /// The mutation's idempotency key; None for work that has none (an evaluation).
-    pub key: Option<&'a str>,
+    pub key: Option<&'a IdempotencyKey>,
     /// The purchase of an award, for the purchase check.
     pub purchase: Option<PurchaseRef<'a>>,
 }
@@ -88,7 +89,9 @@ pub async fn open(
     now: DateTime<Utc>,
 ) -> Result<Vec<Opening>, tokio_postgres::Error> {
     let members: Vec<Uuid> = asks.iter().map(|ask| ask.member.as_uuid()).collect();
-    let keys: Vec<Option<&str>> = asks.iter().map(|ask| ask.key).collect();
+    let keys: Vec<Option<&str>> = asks.iter().map(|ask| ask.key.map(|k| k.as_str())).collect();
+    let key_clients: Vec<Option<&str>> =
+        asks.iter().map(|ask| ask.key.map(|k| k.client())).collect();
     let sources: Vec<Option<&str>> = asks.iter().map(|a| a.purchase.map(|p| p.source)).collect();
     let refs: Vec<Option<&str>> = asks
         .iter()
@@ -105,6 +108,7 @@ pub async fn open(
                 &sources,
                 &refs,
                 &now,
+                &key_clients,
             ],
         )
         .await?;
@@ -150,9 +154,9 @@ pub const WRITE: &str = concat!(
          idempotency_key, request, outcome, rules_version, created_at, source, \
          external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped, \
          reason, actor, reversed_entry_id, reversed_points, unrecovered_points, repaid_points, \
-         status_points, status_at) \
+         status_points, status_at, client) \
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $21, $22, $23, $24, $35, $36) \
+         $18, $19, $20, $21, $22, $23, $24, $35, $36, $37) \
        RETURNING entry_id), \
      credit AS ( \
        INSERT INTO point_batches \
@@ -186,15 +190,16 @@ pub const WRITE_AWARDS: &str = concat!(
        INSERT INTO ledger_entries (program_id, entry_id, member_id, kind, points, \
          idempotency_key, request, outcome, rules_version, created_at, source, \
          external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped, \
-         status_points, status_at) \
+         status_points, status_at, client) \
        SELECT $1, e.entry_id, e.member_id, 'award', e.points, e.idempotency_key, e.request, \
          e.outcome, $2, $3, e.source, e.external_ref, e.amount_minor, e.currency, \
-         e.occurred_at, e.requested_points, e.cap_day, e.capped, e.points, $3 \
+         e.occurred_at, e.requested_points, e.cap_day, e.capped, e.points, $3, e.client \
        FROM unnest($4::uuid[], $5::uuid[], $6::bigint[], $7::text[], $8::jsonb[], $9::jsonb[], \
          $10::text[], $11::text[], $12::bigint[], $13::text[], $14::timestamptz[], \
-         $15::bigint[], $16::date[], $17::bool[]) \
+         $15::bigint[], $16::date[], $17::bool[], $27::text[]) \
          AS e(entry_id, member_id, points, idempotency_key, request, outcome, source, \
-           external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped) \
+           external_ref, amount_minor, currency, occurred_at, requested_points, cap_day, capped, \
+           client) \
        RETURNING entry_id), \
      credit AS ( \
        INSERT INTO point_batches \
@@ -214,7 +219,7 @@ pub struct NewAward<'a> {
     pub entry_id: EntryId,
     pub member: MemberId,
     pub points: i64,
-    pub idempotency_key: &'a str,
+    pub idempotency_key: &'a IdempotencyKey,
     pub request: &'a serde_json::Value,
     pub outcome: serde_json::Value,
     pub purchase: super::entries::Purchase<'a>,
@@ -235,7 +240,8 @@ pub async fn write_awards(
     let entry_ids: Vec<Uuid> = awards.iter().map(|a| a.entry_id.as_uuid()).collect();
     let members: Vec<Uuid> = awards.iter().map(|a| a.member.as_uuid()).collect();
     let points: Vec<i64> = awards.iter().map(|a| a.points).collect();
-    let keys: Vec<&str> = awards.iter().map(|a| a.idempotency_key).collect();
+    let keys: Vec<&str> = awards.iter().map(|a| a.idempotency_key.as_str()).collect();
+    let key_clients: Vec<&str> = awards.iter().map(|a| a.idempotency_key.client()).collect();
     let requests: Vec<&serde_json::Value> = awards.iter().map(|a| a.request).collect();
     let outcomes: Vec<&serde_json::Value> = awards.iter().map(|a| &a.outcome).collect();
     let sources: Vec<&str> = awards.iter().map(|a| a.purchase.source).collect();
@@ -286,6 +292,7 @@ pub async fn write_awards(
                 &outbox.members,
                 &outbox.types,
                 &outbox.payloads,
+                &key_clients,
             ],
         )
         .await?;
@@ -382,6 +389,7 @@ pub async fn write(tx: &MemberTx<'_>, effects: &Effects<'_>) -> Result<(), Write
                 &outbox.payloads,
                 &effects.status.map(|(points, _)| points),
                 &effects.status.map(|(_, at)| at),
+                &entry.idempotency_key.client(),
             ],
         )
         .await?;

@@ -28,6 +28,7 @@ pub async fn insert(
     name: &str,
     rules: &RulesDocument,
     now: DateTime<Utc>,
+    by: &str,
 ) -> Result<bool, tokio_postgres::Error> {
     let inserted = tx
         .execute(
@@ -39,7 +40,7 @@ pub async fn insert(
     if inserted == 0 {
         return Ok(false);
     }
-    insert_rules(tx, program, 1, rules, now).await?;
+    insert_rules(tx, program, 1, rules, now, by).await?;
     Ok(true)
 }
 
@@ -75,8 +76,9 @@ pub async fn update(
     version: i64,
     rules: &RulesDocument,
     now: DateTime<Utc>,
+    by: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    insert_rules(tx, program, version, rules, now).await?;
+    insert_rules(tx, program, version, rules, now, by).await?;
     tx.execute(
         "UPDATE programs SET name = $2, rules_version = $3, updated_at = $4 \
          WHERE program_id = $1",
@@ -126,12 +128,13 @@ async fn insert_rules(
     version: i64,
     rules: &RulesDocument,
     now: DateTime<Utc>,
+    by: &str,
 ) -> Result<(), tokio_postgres::Error> {
     let document = serde_json::to_value(rules).expect("rules serialize to JSON");
     tx.execute(
-        "INSERT INTO program_rules (program_id, version, rules, created_at) \
-         VALUES ($1, $2, $3, $4)",
-        &[&program.as_str(), &version, &document, &now],
+        "INSERT INTO program_rules (program_id, version, rules, created_at, created_by) \
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&program.as_str(), &version, &document, &now, &by],
     )
     .await?;
     Ok(())

@@ -74,7 +74,7 @@ impl TestApp {
 }
 
 async fn get_graph(
-    client: &mut GraphClient<tonic::transport::Channel>,
+    client: &mut GraphClient<crate::helpers::Authed>,
     max_nodes: i32,
 ) -> proto::GetGraphResponse {
     client
@@ -345,9 +345,14 @@ async fn a_replica_sees_the_snapshot_another_wrote() {
     tokio::spawn(replica.serve(async {
         let _ = stopped.await;
     }));
-    let mut other = GraphClient::connect(format!("http://{address}"))
-        .await
-        .unwrap();
+    let mut other = GraphClient::with_interceptor(
+        tonic::transport::Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+        crate::helpers::Bearer::new(&app.admin_token),
+    );
     let cached = get_graph(&mut other, 0).await;
     assert_eq!(cached.nodes.len(), 3);
 

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use tonic::transport::Channel;
 use uuid::Uuid;
 
+pub use flash_testing_support::dispatch::{Authed, Bearer, Clients};
+
 /// The proxy, the private Redis and the small helpers every harness shares.
 pub use flash_testing_support::proxy::Proxy;
 pub use flash_testing_support::redis::PrivateRedis;
@@ -41,12 +43,12 @@ pub fn start_of_test() -> DateTime<Utc> {
 /// A running server on its own database and Redis key prefix.
 pub struct TestApp {
     pub address: SocketAddr,
-    pub ledger: LedgerClient<Channel>,
-    pub programs: ProgramsClient<Channel>,
-    pub tiers: TiersClient<Channel>,
-    pub events: EventsClient<Channel>,
-    pub referrals: ReferralsClient<Channel>,
-    pub graph: GraphClient<Channel>,
+    pub ledger: LedgerClient<Authed>,
+    pub programs: ProgramsClient<Authed>,
+    pub tiers: TiersClient<Authed>,
+    pub events: EventsClient<Authed>,
+    pub referrals: ReferralsClient<Authed>,
+    pub graph: GraphClient<Authed>,
     /// The HTTP port (graph page).
     pub http: SocketAddr,
     pub clock: ManualClock,
@@ -55,20 +57,48 @@ pub struct TestApp {
     /// The server's use cases, for the expiry sweep and the audit.
     pub service: Ledger,
     pub database_url: String,
+    /// The channel to the server, for clients calling as another client.
+    pub channel: Channel,
+    /// The API's clients, to create more.
+    pub api_clients: flash_loyalty::service::Clients,
+    /// The bearer token of the client every test client calls as: every program, every
+    /// scope, a rate no test reaches.
+    pub admin_token: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestApp {
     /// The server's clients, for the shared dispatch.
-    pub fn clients(&self) -> flash_testing_support::dispatch::Clients {
-        flash_testing_support::dispatch::Clients {
-            ledger: self.ledger.clone(),
-            programs: self.programs.clone(),
-            tiers: self.tiers.clone(),
-            referrals: self.referrals.clone(),
-            graph: self.graph.clone(),
-            events: self.events.clone(),
-        }
+    pub fn clients(&self) -> Clients {
+        Clients::new(self.channel.clone(), Bearer::new(&self.admin_token))
+    }
+
+    /// Creates a client and returns its token.
+    pub async fn add_client(
+        &self,
+        name: &str,
+        programs: &[&str],
+        scopes: &[&str],
+        rate_per_second: Option<u32>,
+    ) -> String {
+        use flash_loyalty::domain::{ClientName, ProgramAccess, Scopes};
+        let (_, token) = self
+            .api_clients
+            .add(flash_loyalty::service::NewClientCommand {
+                name: ClientName::parse(name).unwrap(),
+                programs: ProgramAccess::parse(programs.iter().copied()).unwrap(),
+                scopes: Scopes::parse(scopes.iter().copied()).unwrap(),
+                cert_subject: None,
+                rate_per_second,
+            })
+            .await
+            .expect("add a client");
+        token.expose().to_owned()
+    }
+
+    /// Clients calling as the client of `token`.
+    pub fn clients_as(&self, token: &str) -> Clients {
+        Clients::new(self.channel.clone(), Bearer::new(token))
     }
 }
 
@@ -149,6 +179,18 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let http = app.http_addr().expect("the test server's HTTP port");
     let db = app.pool().clone();
     let service = app.ledger().clone();
+    let api_clients = app.clients().clone();
+    let (_, admin) = api_clients
+        .add(flash_loyalty::service::NewClientCommand {
+            name: flash_loyalty::domain::ClientName::parse("tests").unwrap(),
+            programs: flash_loyalty::domain::ProgramAccess::All,
+            scopes: flash_loyalty::domain::Scopes::All,
+            cert_subject: None,
+            rate_per_second: Some(i32::MAX as u32),
+        })
+        .await
+        .expect("create the tests' client");
+    let admin_token = admin.expose().to_owned();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.serve(async {
         let _ = stop.await;
@@ -159,14 +201,18 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         .connect()
         .await
         .expect("connect to the test server");
+    let bearer = Bearer::new(&admin_token);
     TestApp {
         address,
-        ledger: LedgerClient::new(channel.clone()),
-        programs: ProgramsClient::new(channel.clone()),
-        tiers: TiersClient::new(channel.clone()),
-        events: EventsClient::new(channel.clone()),
-        referrals: ReferralsClient::new(channel.clone()),
-        graph: GraphClient::new(channel),
+        ledger: LedgerClient::with_interceptor(channel.clone(), bearer.clone()),
+        programs: ProgramsClient::with_interceptor(channel.clone(), bearer.clone()),
+        tiers: TiersClient::with_interceptor(channel.clone(), bearer.clone()),
+        events: EventsClient::with_interceptor(channel.clone(), bearer.clone()),
+        referrals: ReferralsClient::with_interceptor(channel.clone(), bearer),
+        graph: GraphClient::with_interceptor(channel.clone(), Bearer::new(&admin_token)),
+        channel,
+        api_clients,
+        admin_token,
         http,
         clock,
         db,

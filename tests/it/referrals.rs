@@ -871,9 +871,10 @@ async fn no_contact_reaches_a_log_line() {
         .spawn()
         .expect("spawn flash serve");
     let channel = connect_when_listening(port).await;
-    let mut programs = proto::programs_client::ProgramsClient::new(channel.clone());
-    let mut ledger = proto::ledger_client::LedgerClient::new(channel.clone());
-    let mut referrals = proto::referrals_client::ReferralsClient::new(channel);
+    let clients =
+        crate::helpers::Clients::new(channel, crate::helpers::Bearer::new(&app.admin_token));
+    let (mut programs, mut ledger, mut referrals) =
+        (clients.programs, clients.ledger, clients.referrals);
     programs
         .create_program(proto::CreateProgramRequest {
             program_id: PROGRAM.into(),

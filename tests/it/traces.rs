@@ -84,7 +84,10 @@ async fn an_awards_span_tree_arrives_over_otlp_continuing_the_callers_trace() {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn flash serve");
-    let mut ledger = proto::ledger_client::LedgerClient::new(connect_when_listening(port).await);
+    let mut ledger = proto::ledger_client::LedgerClient::with_interceptor(
+        connect_when_listening(port).await,
+        crate::helpers::Bearer::new(&app.admin_token),
+    );
 
     // An award sent inside the caller's trace.
     let member = app.enroll().await;

@@ -6,30 +6,65 @@ use flash_loyalty::grpc::proto::{
     programs_client::ProgramsClient, referrals_client::ReferralsClient, tiers_client::TiersClient,
 };
 use std::time::Duration;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Status;
 
-/// The clients of every unary service over one channel.
+/// Sends a client's bearer token with every call (or nothing: a caller without credentials).
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// `authorization: Bearer <token>` on every call.
+    pub fn new(token: &str) -> Bearer {
+        Bearer(Some(
+            format!("Bearer {token}")
+                .parse()
+                .expect("a token is ASCII metadata"),
+        ))
+    }
+
+    /// No credentials at all.
+    pub fn none() -> Bearer {
+        Bearer(None)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry a client's token.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// The clients of every unary service over one channel, calling as one client.
 #[derive(Clone)]
 pub struct Clients {
-    pub ledger: LedgerClient<Channel>,
-    pub programs: ProgramsClient<Channel>,
-    pub tiers: TiersClient<Channel>,
-    pub referrals: ReferralsClient<Channel>,
-    pub graph: GraphClient<Channel>,
+    pub ledger: LedgerClient<Authed>,
+    pub programs: ProgramsClient<Authed>,
+    pub tiers: TiersClient<Authed>,
+    pub referrals: ReferralsClient<Authed>,
+    pub graph: GraphClient<Authed>,
     /// The event stream (server streaming, so not a [`Call`]).
-    pub events: EventsClient<Channel>,
+    pub events: EventsClient<Authed>,
 }
 
 impl Clients {
-    pub fn new(channel: Channel) -> Clients {
+    pub fn new(channel: Channel, bearer: Bearer) -> Clients {
         Clients {
-            ledger: LedgerClient::new(channel.clone()),
-            programs: ProgramsClient::new(channel.clone()),
-            tiers: TiersClient::new(channel.clone()),
-            referrals: ReferralsClient::new(channel.clone()),
-            graph: GraphClient::new(channel.clone()),
-            events: EventsClient::new(channel),
+            ledger: LedgerClient::with_interceptor(channel.clone(), bearer.clone()),
+            programs: ProgramsClient::with_interceptor(channel.clone(), bearer.clone()),
+            tiers: TiersClient::with_interceptor(channel.clone(), bearer.clone()),
+            referrals: ReferralsClient::with_interceptor(channel.clone(), bearer.clone()),
+            graph: GraphClient::with_interceptor(channel.clone(), bearer.clone()),
+            events: EventsClient::with_interceptor(channel, bearer),
         }
     }
 }

@@ -165,3 +165,42 @@ impl Drop for FlashServer {
         let _ = self.child.wait();
     }
 }
+
+/// Creates a client through `flash clients add` run as `flash` (a command of the `flash`
+/// binary with the server's environment, no arguments yet) and returns the bearer token it
+/// printed alone on its last line: the harnesses call their servers as that client.
+pub fn add_client(
+    mut flash: Command,
+    name: &str,
+    programs: &str,
+    scopes: &str,
+    rate_per_second: u32,
+) -> anyhow::Result<String> {
+    let output = flash
+        .args([
+            "clients",
+            "add",
+            name,
+            "--programs",
+            programs,
+            "--scopes",
+            scopes,
+        ])
+        .args(["--rate", &rate_per_second.to_string()])
+        .output()
+        .context("running flash clients add")?;
+    if !output.status.success() {
+        bail!(
+            "flash clients add {name} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8(output.stdout).context("flash clients add printed non-UTF-8")?;
+    stdout
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .filter(|token| token.starts_with("flash."))
+        .context("flash clients add printed no token on its last line")
+}

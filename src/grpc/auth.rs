@@ -1,0 +1,290 @@
+//! Who may call what. Every call but the health service's carries credentials: a bearer
+//! token in the `authorization` metadata (`Bearer flash.<client>.<secret>`), or, with
+//! mutual TLS, a client certificate whose subject is a client's. The layer authenticates
+//! the client, takes one call from its token bucket, checks that it holds the scope the
+//! method needs and hands the [`Caller`] to the handler, which checks the program with
+//! [`admit`] (NOT_FOUND for a program outside the client's list, as for one that does not
+//! exist) and scopes idempotency keys by the client.
+use crate::domain::Scope;
+use crate::service::{Caller, Clients, Error, Limiter};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::{Request, Status};
+
+/// What a method needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (the health service, for load balancers).
+    Open,
+    /// Any authenticated client (reflection: the contract is not a secret, but only
+    /// clients need it).
+    Client,
+    /// A client holding one of these scopes.
+    Scoped(&'static [Scope]),
+}
+
+/// The access rule of a gRPC method path (`/package.Service/Method`). A method of ours
+/// missing here would need only authentication: the unit test below keeps every method of
+/// the contract listed.
+pub fn access(path: &str) -> Access {
+    use Scope::*;
+    const SERVICE: &str = "/flash.loyalty.v1.";
+    if path.starts_with("/grpc.health.v1.Health/") {
+        return Access::Open;
+    }
+    let Some(method) = path.strip_prefix(SERVICE) else {
+        return Access::Client;
+    };
+    let scopes: &'static [Scope] = match method {
+        "Ledger/Award" | "Ledger/AwardBatch" => &[Award],
+        // Members are enrolled by the services that credit them.
+        "Ledger/EnrollMember" => &[Award, Referrals],
+        "Ledger/Spend" | "Ledger/ReverseSpend" => &[Spend],
+        "Ledger/ReverseAward" => &[Refund],
+        "Ledger/Adjust" | "Tiers/SetTier" => &[Adjust],
+        "Referrals/CreateInvites"
+        | "Referrals/AcceptInvite"
+        | "Referrals/ConvertInvite"
+        | "Referrals/RevokeInvite" => &[Referrals],
+        "Ledger/GetMember"
+        | "Ledger/ListEntries"
+        | "Ledger/GetLiability"
+        | "Events/Subscribe"
+        | "Tiers/GetTierStatus"
+        | "Tiers/ListTierHistory"
+        | "Referrals/ListInvites"
+        | "Referrals/GetReferralStats"
+        | "Graph/GetGraph"
+        | "Graph/GetNeighborhood"
+        | "Graph/ListTopAdvocates"
+        | "Programs/GetProgram" => &[Read],
+        "Programs/CreateProgram"
+        | "Programs/UpdateProgram"
+        | "Tiers/EvaluateMember"
+        | "Graph/RebuildSnapshot" => &[Admin],
+        _ => return Access::Client,
+    };
+    Access::Scoped(scopes)
+}
+
+/// The tower layer authenticating every call.
+#[derive(Clone)]
+pub struct AuthLayer {
+    clients: Clients,
+}
+
+impl AuthLayer {
+    pub fn new(clients: Clients) -> Self {
+        Self { clients }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Authenticated<S> {
+        Authenticated {
+            inner,
+            clients: self.clients.clone(),
+        }
+    }
+}
+
+/// A service wrapped by [`AuthLayer`].
+#[derive(Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    clients: Clients,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Authenticated<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let rule = access(request.uri().path());
+        if rule == Access::Open {
+            return Box::pin(self.inner.call(request));
+        }
+        // The ready service answers this call; a fresh clone waits for the next one.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let clients = self.clients.clone();
+        let credentials = Credentials::of(&request);
+        Box::pin(async move {
+            match authorize(&clients, credentials, rule).await {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                    inner.call(request).await
+                }
+                Err(error) => Ok(Status::from(error).into_http()),
+            }
+        })
+    }
+}
+
+/// The caller of a request, when it may make it: authenticated, within its rate, holding
+/// the scope.
+async fn authorize(
+    clients: &Clients,
+    credentials: Credentials,
+    rule: Access,
+) -> Result<Arc<Caller>, Error> {
+    let (caller, limiter) = credentials.identify(clients).await?;
+    limiter.admit()?;
+    if let Access::Scoped(scopes) = rule {
+        caller.holds_any(scopes)?;
+    }
+    Ok(caller)
+}
+
+/// What a request presents to prove who calls.
+struct Credentials {
+    /// The `authorization` metadata, as sent.
+    authorization: Option<http::HeaderValue>,
+}
+
+impl Credentials {
+    fn of<B>(request: &http::Request<B>) -> Self {
+        Self {
+            authorization: request.headers().get(http::header::AUTHORIZATION).cloned(),
+        }
+    }
+
+    /// The client of a request: its bearer token's, else its certificate's.
+    async fn identify(self, clients: &Clients) -> Result<(Arc<Caller>, Limiter), Error> {
+        if let Some(value) = self.authorization {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|value| {
+                    let (scheme, token) = value.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                })
+                .ok_or_else(|| {
+                    Error::Unauthenticated(
+                        "the authorization metadata must be `Bearer <token>` (the token \
+                         `flash clients add` printed)"
+                            .into(),
+                    )
+                })?;
+            return clients.authenticate(token).await;
+        }
+        Err(Error::Unauthenticated(
+            "no credentials: send the metadata `authorization: Bearer <token>` with a token \
+             `flash clients add` printed (or a client certificate, with mutual TLS)"
+                .into(),
+        ))
+    }
+}
+
+/// A request message of `flash.loyalty.v1`: each names its program.
+pub trait ForProgram {
+    fn program_id(&self) -> &str;
+}
+
+macro_rules! for_program {
+    ($($request:ident),* $(,)?) => {
+        $(impl ForProgram for super::proto::$request {
+            fn program_id(&self) -> &str {
+                &self.program_id
+            }
+        })*
+    };
+}
+
+for_program!(
+    EnrollMemberRequest,
+    GetMemberRequest,
+    AwardRequest,
+    AwardBatchRequest,
+    SpendRequest,
+    ReverseAwardRequest,
+    ReverseSpendRequest,
+    AdjustRequest,
+    ListEntriesRequest,
+    GetLiabilityRequest,
+    CreateProgramRequest,
+    GetProgramRequest,
+    UpdateProgramRequest,
+    GetTierStatusRequest,
+    ListTierHistoryRequest,
+    EvaluateMemberRequest,
+    SetTierRequest,
+    SubscribeRequest,
+    CreateInvitesRequest,
+    AcceptInviteRequest,
+    ConvertInviteRequest,
+    RevokeInviteRequest,
+    ListInvitesRequest,
+    GetReferralStatsRequest,
+    GetGraphRequest,
+    GetNeighborhoodRequest,
+    ListTopAdvocatesRequest,
+    RebuildSnapshotRequest,
+);
+
+/// The caller and the message of a request, when the caller may touch its program: the
+/// first step of every handler. UNAUTHENTICATED when no caller came through the layer
+/// (never, when the layer is in place: it fails closed).
+pub fn admit<T: ForProgram>(request: Request<T>) -> Result<(Arc<Caller>, T), Status> {
+    let caller = request
+        .extensions()
+        .get::<Arc<Caller>>()
+        .cloned()
+        .ok_or_else(|| Status::from(Error::Unauthenticated("no authenticated caller".into())))?;
+    let message = request.into_inner();
+    caller.may_use(message.program_id())?;
+    Ok((caller, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// Every method of the contract has its scope: a new RPC cannot be served without one.
+    #[test]
+    fn every_method_of_the_contract_needs_a_scope() {
+        let set = prost_types::FileDescriptorSet::decode(super::super::proto::FILE_DESCRIPTOR_SET)
+            .unwrap();
+        let mut methods = 0;
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    assert!(
+                        matches!(access(&path), Access::Scoped(_)),
+                        "{path} has no scope"
+                    );
+                    methods += 1;
+                }
+            }
+        }
+        assert_eq!(methods, 28);
+        assert_eq!(access("/grpc.health.v1.Health/Check"), Access::Open);
+        assert_eq!(access("/grpc.health.v1.Health/Watch"), Access::Open);
+        assert_eq!(
+            access("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            Access::Client
+        );
+    }
+}
