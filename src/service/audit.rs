@@ -532,15 +532,16 @@ fn is_spending(entry: &StoredEntry) -> bool {
     entry.kind == EntryKind::Spend || (entry.kind == EntryKind::Adjustment && entry.points < 0)
 }
 
-/// One idempotency key writes one entry; one purchase earns once.
+/// One idempotency key of a client writes one entry; one purchase earns once, whichever
+/// client sent it.
 fn keys_and_purchases_are_unique(ledger: &Indexed) -> Vec<String> {
     let mut violations = Vec::new();
     let (mut keys, mut purchases) = (HashSet::new(), HashSet::new());
     for entry in &ledger.snapshot.entries {
-        if !keys.insert(entry.idempotency_key.as_str()) {
+        if !keys.insert((entry.client.as_str(), entry.idempotency_key.as_str())) {
             violations.push(format!(
-                "idempotency key {:?} used by more than one entry",
-                entry.idempotency_key
+                "idempotency key {:?} of client {:?} used by more than one entry",
+                entry.idempotency_key, entry.client
             ));
         }
         if entry.kind == EntryKind::Award {

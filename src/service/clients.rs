@@ -316,11 +316,14 @@ impl Clients {
         let Some(known) = self.know(stored, None) else {
             return Ok(None);
         };
-        let known = Arc::new(known);
-        self.known
+        // Concurrent first calls share the first one's entry (and its token bucket).
+        let known = self
+            .known
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), known.clone());
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(known))
+            .clone();
         Ok(Some(known))
     }
 

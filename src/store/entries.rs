@@ -84,6 +84,8 @@ pub struct StoredEntry {
     /// Awards: the program-local day whose cap they counted against.
     pub cap_day: Option<NaiveDate>,
     pub idempotency_key: String,
+    /// The client whose call wrote it (the namespace of its key); empty for the engine's.
+    pub client: String,
     /// What the entry adds to status points, and the instant it counts at.
     pub status_points: Option<i64>,
     pub status_at: Option<DateTime<Utc>>,
@@ -92,7 +94,7 @@ pub struct StoredEntry {
 pub(super) const SELECT_ENTRY: &str = "SELECT entry_id, seq, member_id, kind, points, \
      rules_version, created_at, source, external_ref, amount_minor, currency, reason, actor, \
      reversed_entry_id, reversed_points, unrecovered_points, repaid_points, cap_day, \
-     idempotency_key, status_points, status_at FROM ledger_entries";
+     idempotency_key, client, status_points, status_at FROM ledger_entries";
 
 pub(super) fn stored_entry(
     row: &tokio_postgres::Row,
@@ -118,6 +120,7 @@ pub(super) fn stored_entry(
         repaid_points: row.try_get("repaid_points")?,
         cap_day: row.try_get("cap_day")?,
         idempotency_key: row.try_get("idempotency_key")?,
+        client: row.try_get("client")?,
         status_points: row.try_get("status_points")?,
         status_at: row.try_get("status_at")?,
     })

@@ -31,6 +31,8 @@ pub enum Param {
     MemberId,
     /// The call's idempotency key (fresh).
     IdempotencyKey,
+    /// The calling client's name: the namespace of its idempotency keys.
+    Client,
     /// The service clock's instant at the start of the call.
     Now,
     /// The id of the entry the call writes (fresh); the same value in every statement.
@@ -175,6 +177,7 @@ const OPEN_AWARD: Statement = Statement {
         Param::One(&Param::PurchaseSource),
         Param::One(&Param::ExternalRef),
         Param::Now,
+        Param::One(&Param::Client),
     ],
 };
 
@@ -210,6 +213,7 @@ const WRITE_AWARD: Statement = Statement {
         Param::One(&Param::MemberId),
         Param::One(&Param::Fixed("'points.awarded'")),
         Param::One(&Param::EventPayload),
+        Param::One(&Param::Client),
     ],
 };
 
@@ -224,6 +228,7 @@ const OPEN_SPEND: Statement = Statement {
         Param::One(&Param::Null),
         Param::One(&Param::Null),
         Param::Now,
+        Param::One(&Param::Client),
     ],
 };
 
@@ -282,6 +287,7 @@ const WRITE_SPEND: Statement = Statement {
         Param::One(&Param::EventPayload),
         Param::Null,
         Param::Null,
+        Param::Client,
     ],
 };
 

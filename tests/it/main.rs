@@ -1,6 +1,7 @@
 //! The integration tests: one binary, a fresh database and Redis key prefix per test,
 //! the server served in-process on a free port with a clock the test moves.
 mod audit;
+mod auth;
 mod award;
 mod award_faults;
 mod callers;

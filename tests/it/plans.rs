@@ -14,7 +14,11 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
     let now = "'2026-03-01T12:00:00Z'::timestamptz";
     vec![
         ("lock", LOCK_MEMBER, "42"),
-        ("enroll", members::ENROLL, "'big', MEMBER, NULL::date, NOW"),
+        (
+            "enroll",
+            members::ENROLL,
+            "'big', MEMBER, NULL::date, NOW, 'c'",
+        ),
         ("get a member", members::GET_WITH_PROGRAM, "'big', MEMBER"),
         (
             "a member's points",
@@ -25,18 +29,19 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
         (
             "open an award",
             mutation::OPEN,
-            "'big', ARRAY[MEMBER], ARRAY['k-7'], ARRAY['receipt'], ARRAY['r-7'], NOW",
+            "'big', ARRAY[MEMBER], ARRAY['k-7'], ARRAY['receipt'], ARRAY['r-7'], NOW, \
+             ARRAY['c']",
         ),
         (
             "open a batch of awards",
             mutation::OPEN,
             "'big', ARRAY[MEMBER, OTHER], ARRAY['k-7', 'k-8'], ARRAY['receipt', 'receipt'], \
-             ARRAY['r-7', 'r-8'], NOW",
+             ARRAY['r-7', 'r-8'], NOW, ARRAY['c', 'c']",
         ),
         (
             "open",
             mutation::OPEN,
-            "'big', ARRAY[MEMBER], ARRAY['k-7'], ARRAY[NULL], ARRAY[NULL], NOW",
+            "'big', ARRAY[MEMBER], ARRAY['k-7'], ARRAY[NULL], ARRAY[NULL], NOW, ARRAY['c']",
         ),
         (
             "write awards",
@@ -46,7 +51,7 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
              ARRAY['USD'], ARRAY[NOW], ARRAY[10], ARRAY['2026-03-01'::date], ARRAY[false], \
              ARRAY[gen_random_uuid()], ARRAY[MEMBER], ARRAY[gen_random_uuid()], ARRAY[10], \
              ARRAY[NOW + interval '1 year'], ARRAY[gen_random_uuid()], ARRAY[MEMBER], \
-             ARRAY['points.awarded'], ARRAY['{}'::jsonb]",
+             ARRAY['points.awarded'], ARRAY['{}'::jsonb], ARRAY['c']",
         ),
         (
             "write",
@@ -54,7 +59,7 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
             "'big', gen_random_uuid(), MEMBER, 'spend', -1, 'k', '{}', '{}', 1, NOW, NULL, NULL, \
              NULL, NULL, NULL, NULL, NULL, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
              NULL, ARRAY[gen_random_uuid()], ARRAY[-1::bigint], 0, ARRAY[gen_random_uuid()], \
-             ARRAY[MEMBER], ARRAY['points.spent'], ARRAY['{}'::jsonb], NULL, NULL",
+             ARRAY[MEMBER], ARRAY['points.spent'], ARRAY['{}'::jsonb], NULL, NULL, 'c'",
         ),
         (
             "events after a cursor",

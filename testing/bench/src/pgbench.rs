@@ -57,6 +57,7 @@ fn param_sql(param: Param, operation: Operation) -> String {
         Param::ProgramId => ":program".into(),
         Param::MemberId => member_id_sql().into(),
         Param::IdempotencyKey => "('pgbench-' || :key_a::text || '-' || :key_b::text)".into(),
+        Param::Client => "'pgbench'".into(),
         Param::ExternalRef => "('pgbench-ref-' || :key_a::text || '-' || :key_b::text)".into(),
         Param::Now | Param::OccurredAt => "now()".into(),
         Param::CapDay => "current_date".into(),
