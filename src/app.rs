@@ -144,6 +144,7 @@ impl Application {
                     ledger: self.ledger.clone(),
                     events: events.clone(),
                     profile_url_template: self.profile_url_template,
+                    clients: self.clients.clone(),
                 });
                 tracing::info!(address = %listener.local_addr()?, "serving HTTP");
                 let stopped = until_stopped(stopped.clone());

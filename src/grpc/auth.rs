@@ -6,7 +6,7 @@
 //! [`admit`] (NOT_FOUND for a program outside the client's list, as for one that does not
 //! exist) and scopes idempotency keys by the client.
 use crate::domain::Scope;
-use crate::service::{Caller, Clients, Error, Limiter};
+use crate::service::{Caller, Clients, Credentials, Error};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -128,7 +128,7 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let clients = self.clients.clone();
-        let credentials = Credentials::of(&request);
+        let credentials = credentials(&request);
         Box::pin(async move {
             match authorize(&clients, credentials, rule).await {
                 Ok(caller) => {
@@ -141,58 +141,27 @@ where
     }
 }
 
-/// The caller of a request, when it may make it: authenticated, within its rate, holding
-/// the scope.
+/// The caller of a request, when it may make it.
 async fn authorize(
     clients: &Clients,
     credentials: Credentials,
     rule: Access,
 ) -> Result<Arc<Caller>, Error> {
-    let (caller, limiter) = credentials.identify(clients).await?;
-    limiter.admit()?;
-    if let Access::Scoped(scopes) = rule {
-        caller.holds_any(scopes)?;
-    }
-    Ok(caller)
+    let scopes = match rule {
+        Access::Scoped(scopes) => Some(scopes),
+        Access::Client | Access::Open => None,
+    };
+    clients.admit(credentials, scopes).await
 }
 
-/// What a request presents to prove who calls.
-struct Credentials {
-    /// The `authorization` metadata, as sent.
-    authorization: Option<http::HeaderValue>,
-}
-
-impl Credentials {
-    fn of<B>(request: &http::Request<B>) -> Self {
-        Self {
-            authorization: request.headers().get(http::header::AUTHORIZATION).cloned(),
-        }
-    }
-
-    /// The client of a request: its bearer token's, else its certificate's.
-    async fn identify(self, clients: &Clients) -> Result<(Arc<Caller>, Limiter), Error> {
-        if let Some(value) = self.authorization {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|value| {
-                    let (scheme, token) = value.split_once(' ')?;
-                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-                })
-                .ok_or_else(|| {
-                    Error::Unauthenticated(
-                        "the authorization metadata must be `Bearer <token>` (the token \
-                         `flash clients add` printed)"
-                            .into(),
-                    )
-                })?;
-            return clients.authenticate(token).await;
-        }
-        Err(Error::Unauthenticated(
-            "no credentials: send the metadata `authorization: Bearer <token>` with a token \
-             `flash clients add` printed (or a client certificate, with mutual TLS)"
-                .into(),
-        ))
+/// What a gRPC request presents: its `authorization` metadata.
+fn credentials<B>(request: &http::Request<B>) -> Credentials {
+    Credentials {
+        authorization: request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|value| value.as_bytes().to_vec()),
+        cert_subject: None,
     }
 }
 

@@ -1,10 +1,13 @@
 //! `GET /graph/{program_id}`: the page drawing the latest referral graph snapshot on a
 //! canvas; `GET /graph/{program_id}/data.json?max_nodes=N`: the snapshot it draws (the
-//! same down-sampled views as `Graph.GetGraph`, from the same in-memory cache).
+//! same down-sampled views as `Graph.GetGraph`, from the same in-memory cache), for a
+//! client with the `read` scope on the program, as `Graph.GetGraph` (`authorization: Bearer`;
+//! the page takes the token from its URL's fragment, `#token=…`). The page itself holds
+//! no data and is served to anyone.
 use super::HttpState;
-use crate::domain::ProgramId;
+use crate::domain::{ProgramId, Scope};
 use crate::grpc::{code_of, graph::bounded};
-use crate::service::{Error, GRAPH_DEFAULT_NODES, GRAPH_MAX_NODES};
+use crate::service::{Credentials, Error, GRAPH_DEFAULT_NODES, GRAPH_MAX_NODES};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -79,7 +82,22 @@ async fn data(
     State(state): State<Arc<HttpState>>,
     Path(program_id): Path<String>,
     Query(query): Query<DataQuery>,
+    headers: header::HeaderMap,
 ) -> Response {
+    let credentials = Credentials {
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .map(|value| value.as_bytes().to_vec()),
+        cert_subject: None,
+    };
+    let admitted = state
+        .clients
+        .admit(credentials, Some(&[Scope::Read]))
+        .await
+        .and_then(|caller| caller.may_use(&program_id));
+    if let Err(refused) = admitted {
+        return error_response(refused);
+    }
     match graph_data(&state, &program_id, query.max_nodes.unwrap_or(0)).await {
         Ok(data) => ([(header::CACHE_CONTROL, "no-cache")], Json(data)).into_response(),
         Err(error) => error_response(error),
@@ -130,6 +148,9 @@ fn error_response(error: Error) -> Response {
         tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
         tonic::Code::NotFound => StatusCode::NOT_FOUND,
         tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     let message = if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -5,7 +5,7 @@ mod graph;
 mod metrics;
 mod ready;
 
-use crate::service::{Events, Ledger};
+use crate::service::{Clients, Events, Ledger};
 use axum::Router;
 use std::sync::Arc;
 
@@ -17,6 +17,8 @@ pub struct HttpState {
     pub events: Events,
     /// `FLASH_PROFILE_URL_TEMPLATE`.
     pub profile_url_template: Option<String>,
+    /// Who may read the graph's data.
+    pub clients: Clients,
 }
 
 /// Every HTTP route.

@@ -207,7 +207,7 @@ impl Clients {
     /// The client a bearer token names, when its secret is one of the client's valid ones
     /// (compared in constant time) and the client is not revoked; UNAUTHENTICATED otherwise,
     /// with the same message whatever was wrong with the token.
-    pub async fn authenticate(&self, token: &str) -> Result<(Arc<Caller>, Limiter), Error> {
+    async fn authenticate(&self, token: &str) -> Result<(Arc<Caller>, Limiter), Error> {
         let refused = || {
             Error::Unauthenticated(
                 "the bearer token is not valid: it names no live client or its secret is \
@@ -232,10 +232,7 @@ impl Clients {
     }
 
     /// The client a verified certificate subject (mutual TLS) is mapped to.
-    pub async fn authenticate_subject(
-        &self,
-        subject: &str,
-    ) -> Result<(Arc<Caller>, Limiter), Error> {
+    async fn authenticate_subject(&self, subject: &str) -> Result<(Arc<Caller>, Limiter), Error> {
         let found = self
             .read()
             .values()
@@ -372,6 +369,58 @@ impl Clients {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Known>>> {
         self.known.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What a request presents to prove who calls: the `authorization` metadata or header as
+/// sent, and the subject of a verified client certificate (mutual TLS).
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    pub authorization: Option<Vec<u8>>,
+    pub cert_subject: Option<String>,
+}
+
+impl Clients {
+    /// The caller of a request, when it may make it: authenticated (its bearer token,
+    /// else its certificate), within its rate, holding one of `scopes` (None: any client).
+    pub async fn admit(
+        &self,
+        credentials: Credentials,
+        scopes: Option<&[Scope]>,
+    ) -> Result<Arc<Caller>, Error> {
+        let (caller, limiter) = self.identify(credentials).await?;
+        limiter.admit()?;
+        if let Some(scopes) = scopes {
+            caller.holds_any(scopes)?;
+        }
+        Ok(caller)
+    }
+
+    async fn identify(&self, credentials: Credentials) -> Result<(Arc<Caller>, Limiter), Error> {
+        if let Some(value) = credentials.authorization {
+            let token = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|value| {
+                    let (scheme, token) = value.split_once(' ')?;
+                    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+                })
+                .ok_or_else(|| {
+                    Error::Unauthenticated(
+                        "the authorization must be `Bearer <token>` (the token `flash clients \
+                         add` printed)"
+                            .into(),
+                    )
+                })?;
+            return self.authenticate(token).await;
+        }
+        if let Some(subject) = credentials.cert_subject {
+            return self.authenticate_subject(&subject).await;
+        }
+        Err(Error::Unauthenticated(
+            "no credentials: send `authorization: Bearer <token>` with a token `flash clients \
+             add` printed (or a client certificate, with mutual TLS)"
+                .into(),
+        ))
     }
 }
 

@@ -24,7 +24,7 @@ pub use adjust::{AdjustCommand, AdjustOutcome};
 pub use audit::AuditReport;
 pub use award::{AwardCommand, AwardOutcome};
 pub use bonus::{BonusCause, BonusCredit, BonusOutcome, ReferralSide};
-pub use clients::{Caller, ClientView, Clients, Limiter, NewClientCommand};
+pub use clients::{Caller, ClientView, Clients, Credentials, Limiter, NewClientCommand};
 pub use error::{Error, ReferralRefusal, Unavailable};
 pub use events::{EventView, Events};
 pub use expiry::ExpiryOutcome;

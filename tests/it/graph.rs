@@ -246,6 +246,7 @@ async fn reads_run_no_sql_once_cached_and_down_sampling_keeps_the_top_hubs() {
         // No background refresh or health probe during the count.
         settings.graph_refresh_seconds = 86_400;
         settings.health_interval_ms = 86_400_000;
+        settings.clients_refresh_ms = 600_000;
     })
     .await;
     app.create_program(referral_rules()).await;
@@ -288,7 +289,12 @@ async fn reads_run_no_sql_once_cached_and_down_sampling_keeps_the_top_hubs() {
         .unwrap()
         .into_inner()
         .advocates;
-    let (status, _, _) = http_get(app.http, "/graph/acme/data.json?max_nodes=15").await;
+    let (status, _, _) = http_get_as(
+        app.http,
+        "/graph/acme/data.json?max_nodes=15",
+        Some(&app.admin_token),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(proxy.bytes_sent(), before, "a graph read ran SQL");
     let stats = app.service.graph_cache_stats();
@@ -500,7 +506,8 @@ async fn the_page_and_its_json_serve_the_latest_snapshot() {
     })
     .await;
     app.create_program(referral_rules()).await;
-    let (status, _, body) = http_get(app.http, "/graph/acme/data.json").await;
+    let (status, _, body) =
+        http_get_as(app.http, "/graph/acme/data.json", Some(&app.admin_token)).await;
     assert_eq!(status, 404);
     assert!(body.contains("no referral graph snapshot yet"), "{body}");
     let (hub, recruits) = app.hub(3).await;
@@ -517,8 +524,12 @@ async fn the_page_and_its_json_serve_the_latest_snapshot() {
         "no external assets"
     );
 
-    let (status, content_type, body) =
-        http_get(app.http, "/graph/acme/data.json?max_nodes=2").await;
+    let (status, content_type, body) = http_get_as(
+        app.http,
+        "/graph/acme/data.json?max_nodes=2",
+        Some(&app.admin_token),
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(content_type.starts_with("application/json"));
     let data: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -535,11 +546,33 @@ async fn the_page_and_its_json_serve_the_latest_snapshot() {
     assert!(recruits
         .iter()
         .any(|r| nodes.iter().any(|n| n["id"] == r.as_str())));
-    let (status, _, body) = http_get(app.http, "/graph/acme/data.json?max_nodes=-3").await;
+    let (status, _, body) = http_get_as(
+        app.http,
+        "/graph/acme/data.json?max_nodes=-3",
+        Some(&app.admin_token),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(body.contains("max_nodes"));
-    let (status, _, _) = http_get(app.http, "/graph/NOT_A_PROGRAM/data.json").await;
+    let (status, _, _) = http_get_as(
+        app.http,
+        "/graph/NOT_A_PROGRAM/data.json",
+        Some(&app.admin_token),
+    )
+    .await;
     assert_eq!(status, 400);
+
+    // The data is a read of the program: a client with the read scope on it.
+    let (status, _, body) = http_get(app.http, "/graph/acme/data.json").await;
+    assert_eq!(status, 401, "{body}");
+    let writer = app.add_client("writer", &[PROGRAM], &["award"], None).await;
+    let (status, _, _) = http_get_as(app.http, "/graph/acme/data.json", Some(&writer)).await;
+    assert_eq!(status, 403);
+    let elsewhere = app
+        .add_client("elsewhere", &["other"], &["read"], None)
+        .await;
+    let (status, _, _) = http_get_as(app.http, "/graph/acme/data.json", Some(&elsewhere)).await;
+    assert_eq!(status, 404);
 }
 
 /// The page in a real headless Chromium (tests/browser/graph.mjs through puppeteer-core):
@@ -573,7 +606,10 @@ async fn the_page_draws_the_snapshot_in_a_real_browser() {
     std::fs::create_dir_all(&artefacts).unwrap();
     let screenshot = artefacts.join("graph.png");
     let _ = std::fs::remove_file(&screenshot);
-    let url = format!("http://{}/graph/{PROGRAM}", app.http);
+    let url = format!(
+        "http://{}/graph/{PROGRAM}#token={}",
+        app.http, app.admin_token
+    );
     let mut node = std::process::Command::new("node");
     node.arg(root.join("tests/browser/graph.mjs"))
         .arg(&url)

@@ -508,11 +508,24 @@ pub fn refusal(status: &tonic::Status) -> Refusal {
 
 /// GET `path` of the test server's HTTP port: (status, content type, body).
 pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String, String) {
+    http_get_as(address, path, None).await
+}
+
+/// GET `path` with `authorization: Bearer <token>` when a token is given.
+pub async fn http_get_as(
+    address: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String, String) {
     use http_body_util::{BodyExt, Empty};
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<hyper::body::Bytes>>();
-    let uri: hyper::Uri = format!("http://{address}{path}").parse().expect("a URI");
-    let response = client.get(uri).await.expect("an HTTP answer");
+    let mut request = hyper::Request::get(format!("http://{address}{path}"));
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Empty::new()).expect("a request");
+    let response = client.request(request).await.expect("an HTTP answer");
     let status = response.status().as_u16();
     let content_type = response
         .headers()
