@@ -59,6 +59,11 @@ pub(super) enum Op {
     Replay {
         op: usize,
     },
+    /// Re-sends an earlier ledger request as it was, key included, as another client: a new
+    /// request in that client's own key namespace (never a replay of the first client's).
+    OtherClient {
+        op: usize,
+    },
     /// Re-sends an earlier request's key with one field changed, or with another kind of
     /// request (a credit).
     ReplayChanged {
@@ -145,6 +150,7 @@ pub(super) fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
         1 => (-1..=1i64).prop_map(|offset| Op::Advance(Step::ToNextExpiry(offset))),
         1 => Just(Op::Expire),
         2 => index.clone().prop_map(|op| Op::Replay { op }),
+        1 => index.clone().prop_map(|op| Op::OtherClient { op }),
         1 => (index, prop::bool::weighted(0.2))
             .prop_map(|(op, as_credit)| Op::ReplayChanged { op, as_credit }),
         1 => Just(Op::LoseCapCounters),
@@ -195,6 +201,62 @@ impl Request {
             Request::CreateInvites(r) => &r.idempotency_key,
             Request::AcceptInvite(r) => &r.idempotency_key,
             Request::ConvertInvite(r) => &r.idempotency_key,
+        }
+    }
+
+    /// The request as the model sees it when another client sends it: its key, and the key
+    /// of the entry it names, in that client's namespace (`namespace` prefixed).
+    pub(super) fn in_namespace(&self, namespace: &str) -> Request {
+        let key = |key: &str| format!("{namespace}{key}");
+        let entry_ref = |reference: &Option<proto::EntryRef>| {
+            reference.as_ref().map(|reference| proto::EntryRef {
+                r#ref: reference.r#ref.as_ref().map(|r| match r {
+                    proto::entry_ref::Ref::IdempotencyKey(k) => {
+                        proto::entry_ref::Ref::IdempotencyKey(key(k))
+                    }
+                    other => other.clone(),
+                }),
+            })
+        };
+        match self.clone() {
+            Request::Award(r) => Request::Award(proto::AwardRequest {
+                idempotency_key: key(&r.idempotency_key),
+                ..r
+            }),
+            Request::Spend(r) => Request::Spend(proto::SpendRequest {
+                idempotency_key: key(&r.idempotency_key),
+                ..r
+            }),
+            Request::ReverseAward(r) => Request::ReverseAward(proto::ReverseAwardRequest {
+                idempotency_key: key(&r.idempotency_key),
+                award: entry_ref(&r.award),
+                ..r
+            }),
+            Request::ReverseSpend(r) => Request::ReverseSpend(proto::ReverseSpendRequest {
+                idempotency_key: key(&r.idempotency_key),
+                spend: entry_ref(&r.spend),
+                ..r
+            }),
+            Request::Adjust(r) => Request::Adjust(proto::AdjustRequest {
+                idempotency_key: key(&r.idempotency_key),
+                ..r
+            }),
+            Request::SetTier(r) => Request::SetTier(proto::SetTierRequest {
+                idempotency_key: key(&r.idempotency_key),
+                ..r
+            }),
+            Request::CreateInvites(r) => Request::CreateInvites(proto::CreateInvitesRequest {
+                idempotency_key: key(&r.idempotency_key),
+                ..r
+            }),
+            Request::AcceptInvite(r) => Request::AcceptInvite(proto::AcceptInviteRequest {
+                idempotency_key: key(&r.idempotency_key),
+                ..r
+            }),
+            Request::ConvertInvite(r) => Request::ConvertInvite(proto::ConvertInviteRequest {
+                idempotency_key: key(&r.idempotency_key),
+                ..r
+            }),
         }
     }
 

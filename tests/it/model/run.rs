@@ -169,6 +169,7 @@ pub(super) fn request_for(
             })
         }
         Op::Advance(_)
+        | Op::OtherClient { .. }
         | Op::Refer { .. }
         | Op::Evaluate { .. }
         | Op::Expire
@@ -543,6 +544,11 @@ pub(super) async fn run_case(
     let mut model = Model::new(members, case_start());
     let mut sent: Vec<Request> = vec![];
     let mut clients = app.clients();
+    // The second client (every program, every scope) whose keys live apart from the first's.
+    let mut other_clients = app.clients_as(
+        &app.add_client(&format!("model-other-{number}"), &["*"], &["*"], None)
+            .await,
+    );
 
     for (step, op) in case.ops.iter().enumerate() {
         let after = format!("step {step} {op:?}");
@@ -665,6 +671,30 @@ pub(super) async fn run_case(
                     .del::<i64, _>(keys)
                     .await
                     .map_err(|error| TestCaseError::fail(format!("redis DEL: {error}")))?;
+            }
+            Op::OtherClient { op } => {
+                // Ledger requests only: the model does not follow an invite's contact
+                // being invited again (superseding) or accepted twice.
+                let Some(wire) = sent.get(op % sent.len().max(1)).cloned().filter(|r| {
+                    !matches!(
+                        r,
+                        Request::CreateInvites(_)
+                            | Request::AcceptInvite(_)
+                            | Request::ConvertInvite(_)
+                    )
+                }) else {
+                    continue;
+                };
+                // The model keeps the second client's keys under a prefix no key of the
+                // first client has; the wire carries the request as the first client sent
+                // it. Not kept in `sent`: a replay of it is the second client's to send.
+                let seen = wire.in_namespace("other~");
+                which = model.involved(&seen);
+                let expected = model.apply(&seen);
+                let actual = send(&mut other_clients, &wire).await;
+                model
+                    .check(&seen, expected, actual)
+                    .map_err(|error| TestCaseError::fail(format!("{after}: {error}")))?;
             }
             _ => {
                 let Some(request) = request_for(op, step, &program, &model, &sent) else {
