@@ -94,7 +94,14 @@ pub struct Clients {
     clock: Arc<dyn Clock>,
     default_rate: u32,
     known: Arc<RwLock<HashMap<String, Arc<Known>>>>,
+    /// Lookups of names this replica does not know yet (a client added since the last
+    /// refresh): bounded, so tokens naming random clients cannot turn into a flood of
+    /// queries. Past the bound a new client waits for the next refresh.
+    lookups: Arc<DefaultDirectRateLimiter>,
 }
+
+/// Lookups a second of client names a replica has not seen.
+const LOOKUPS_PER_SECOND: u32 = 50;
 
 /// The longest certificate subject a client may be mapped to.
 const CERT_SUBJECT_MAX_CHARS: usize = 1024;
@@ -110,6 +117,9 @@ impl Clients {
             clock,
             default_rate: default_rate.max(1),
             known: Arc::default(),
+            lookups: Arc::new(RateLimiter::direct(Quota::per_second(
+                NonZeroU32::new(LOOKUPS_PER_SECOND).unwrap_or(NonZeroU32::MIN),
+            ))),
         }
     }
 
@@ -157,6 +167,13 @@ impl Clients {
         let stored = self.fetch(command.name.as_str()).await?.ok_or_else(|| {
             Error::Unexpected(anyhow::anyhow!("client {} vanished", command.name))
         })?;
+        // This replica knows it at once; the others at their next refresh or first call.
+        if let Some(known) = self.know(stored.clone(), None) {
+            self.known
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(stored.name.clone(), Arc::new(known));
+        }
         Ok((view(&stored), token))
     }
 
@@ -306,6 +323,9 @@ impl Clients {
     async fn known(&self, name: &str) -> Result<Option<Arc<Known>>, Error> {
         if let Some(known) = self.read().get(name) {
             return Ok(Some(known.clone()));
+        }
+        if self.lookups.check().is_err() {
+            return Ok(None);
         }
         let Some(stored) = self.fetch(name).await? else {
             return Ok(None);
