@@ -3,6 +3,7 @@ pub mod codec;
 mod events;
 pub mod graph;
 mod ledger;
+pub mod limits;
 pub mod metered;
 pub mod observe;
 mod programs;

@@ -56,6 +56,8 @@ pub struct TestApp {
     pub service: Ledger,
     pub database_url: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The serving task: done once a shutdown let every in-flight call finish.
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestApp {
@@ -150,7 +152,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let db = app.pool().clone();
     let service = app.ledger().clone();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.serve(async {
+    let served = tokio::spawn(app.serve(async {
         let _ = stop.await;
     }));
     let endpoint = format!("http://{address}");
@@ -173,6 +175,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         service,
         database_url,
         shutdown: Some(shutdown),
+        served: Some(served),
     }
 }
 
@@ -225,6 +228,41 @@ pub fn quintillion_rules() -> proto::ProgramRules {
 }
 
 impl TestApp {
+    /// Starts the server's graceful shutdown and hands back its serving task, which ends
+    /// once the calls in flight are answered.
+    pub fn shut_down(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.served.take().expect("the server is served once")
+    }
+
+    /// Rows in every table of the test database, by table: what "nothing was written"
+    /// is checked against when any table could have been touched.
+    pub async fn table_row_counts(&self) -> std::collections::BTreeMap<String, i64> {
+        let client = self.db.get().await.unwrap();
+        let tables: Vec<String> = client
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut counts = std::collections::BTreeMap::new();
+        for table in tables {
+            let row = client
+                .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+                .await
+                .unwrap();
+            counts.insert(table, row.get(0));
+        }
+        counts
+    }
+
     pub async fn create_program(&mut self, rules: proto::ProgramRules) {
         self.create_named_program(PROGRAM, rules).await;
     }

@@ -12,6 +12,7 @@ mod graph;
 mod helpers;
 mod jobs;
 mod liability;
+mod limits;
 mod members;
 mod model;
 mod plans;
