@@ -29,6 +29,8 @@ pub struct Application {
     ledger: Ledger,
     programs: Programs,
     limits: Limits,
+    /// None: plaintext.
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// The gRPC server's limits (see [`grpc::limits`]).
@@ -46,6 +48,7 @@ impl Application {
         // Installs the process's metrics recorder before anything is recorded.
         crate::telemetry::metrics::handle();
         let contact_key = settings.contact_key()?;
+        let tls = settings.tls()?;
         let pool = store::connect_pool(
             &settings.database_url,
             settings.db_pool_size,
@@ -84,6 +87,7 @@ impl Application {
                 max_in_flight: settings.max_in_flight(),
                 default_deadline: settings.default_deadline(),
             },
+            tls,
         })
     }
 
@@ -111,6 +115,11 @@ impl Application {
     /// The ledger use cases, for workers and tests that drive them directly.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// Whether the gRPC port speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight calls finish.
@@ -175,12 +184,17 @@ impl Application {
             shutdown.await;
             let _ = stop.send(true);
         };
-        tracing::info!(address = %grpc_address, "serving gRPC");
+        tracing::info!(address = %grpc_address, tls = self.tls.is_some(), "serving gRPC");
         let limits = self.limits;
         let max = limits.max_message_bytes;
-        let server = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder()
             // A call without grpc-timeout gets this one; a shorter grpc-timeout wins.
             .timeout(limits.default_deadline);
+        if let Some(tls) = self.tls {
+            server = server
+                .tls_config(tls)
+                .context("FLASH_TLS_CERT / FLASH_TLS_KEY")?;
+        }
         let served = server
             // Outermost first: the span covers the metering too, and both see the calls
             // the limits refuse.

@@ -206,6 +206,17 @@ pub struct Settings {
         global = true
     )]
     pub default_deadline_ms: u64,
+    /// The gRPC port's TLS certificate chain (PEM); with FLASH_TLS_KEY. Unset: plaintext.
+    #[arg(long, env = "FLASH_TLS_CERT", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of FLASH_TLS_CERT.
+    #[arg(long, env = "FLASH_TLS_KEY", global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) client certificates are verified against; when set, every
+    /// connection must present a valid client certificate (mutual TLS). Needs
+    /// FLASH_TLS_CERT and FLASH_TLS_KEY.
+    #[arg(long, env = "FLASH_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<std::path::PathBuf>,
     /// Log filter, in `tracing` EnvFilter syntax.
     #[arg(
         long,
@@ -363,5 +374,16 @@ impl Settings {
 
     pub fn default_deadline(&self) -> Duration {
         Duration::from_millis(self.default_deadline_ms)
+    }
+
+    /// The gRPC port's TLS configuration, None for plaintext; an error naming the setting
+    /// when a file is missing, unreadable or not the PEM it should be, or when the
+    /// certificate and the key do not come together.
+    pub fn tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        crate::grpc::tls::server_config(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_client_ca.as_deref(),
+        )
     }
 }

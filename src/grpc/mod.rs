@@ -9,6 +9,7 @@ pub mod observe;
 mod programs;
 mod referrals;
 mod tiers;
+pub mod tls;
 
 pub use events::EventsApi;
 pub use graph::GraphApi;

@@ -24,7 +24,7 @@ pub use flash_testing_support::{free_port, timestamp};
 pub const PROGRAM: &str = "acme";
 
 /// The admin connection tests create their databases with.
-fn admin_url() -> String {
+pub fn admin_url() -> String {
     std::env::var("FLASH_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
@@ -87,7 +87,7 @@ impl Drop for TestApp {
 /// a failure is printed, never a panic in `drop`. `WITH (FORCE)` ends the sessions the
 /// server's pool still holds. Runs on a thread of its own with its own runtime, so it is
 /// safe from any runtime (or none) and waits until the database is gone.
-fn drop_database(database_url: &str) {
+pub fn drop_database(database_url: &str) {
     let Some(name) = database_url.rsplit('/').next().map(str::to_owned) else {
         return;
     };
@@ -179,7 +179,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     }
 }
 
-async fn create_database() -> String {
+pub async fn create_database() -> String {
     let name = format!("flash_test_{}", Uuid::new_v4().simple());
     let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
         .await

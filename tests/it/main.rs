@@ -23,4 +23,5 @@ mod server;
 mod spend;
 mod telemetry;
 mod tiers;
+mod tls;
 mod traces;
