@@ -187,9 +187,7 @@ impl Application {
         tracing::info!(address = %grpc_address, tls = self.tls.is_some(), "serving gRPC");
         let limits = self.limits;
         let max = limits.max_message_bytes;
-        let mut server = tonic::transport::Server::builder()
-            // A call without grpc-timeout gets this one; a shorter grpc-timeout wins.
-            .timeout(limits.default_deadline);
+        let mut server = tonic::transport::Server::builder();
         if let Some(tls) = self.tls {
             server = server
                 .tls_config(tls)
@@ -200,6 +198,7 @@ impl Application {
             // the limits refuse.
             .layer(grpc::observe::RpcSpanLayer)
             .layer(grpc::metered::MeteredLayer)
+            .layer(grpc::limits::DeadlineLayer::new(limits.default_deadline))
             .layer(grpc::limits::MessageSizeLayer::new(max))
             .layer(grpc::limits::InFlightLayer::new(limits.max_in_flight))
             .add_service(health_service)

@@ -195,9 +195,9 @@ pub struct Settings {
         global = true
     )]
     pub max_in_flight: Option<usize>,
-    /// Deadline of a call whose caller sets none (a shorter `grpc-timeout` wins):
-    /// past it the caller is answered DEADLINE_EXCEEDED… while a unit of work already
-    /// started still commits or rolls back.
+    /// Deadline of a call whose caller sets none (a shorter `grpc-timeout` wins): past it
+    /// the caller is answered DEADLINE_EXCEEDED, while a unit of work already started
+    /// still commits or rolls back.
     #[arg(
         long,
         env = "FLASH_DEFAULT_DEADLINE_MS",

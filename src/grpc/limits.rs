@@ -10,6 +10,11 @@
 //!   `google.rpc.RetryInfo`: load is shed before the database pool saturates. The permit
 //!   is held until the response head: the whole of a unary call, the handler of a stream
 //!   (Events.Subscribe) but not the stream it returns. Health checks are never shed.
+//! - [`DeadlineLayer`]: a call gets FLASH_DEFAULT_DEADLINE_MS, or the caller's
+//!   `grpc-timeout` when shorter; past it the caller is answered DEADLINE_EXCEEDED. Only
+//!   the wait ends: a unit of work already spawned (`run_to_completion`) still commits or
+//!   rolls back. (tonic's own `Server::timeout` answers CANCELLED, outside every layer, so
+//!   neither the span nor the metrics would see the call; this one sits inside both.)
 use crate::grpc::ERROR_DOMAIN;
 use std::collections::HashMap;
 use std::future::Future;
@@ -120,6 +125,93 @@ pub fn too_large(max_bytes: usize) -> Status {
         ),
         details,
     )
+}
+
+/// Ends the wait for a call's answer at its deadline: the caller's `grpc-timeout` or the
+/// default, whichever is shorter.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineLayer {
+    default: Duration,
+}
+
+impl DeadlineLayer {
+    pub fn new(default: Duration) -> Self {
+        Self { default }
+    }
+}
+
+impl<S> tower::Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Deadline<S> {
+        Deadline {
+            inner,
+            default: self.default,
+        }
+    }
+}
+
+/// A service wrapped by [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    default: Duration,
+}
+
+impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for Deadline<S>
+where
+    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+    ResponseBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        let deadline =
+            grpc_timeout(request.headers()).map_or(self.default, |asked| asked.min(self.default));
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout(deadline, future).await {
+                Ok(answered) => answered,
+                Err(_) => Ok(deadline_exceeded(deadline).into_http::<ResponseBody>()),
+            }
+        })
+    }
+}
+
+/// The caller's `grpc-timeout`: 1 to 8 digits and a unit (H, M, S, m, u, n). None when
+/// absent or malformed (the default applies).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let digits = value.get(..value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match value.as_bytes().last()? {
+        b'H' => Duration::from_secs(amount.checked_mul(3600)?),
+        b'M' => Duration::from_secs(amount.checked_mul(60)?),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// DEADLINE_EXCEEDED, saying that work already started may still complete.
+pub fn deadline_exceeded(deadline: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "no answer within the call's deadline of {} ms; a write that had started may still \
+         commit: retry with the same idempotency key to learn its outcome",
+        deadline.as_millis()
+    ))
 }
 
 /// At most `max` calls served at once; the others refused at once (load shedding).
@@ -246,6 +338,25 @@ mod tests {
         let info = status.get_error_details().error_info().cloned().unwrap();
         assert_eq!(info.reason, "MESSAGE_TOO_LARGE");
         assert_eq!(info.metadata["limit_bytes"], "1024");
+    }
+
+    #[test]
+    fn grpc_timeout_is_read_in_every_unit_and_malformed_ones_are_ignored() {
+        let timeout = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            grpc_timeout(&headers)
+        };
+        assert_eq!(timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout("4S"), Some(Duration::from_secs(4)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "1x", "-1S", "1.5S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 
     #[tokio::test]

@@ -386,7 +386,8 @@ async fn bad_tls_settings_stop_the_server_from_starting_naming_the_setting() {
         "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
     )
     .unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Settings)>)> = vec![
+    type Customize<'a> = Box<dyn Fn(&mut Settings) + 'a>;
+    let cases: Vec<(&str, Customize)> = vec![
         (
             "FLASH_TLS_CERT is set but FLASH_TLS_KEY is not",
             Box::new(|s: &mut Settings| {
