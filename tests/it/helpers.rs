@@ -141,6 +141,9 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     // Generous on a shared 2-core machine: these tests check outcomes, not latency.
     settings.lock_timeout_ms = 20_000;
     settings.statement_timeout_ms = 30_000;
+    // Tests that race 100 calls check the ledger's answers, not load shedding (the limits
+    // tests set their own): far above any test's concurrency.
+    settings.max_in_flight = Some(10_000);
     customize(&mut settings);
     let clock = ManualClock::starting_at(start_of_test());
     let app = Application::build(&settings, Arc::new(clock.clone()))
