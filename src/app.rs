@@ -30,6 +30,17 @@ pub struct Application {
     programs: Programs,
     clients: Clients,
     clients_refresh: std::time::Duration,
+    limits: Limits,
+    /// None: plaintext.
+    tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// The gRPC server's limits (see [`grpc::limits`]).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_message_bytes: usize,
+    max_in_flight: usize,
+    default_deadline: std::time::Duration,
 }
 
 impl Application {
@@ -39,6 +50,7 @@ impl Application {
         // Installs the process's metrics recorder before anything is recorded.
         crate::telemetry::metrics::handle();
         let contact_key = settings.contact_key()?;
+        let tls = settings.tls()?;
         let pool = store::connect_pool(
             &settings.database_url,
             settings.db_pool_size,
@@ -67,11 +79,19 @@ impl Application {
             profile_url_template: settings.profile_url_template.clone(),
             graph_refresh: std::time::Duration::from_secs(settings.graph_refresh_seconds),
             health_interval: settings.health_interval(),
-            ledger: Ledger::new(pool.clone(), cap, clock.clone()).with_contact_key(contact_key),
+            ledger: Ledger::new(pool.clone(), cap, clock.clone())
+                .with_contact_key(contact_key)
+                .with_award_batch_max(settings.max_batch_items),
             programs: Programs::new(pool.clone(), clock.clone()),
             clients: settings.clients(pool.clone(), clock)?,
             clients_refresh: settings.clients_refresh(),
             pool,
+            limits: Limits {
+                max_message_bytes: settings.max_message_bytes(),
+                max_in_flight: settings.max_in_flight(),
+                default_deadline: settings.default_deadline(),
+            },
+            tls,
         })
     }
 
@@ -106,6 +126,11 @@ impl Application {
         &self.ledger
     }
 
+    /// Whether the gRPC port speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight calls finish.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -113,14 +138,18 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // google.rpc.ErrorInfo, BadRequest, RetryInfo: tools decode the error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+            .build_v1()?
+            .max_decoding_message_size(self.limits.max_message_bytes);
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // google.rpc.ErrorInfo, BadRequest, RetryInfo: tools decode the error details.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+            .build_v1alpha()?
+            .max_decoding_message_size(self.limits.max_message_bytes);
         let (health, health_service) = tonic_health::server::health_reporter();
+        let health_service =
+            health_service.max_decoding_message_size(self.limits.max_message_bytes);
         for service in DATABASE_SERVICES {
             health
                 .set_service_status(service, tonic_health::ServingStatus::Serving)
@@ -169,33 +198,55 @@ impl Application {
             shutdown.await;
             let _ = stop.send(true);
         };
-        tracing::info!(address = %grpc_address, "serving gRPC");
-        let served = tonic::transport::Server::builder()
-            // Outermost first: the span covers the metering too.
+        tracing::info!(address = %grpc_address, tls = self.tls.is_some(), "serving gRPC");
+        let limits = self.limits;
+        let max = limits.max_message_bytes;
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            server = server
+                .tls_config(tls)
+                .context("FLASH_TLS_CERT / FLASH_TLS_KEY")?;
+        }
+        let served = server
+            // Outermost first: the span covers the metering too, and both see the calls
+            // the limits refuse.
             .layer(grpc::observe::RpcSpanLayer)
             .layer(grpc::metered::MeteredLayer)
+            .layer(grpc::limits::DeadlineLayer::new(limits.default_deadline))
+            .layer(grpc::limits::MessageSizeLayer::new(max))
+            // Authenticated before a permit is taken: a flood of refused calls never holds
+            // the permits the clients' calls need.
             .layer(grpc::auth::AuthLayer::new(self.clients))
+            .layer(grpc::limits::InFlightLayer::new(limits.max_in_flight))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(proto::programs_server::ProgramsServer::new(
-                grpc::ProgramsApi::new(self.programs),
-            ))
-            .add_service(proto::tiers_server::TiersServer::new(grpc::TiersApi::new(
-                self.ledger.clone(),
-            )))
-            .add_service(proto::referrals_server::ReferralsServer::new(
-                grpc::ReferralsApi::new(self.ledger.clone()),
-            ))
-            .add_service(proto::events_server::EventsServer::new(
-                grpc::EventsApi::new(events),
-            ))
-            .add_service(proto::graph_server::GraphServer::new(grpc::GraphApi::new(
-                self.ledger.clone(),
-            )))
-            .add_service(proto::ledger_server::LedgerServer::new(
-                grpc::LedgerApi::new(self.ledger),
-            ))
+            .add_service(
+                proto::programs_server::ProgramsServer::new(grpc::ProgramsApi::new(self.programs))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                proto::tiers_server::TiersServer::new(grpc::TiersApi::new(self.ledger.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                proto::referrals_server::ReferralsServer::new(grpc::ReferralsApi::new(
+                    self.ledger.clone(),
+                ))
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                proto::events_server::EventsServer::new(grpc::EventsApi::new(events))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                proto::graph_server::GraphServer::new(grpc::GraphApi::new(self.ledger.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                proto::ledger_server::LedgerServer::new(grpc::LedgerApi::new(self.ledger))
+                    .max_decoding_message_size(max),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
             .context("gRPC server failed");

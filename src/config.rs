@@ -206,6 +206,57 @@ pub struct Settings {
         global = true
     )]
     pub idle_in_transaction_timeout_ms: u64,
+    /// Largest request message, in bytes (after decompression): a larger one is refused
+    /// with RESOURCE_EXHAUSTED before it is decoded.
+    #[arg(
+        long,
+        env = "FLASH_MAX_MESSAGE_BYTES",
+        default_value_t = 1_048_576,
+        value_parser = clap::value_parser!(u64).range(1024..=67_108_864),
+        global = true
+    )]
+    pub max_message_bytes: u64,
+    /// Most awards in one AwardBatch call; a larger batch is refused whole
+    /// (INVALID_ARGUMENT), nothing written.
+    #[arg(
+        long,
+        env = "FLASH_MAX_BATCH_ITEMS",
+        default_value_t = crate::service::AWARD_BATCH_MAX,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000),
+        global = true
+    )]
+    pub max_batch_items: usize,
+    /// Most gRPC calls served at once (health checks aside); past it a call is refused at
+    /// once with UNAVAILABLE (load shedding). Unset: 4 × FLASH_DB_POOL_SIZE.
+    #[arg(
+        long,
+        env = "FLASH_MAX_IN_FLIGHT",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000),
+        global = true
+    )]
+    pub max_in_flight: Option<usize>,
+    /// Deadline of a call whose caller sets none (a shorter `grpc-timeout` wins): past it
+    /// the caller is answered DEADLINE_EXCEEDED, while a unit of work already started
+    /// still commits or rolls back.
+    #[arg(
+        long,
+        env = "FLASH_DEFAULT_DEADLINE_MS",
+        default_value_t = 30_000,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000),
+        global = true
+    )]
+    pub default_deadline_ms: u64,
+    /// The gRPC port's TLS certificate chain (PEM); with FLASH_TLS_KEY. Unset: plaintext.
+    #[arg(long, env = "FLASH_TLS_CERT", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of FLASH_TLS_CERT.
+    #[arg(long, env = "FLASH_TLS_KEY", global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA certificates (PEM) client certificates are verified against; when set, every
+    /// connection must present a valid client certificate (mutual TLS). Needs
+    /// FLASH_TLS_CERT and FLASH_TLS_KEY.
+    #[arg(long, env = "FLASH_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<std::path::PathBuf>,
     /// Log filter, in `tracing` EnvFilter syntax.
     #[arg(
         long,
@@ -389,5 +440,32 @@ impl Settings {
 
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// The largest request message, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// Most calls served at once: FLASH_MAX_IN_FLIGHT, or 4 × the pool size.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+            .unwrap_or_else(|| self.db_pool_size.saturating_mul(4))
+            .max(1)
+    }
+
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+
+    /// The gRPC port's TLS configuration, None for plaintext; an error naming the setting
+    /// when a file is missing, unreadable or not the PEM it should be, or when the
+    /// certificate and the key do not come together.
+    pub fn tls(&self) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+        crate::grpc::tls::server_config(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_client_ca.as_deref(),
+        )
     }
 }

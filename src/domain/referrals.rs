@@ -11,6 +11,8 @@ use std::fmt;
 pub const CONTACT_KEY_MIN_BYTES: usize = 32;
 /// The most contacts one member may enroll with.
 pub const MAX_CONTACTS_PER_MEMBER: usize = 10;
+/// The longest contact as sent, spaces included: an email address is at most 254.
+const CONTACT_MAX_CHARS: usize = 254;
 
 /// What kind of contact.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,13 @@ impl Contact {
     /// dashes and parentheses allowed around them: 8 to 15 digits). The message never
     /// repeats the contact.
     pub fn parse(field: &str, raw: &str) -> Result<Self, InvalidField> {
+        // Bounded before any work on it: a phone number's spaces and dots are not.
+        if raw.chars().count() > CONTACT_MAX_CHARS {
+            return Err(InvalidField::new(
+                field,
+                format!("must be at most {CONTACT_MAX_CHARS} characters"),
+            ));
+        }
         let trimmed = raw.trim();
         if trimmed.contains('@') {
             let normal = trimmed.to_lowercase();

@@ -154,14 +154,15 @@ async fn authorize(
     clients.admit(credentials, scopes).await
 }
 
-/// What a gRPC request presents: its `authorization` metadata.
+/// What a gRPC request presents: its `authorization` metadata, and with mutual TLS the
+/// verified client certificate's subject.
 fn credentials<B>(request: &http::Request<B>) -> Credentials {
     Credentials {
         authorization: request
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|value| value.as_bytes().to_vec()),
-        cert_subject: None,
+        cert_subject: super::tls::peer_subject(request),
     }
 }
 

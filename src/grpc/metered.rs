@@ -66,7 +66,7 @@ where
 const KNOWN_PACKAGES: &[&str] = &["flash.loyalty.v1.", "grpc.health.v1.", "grpc.reflection."];
 
 /// `service/method` of a gRPC path, e.g. `flash.loyalty.v1.Ledger/Award`.
-fn method_label(path: &str) -> String {
+pub(crate) fn method_label(path: &str) -> String {
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     match (segments.next(), segments.next()) {
         (Some(service), Some(method))

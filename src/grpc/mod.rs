@@ -4,11 +4,13 @@ pub mod codec;
 mod events;
 pub mod graph;
 mod ledger;
+pub mod limits;
 pub mod metered;
 pub mod observe;
 mod programs;
 mod referrals;
 mod tiers;
+pub mod tls;
 
 pub use events::EventsApi;
 pub use graph::GraphApi;

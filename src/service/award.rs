@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 
-/// The most awards one `AwardBatch` call may carry.
+/// The most awards one `AwardBatch` call may carry unless FLASH_MAX_BATCH_ITEMS says otherwise.
 pub const AWARD_BATCH_MAX: usize = 500;
 /// The most awards written in one transaction. Larger groups hold more members' locks
 /// for longer; smaller ones pay more round trips per award.
@@ -120,7 +120,7 @@ impl Ledger {
             .unwrap_or_else(|| Err(Error::Unexpected(anyhow::anyhow!("an award went missing"))))
     }
 
-    /// Runs up to [`AWARD_BATCH_MAX`] awards of one program; each succeeds or fails on its
+    /// Runs up to `award_batch_max` ([`AWARD_BATCH_MAX`] by default) awards of one program; each succeeds or fails on its
     /// own, and the results keep the request order. The awards go through the same path
     /// as a single one, [`AWARD_GROUP_MAX`] to a transaction: a back-fill of a million
     /// orders is thousands of transactions, not a million.
@@ -128,13 +128,11 @@ impl Ledger {
         &self,
         commands: Vec<Result<AwardCommand, Error>>,
     ) -> Result<Vec<Result<AwardOutcome, Error>>, Error> {
-        if commands.len() > AWARD_BATCH_MAX {
+        let max = self.award_batch_max;
+        if commands.len() > max {
             return Err(Error::invalid(
                 "awards",
-                format!(
-                    "at most {AWARD_BATCH_MAX} awards per batch, got {}",
-                    commands.len()
-                ),
+                format!("at most {max} awards per batch, got {}", commands.len()),
             ));
         }
         let mut results: Vec<Option<Result<AwardOutcome, Error>>> = Vec::new();

@@ -253,7 +253,17 @@ fn parse_cursor(cursor: &str) -> Result<Position, Error> {
     Ok(Position { txid, seq })
 }
 
+/// The most entries of `event_types`: far more than there are types, far fewer than a
+/// message could carry.
+const EVENT_TYPES_MAX: usize = 64;
+
 fn parse_types(types: &[String]) -> Result<Vec<&'static str>, Error> {
+    if types.len() > EVENT_TYPES_MAX {
+        return Err(Error::invalid(
+            "event_types",
+            format!("at most {EVENT_TYPES_MAX} entries, got {}", types.len()),
+        ));
+    }
     types
         .iter()
         .map(|name| {

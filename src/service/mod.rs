@@ -22,7 +22,7 @@ mod tiers;
 
 pub use adjust::{AdjustCommand, AdjustOutcome};
 pub use audit::AuditReport;
-pub use award::{AwardCommand, AwardOutcome};
+pub use award::{AwardCommand, AwardOutcome, AWARD_BATCH_MAX};
 pub use bonus::{BonusCause, BonusCredit, BonusOutcome, ReferralSide};
 pub use clients::{Caller, ClientView, Clients, Credentials, Limiter, NewClientCommand};
 pub use error::{Error, ReferralRefusal, Unavailable};
@@ -76,6 +76,8 @@ pub struct Ledger {
     contact_key: Option<ContactKey>,
     /// The latest referral graph snapshot of each program read so far.
     graph: graph::GraphCache,
+    /// The most awards one `AwardBatch` call may carry (FLASH_MAX_BATCH_ITEMS).
+    award_batch_max: usize,
 }
 
 impl Ledger {
@@ -87,6 +89,7 @@ impl Ledger {
             rules: RulesCache::default(),
             contact_key: None,
             graph: graph::GraphCache::default(),
+            award_batch_max: AWARD_BATCH_MAX,
         }
     }
 
@@ -98,6 +101,12 @@ impl Ledger {
     /// The ledger hashing contacts under `key` (the server's).
     pub fn with_contact_key(mut self, key: ContactKey) -> Self {
         self.contact_key = Some(key);
+        self
+    }
+
+    /// The most awards one `AwardBatch` call may carry ([`AWARD_BATCH_MAX`] by default).
+    pub fn with_award_batch_max(mut self, max: usize) -> Self {
+        self.award_batch_max = max;
         self
     }
 }

@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | `flash_rpc_requests_total` | counter | method, code | gRPC calls answered |
 //! | `flash_rpc_duration_seconds` | histogram | method, code | time to the response head |
+//! | `flash_rpc_shed_total` | counter | method | gRPC calls refused at once because FLASH_MAX_IN_FLIGHT calls were in flight (also counted as UNAVAILABLE above) |
 //! | `flash_points_awarded_total` | counter | program | points committed by purchase awards |
 //! | `flash_points_spent_total` | counter | program | points committed by spends |
 //! | `flash_points_reversed_total` | counter | program, of | points taken back (`of="award"`) or put back (`of="spend"`) by reversals |
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 pub const RPC_REQUESTS: &str = "flash_rpc_requests_total";
 pub const RPC_DURATION: &str = "flash_rpc_duration_seconds";
+pub const RPC_SHED: &str = "flash_rpc_shed_total";
 pub const POINTS_AWARDED: &str = "flash_points_awarded_total";
 pub const POINTS_SPENT: &str = "flash_points_spent_total";
 pub const POINTS_REVERSED: &str = "flash_points_reversed_total";
@@ -98,6 +100,10 @@ fn describe() {
         Unit::Seconds,
         "gRPC call latency to the response head, by method and status code"
     );
+    describe_counter!(
+        RPC_SHED,
+        "gRPC calls refused at once because the server was at FLASH_MAX_IN_FLIGHT"
+    );
     describe_counter!(POINTS_AWARDED, "Points committed by purchase awards");
     describe_counter!(POINTS_SPENT, "Points committed by spends");
     describe_counter!(
@@ -140,6 +146,11 @@ pub fn rpc_answered(method: &str, code: &'static str, elapsed: Duration) {
     let labels = [("method", method.to_owned()), ("code", code.to_owned())];
     ::metrics::counter!(RPC_REQUESTS, &labels).increment(1);
     ::metrics::histogram!(RPC_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// A gRPC call refused by load shedding.
+pub fn rpc_shed(method: &str) {
+    ::metrics::counter!(RPC_SHED, "method" => method.to_owned()).increment(1);
 }
 
 /// A purchase award committed (not a replay).

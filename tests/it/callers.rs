@@ -12,7 +12,7 @@ fn root() -> &'static Path {
 }
 
 /// target/py-venv, made (or refreshed) by scripts/python-env.sh.
-fn python_env() -> PathBuf {
+pub fn python_env() -> PathBuf {
     // Made once per test process (the script also locks against other processes).
     static MADE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
     let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -45,7 +45,7 @@ async fn demo_app() -> TestApp {
     app
 }
 
-async fn run(mut command: Command) -> std::process::Output {
+pub async fn run(mut command: Command) -> std::process::Output {
     tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
@@ -54,7 +54,7 @@ async fn run(mut command: Command) -> std::process::Output {
 
 /// The grpcurl commands of the README's `sh` blocks, in order, each whole (continuation
 /// lines and multi-line JSON joined).
-fn readme_grpcurl_commands() -> Vec<String> {
+pub fn readme_grpcurl_commands() -> Vec<String> {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let mut commands = Vec::new();
     let mut in_block = false;
@@ -77,6 +77,15 @@ fn readme_grpcurl_commands() -> Vec<String> {
     commands
 }
 
+/// The README's grpcurl examples of a plaintext server (the TLS section's, which give
+/// `-cacert`, run in `tls.rs`).
+fn readme_plaintext_grpcurl_commands() -> Vec<String> {
+    readme_grpcurl_commands()
+        .into_iter()
+        .filter(|command| !command.contains("-cacert"))
+        .collect()
+}
+
 /// Every grpcurl example of the README, as written, against a test server: the address
 /// is the test server's, and the three placeholders are filled the way a reader would —
 /// the code CreateInvites printed, a member enrolled since, the last cursor seen.
@@ -84,7 +93,7 @@ fn readme_grpcurl_commands() -> Vec<String> {
 async fn the_readme_grpcurl_examples_run_as_written() {
     let venv = python_env();
     let mut app = demo_app().await;
-    let commands = readme_grpcurl_commands();
+    let commands = readme_plaintext_grpcurl_commands();
     assert!(commands.len() >= 25, "{} grpcurl examples", commands.len());
     let path = format!(
         "{}:{}",

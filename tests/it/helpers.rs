@@ -26,7 +26,7 @@ pub use flash_testing_support::{free_port, timestamp};
 pub const PROGRAM: &str = "acme";
 
 /// The admin connection tests create their databases with.
-fn admin_url() -> String {
+pub fn admin_url() -> String {
     std::env::var("FLASH_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
@@ -65,6 +65,8 @@ pub struct TestApp {
     /// scope, a rate no test reaches.
     pub admin_token: String,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The serving task: done once a shutdown let every in-flight call finish.
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestApp {
@@ -115,7 +117,7 @@ impl Drop for TestApp {
 /// a failure is printed, never a panic in `drop`. `WITH (FORCE)` ends the sessions the
 /// server's pool still holds. Runs on a thread of its own with its own runtime, so it is
 /// safe from any runtime (or none) and waits until the database is gone.
-fn drop_database(database_url: &str) {
+pub fn drop_database(database_url: &str) {
     let Some(name) = database_url.rsplit('/').next().map(str::to_owned) else {
         return;
     };
@@ -169,6 +171,9 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     // Generous on a shared 2-core machine: these tests check outcomes, not latency.
     settings.lock_timeout_ms = 20_000;
     settings.statement_timeout_ms = 30_000;
+    // Tests that race 100 calls check the ledger's answers, not load shedding (the limits
+    // tests set their own): far above any test's concurrency.
+    settings.max_in_flight = Some(10_000);
     customize(&mut settings);
     let clock = ManualClock::starting_at(start_of_test());
     let app = Application::build(&settings, Arc::new(clock.clone()))
@@ -192,7 +197,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         .expect("create the tests' client");
     let admin_token = admin.expose().to_owned();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.serve(async {
+    let served = tokio::spawn(app.serve(async {
         let _ = stop.await;
     }));
     let endpoint = format!("http://{address}");
@@ -219,10 +224,11 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         service,
         database_url,
         shutdown: Some(shutdown),
+        served: Some(served),
     }
 }
 
-async fn create_database() -> String {
+pub async fn create_database() -> String {
     let name = format!("flash_test_{}", Uuid::new_v4().simple());
     let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
         .await
@@ -271,6 +277,41 @@ pub fn quintillion_rules() -> proto::ProgramRules {
 }
 
 impl TestApp {
+    /// Starts the server's graceful shutdown and hands back its serving task, which ends
+    /// once the calls in flight are answered.
+    pub fn shut_down(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.served.take().expect("the server is served once")
+    }
+
+    /// Rows in every table of the test database, by table: what "nothing was written"
+    /// is checked against when any table could have been touched.
+    pub async fn table_row_counts(&self) -> std::collections::BTreeMap<String, i64> {
+        let client = self.db.get().await.unwrap();
+        let tables: Vec<String> = client
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut counts = std::collections::BTreeMap::new();
+        for table in tables {
+            let row = client
+                .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+                .await
+                .unwrap();
+            counts.insert(table, row.get(0));
+        }
+        counts
+    }
+
     pub async fn create_program(&mut self, rules: proto::ProgramRules) {
         self.create_named_program(PROGRAM, rules).await;
     }
