@@ -119,7 +119,7 @@ impl Clients {
             if subject.is_empty() || subject.chars().count() > CERT_SUBJECT_MAX_CHARS {
                 return Err(Error::invalid(
                     "cert_subject",
-                    &format!("must be 1 to {CERT_SUBJECT_MAX_CHARS} characters"),
+                    format!("must be 1 to {CERT_SUBJECT_MAX_CHARS} characters"),
                 ));
             }
         }
