@@ -36,16 +36,22 @@ bootstrap:
 build:
 	cargo build --bin flash
 
-# Migrates, creates the demo program (idempotent) and serves on $(FLASH_LISTEN).
+# Migrates, creates the demo program (idempotent) and the local admin client, prints how to
+# call as it, and serves on $(FLASH_LISTEN).
 # The contact hash key of this checkout, made on first run (never committed: .gitignore).
 CONTACT_KEY_FILE := .flash/contact-hash-key
+# The bearer token of `local-admin` (every program, every scope), made on first run and
+# again only when it stops authenticating (scripts/local-admin.sh).
+ADMIN_TOKEN_FILE := .flash/admin-token
+WITH_CONTACT_KEY := FLASH_CONTACT_HASH_KEY="$${FLASH_CONTACT_HASH_KEY:-$$(cat $(CONTACT_KEY_FILE))}"
 
 run: bootstrap build
 	@mkdir -p .flash && [ -s $(CONTACT_KEY_FILE) ] || \
 	  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(CONTACT_KEY_FILE))
 	$(FLASH) migrate
 	$(FLASH) demo
-	FLASH_CONTACT_HASH_KEY="$${FLASH_CONTACT_HASH_KEY:-$$(cat $(CONTACT_KEY_FILE))}" $(FLASH) serve
+	$(WITH_CONTACT_KEY) scripts/local-admin.sh $(FLASH) $(ADMIN_TOKEN_FILE) $(FLASH_LISTEN)
+	$(WITH_CONTACT_KEY) $(FLASH) serve
 
 # The walkthrough: its own `flash serve` (database flash_demo, dropped and created again, a
 # free port) and its own redis-server walk an award and its replay, a FIFO spend, a cap

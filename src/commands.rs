@@ -314,6 +314,14 @@ pub async fn clients(
             }),
             Err(invalid) => Err(invalid.into()),
         },
+        ClientsCommand::Check => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            clients
+                .authenticate(token.trim())
+                .await
+                .map(|(caller, _)| println!("the token authenticates client {}", caller.name))
+        }
         ClientsCommand::Rotate {
             name,
             grace_seconds,

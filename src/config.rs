@@ -79,6 +79,9 @@ pub enum ClientsCommand {
     List,
     /// Revoke a client: every replica refuses it within FLASH_CLIENTS_REFRESH_MS.
     Revoke { name: String },
+    /// Check a bearer token, read from standard input (never an argument, which every user
+    /// of the machine can see): exits 0 when it authenticates a live client, 2 when not.
+    Check,
     /// Give a client a new secret (printed once, alone on the last line); the old one stays
     /// valid for the grace period.
     Rotate {

@@ -2,13 +2,18 @@
 history, and reads the errors' details as a program would (google.rpc.Status details).
 
     scripts/python-env.sh                       # target/py-venv with grpcio and grpcio-tools
+    export FLASH_TOKEN="$(cat .flash/admin-token)"   # the token `make run` printed
     target/py-venv/bin/python examples/python/client.py localhost:50051 demo
+
+Every call sends the bearer token in FLASH_TOKEN (`authorization: Bearer <token>`): the
+client needs the scopes award, spend, read and referrals on the program.
 
 The stubs are generated from proto/ by grpcio-tools when the client starts, into
 target/python-stubs; nothing generated is committed. Exits 1 when an answer is not the one
 expected.
 """
 
+import collections
 import os
 import sys
 import uuid
@@ -47,6 +52,38 @@ from flash.loyalty.v1 import ledger_pb2, ledger_pb2_grpc  # noqa: E402
 from flash.loyalty.v1 import referrals_pb2, referrals_pb2_grpc  # noqa: E402
 
 
+class _CallDetails(
+        collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                "wait_for_ready", "compression")),
+        grpc.ClientCallDetails):
+    pass
+
+
+class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+             grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to the metadata of every call."""
+
+    def __init__(self, token):
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        return _CallDetails(details.method, details.timeout,
+                            list(details.metadata or []) + [self.header], details.credentials,
+                            details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
 def details(error):
     """The ErrorInfo, BadRequest and RetryInfo carried by a refusal."""
     found = {}
@@ -67,8 +104,8 @@ def expect(condition, what):
         sys.exit(f"unexpected: {what}")
 
 
-def main(address, program):
-    channel = grpc.insecure_channel(address)
+def main(address, program, token):
+    channel = grpc.intercept_channel(grpc.insecure_channel(address), Bearer(token))
     ledger = ledger_pb2_grpc.LedgerStub(channel)
     member = str(uuid.uuid4())
     ledger.EnrollMember(ledger_pb2.EnrollMemberRequest(program_id=program, member_id=member))
@@ -140,5 +177,8 @@ def main(address, program):
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: client.py HOST:PORT PROGRAM_ID")
-    main(sys.argv[1], sys.argv[2])
+        sys.exit("usage: FLASH_TOKEN=<token> client.py HOST:PORT PROGRAM_ID")
+    if not os.environ.get("FLASH_TOKEN"):
+        sys.exit("set FLASH_TOKEN to a client's bearer token (`make run` keeps one in "
+                 ".flash/admin-token; `flash clients add` prints one)")
+    main(sys.argv[1], sys.argv[2], os.environ["FLASH_TOKEN"])

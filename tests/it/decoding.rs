@@ -58,16 +58,18 @@ fn small_varint(tag: u8, value: u8) -> Vec<u8> {
     vec![tag << 3, value]
 }
 
-async fn call(channel: Channel, path: &'static str, message: Vec<u8>) -> Status {
+/// Sends `message` as it is to `path`, as the client of `token`.
+async fn call(channel: Channel, token: &str, path: &'static str, message: Vec<u8>) -> Status {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII metadata"),
+    );
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    grpc.unary(
-        tonic::Request::new(message),
-        PathAndQuery::from_static(path),
-        RawBytes,
-    )
-    .await
-    .expect_err("a message that is not valid protobuf is refused")
+    grpc.unary(request, PathAndQuery::from_static(path), RawBytes)
+        .await
+        .expect_err("a message that is not valid protobuf is refused")
 }
 
 #[tokio::test]
@@ -113,7 +115,7 @@ async fn invalid_utf8_in_a_string_field_is_an_invalid_argument_and_writes_nothin
         ),
     ];
     for (path, message) in cases {
-        let status = call(channel.clone(), path, message).await;
+        let status = call(channel.clone(), &app.admin_token, path, message).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
         assert!(
             status.message().starts_with("request"),

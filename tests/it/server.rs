@@ -1,5 +1,6 @@
-//! What engineers with grpcurl rely on: reflection lists every service and health answers.
-use crate::helpers::spawn_app;
+//! What engineers with grpcurl rely on: reflection lists every service to any client, and
+//! health answers anyone, without credentials.
+use crate::helpers::{spawn_app, Bearer};
 use tonic::transport::Channel;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_reflection::pb::v1::{
@@ -7,15 +8,19 @@ use tonic_reflection::pb::v1::{
     server_reflection_response::MessageResponse, ServerReflectionRequest,
 };
 
+/// Reflection as a client of one program with one scope: any valid token will do.
 #[tokio::test]
 async fn reflection_lists_every_service_without_proto_files() {
     let app = spawn_app().await;
+    let token = app
+        .add_client("reflection", &["elsewhere"], &["award"], None)
+        .await;
     let channel = Channel::from_shared(format!("http://{}", app.address))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut reflection = ServerReflectionClient::new(channel);
+    let mut reflection = ServerReflectionClient::with_interceptor(channel, Bearer::new(&token));
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -47,6 +52,7 @@ async fn reflection_lists_every_service_without_proto_files() {
     }
 }
 
+/// Health needs no credentials (load balancers have none).
 #[tokio::test]
 async fn health_reports_the_ledger_serving() {
     let app = spawn_app().await;

@@ -143,6 +143,9 @@ async fn serve(customize: impl FnOnce(&mut Settings)) -> TlsServer {
         .await
         .expect("build the TLS server");
     assert!(app.tls());
+    flash_loyalty::store::migrate(app.pool())
+        .await
+        .expect("migrate");
     let address = app.local_addr();
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(app.serve(async {
@@ -325,6 +328,22 @@ async fn the_readme_tls_grpcurl_examples_run_as_written() {
     let venv = python_env();
     let pki = Pki::make();
     let server = serve(|settings| pki.settings(settings, true)).await;
+    // The README's client of that certificate.
+    let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_flash"));
+    add.env("FLASH_DATABASE_URL", &server.database_url)
+        .env("FLASH_CONTACT_HASH_KEY", TEST_CONTACT_KEY)
+        .env("FLASH_LOG", "warn")
+        .args([
+            "clients",
+            "add",
+            "marketplace",
+            "--programs",
+            "*",
+            "--scopes",
+            "read",
+        ])
+        .args(["--cert-subject", "CN=marketplace,O=Acme"]);
+    assert!(add.output().unwrap().status.success());
     let commands: Vec<String> = readme_grpcurl_commands()
         .into_iter()
         .filter(|command| command.contains("-cacert"))

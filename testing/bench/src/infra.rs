@@ -84,13 +84,18 @@ pub struct FlashEnv {
 }
 
 impl FlashEnv {
-    fn command(&self, subcommand: &str) -> Command {
+    /// `flash` with the run's environment, no arguments yet.
+    fn flash(&self) -> Command {
         let mut command = Command::new(&self.binary);
         command
-            .arg(subcommand)
             .env("FLASH_DATABASE_URL", &self.database_url)
             .env("FLASH_REDIS_URL", &self.redis_url)
             .env("FLASH_REDIS_PREFIX", &self.redis_prefix)
+            // The server's key, which `flash clients add` hashes client secrets under too.
+            .env(
+                "FLASH_CONTACT_HASH_KEY",
+                "bench-contact-hash-key-of-at-least-32-bytes",
+            )
             .env("FLASH_LOG", "warn")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null());
@@ -98,6 +103,18 @@ impl FlashEnv {
             command.env("FLASH_DB_POOL_SIZE", size.to_string());
         }
         command
+    }
+
+    fn command(&self, subcommand: &str) -> Command {
+        let mut command = self.flash();
+        command.arg(subcommand);
+        command
+    }
+
+    /// `flash clients add`: the benchmark's client (every program, every scope, a rate the
+    /// load never reaches), and its bearer token.
+    pub fn add_client(&self) -> anyhow::Result<String> {
+        process::add_client(self.flash(), "bench", "*", "*", 1_000_000)
     }
 
     /// `flash migrate`: the schema exactly as the service creates it.
@@ -120,10 +137,7 @@ impl FlashEnv {
     pub fn serve(&self, log: &Path) -> anyhow::Result<Server> {
         // The API alone: background jobs would run beside the measured load.
         let mut serve = self.command("serve");
-        serve.arg("--no-workers").env(
-            "FLASH_CONTACT_HASH_KEY",
-            "bench-contact-hash-key-of-at-least-32-bytes",
-        );
+        serve.arg("--no-workers");
         FlashServer::start(serve, log)
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC side: the benchmark program, seeding through `EnrollMember` and `AwardBatch`,
 //! and the timed workloads, each client on its own connection.
 use flash_loyalty::grpc::proto::{self, ledger_client::LedgerClient};
+use flash_testing_support::dispatch::{Authed, Bearer};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -8,7 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 pub const PROGRAM: &str = "bench";
 pub const CURRENCY: &str = "USD";
@@ -29,35 +30,52 @@ pub fn member_id(index: usize) -> String {
     format!("00000000-0000-4000-8000-{index:012}")
 }
 
-pub async fn connect(endpoint: &str) -> anyhow::Result<LedgerClient<Channel>> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
-    Ok(LedgerClient::new(channel))
+/// The server under load and the client the benchmark calls it as.
+pub struct Api {
+    pub endpoint: String,
+    /// The bearer token of the benchmark's client (every scope, a rate the load never
+    /// reaches), sent with every call.
+    pub token: String,
+}
+
+impl Api {
+    async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(Endpoint::from_shared(self.endpoint.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await?)
+    }
+
+    /// A ledger client on a connection of its own.
+    pub async fn connect(&self) -> anyhow::Result<LedgerClient<Authed>> {
+        Ok(LedgerClient::with_interceptor(
+            self.channel().await?,
+            Bearer::new(&self.token),
+        ))
+    }
 }
 
 /// USD, one point a dollar, no daily cap (it never binds), points valid a year.
-pub async fn create_program(endpoint: &str) -> anyhow::Result<()> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())?
-        .connect()
-        .await?;
-    proto::programs_client::ProgramsClient::new(channel)
-        .create_program(proto::CreateProgramRequest {
-            program_id: PROGRAM.into(),
-            name: "Benchmark".into(),
-            rules: Some(proto::ProgramRules {
-                currency: CURRENCY.into(),
-                timezone: "UTC".into(),
-                base_rate_bp: 10_000,
-                min_amount_minor: 100,
-                daily_cap_points: None,
-                points_validity_days: 365,
-                tiers: vec![],
-                ..Default::default()
-            }),
-        })
-        .await?;
+pub async fn create_program(api: &Api) -> anyhow::Result<()> {
+    proto::programs_client::ProgramsClient::with_interceptor(
+        api.channel().await?,
+        Bearer::new(&api.token),
+    )
+    .create_program(proto::CreateProgramRequest {
+        program_id: PROGRAM.into(),
+        name: "Benchmark".into(),
+        rules: Some(proto::ProgramRules {
+            currency: CURRENCY.into(),
+            timezone: "UTC".into(),
+            base_rate_bp: 10_000,
+            min_amount_minor: 100,
+            daily_cap_points: None,
+            points_validity_days: 365,
+            tiers: vec![],
+            ..Default::default()
+        }),
+    })
+    .await?;
     Ok(())
 }
 
@@ -81,8 +99,8 @@ impl SeedRate {
 }
 
 /// Enrols members `1..=members`, `concurrency` calls at a time.
-pub async fn enrol(endpoint: &str, members: usize, concurrency: usize) -> anyhow::Result<SeedRate> {
-    let client = connect(endpoint).await?;
+pub async fn enrol(api: &Api, members: usize, concurrency: usize) -> anyhow::Result<SeedRate> {
+    let client = api.connect().await?;
     let started = Instant::now();
     let results: Vec<Result<(), tonic::Code>> = futures::stream::iter(1..=members)
         .map(|index| {
@@ -119,13 +137,13 @@ pub async fn enrol(endpoint: &str, members: usize, concurrency: usize) -> anyhow
 /// Seeded awards `from..to` (0-based, global): award `k` goes to member `k % members + 1`,
 /// so the first `min(to, members)` members all hold points.
 pub async fn seed_awards(
-    endpoint: &str,
+    api: &Api,
     members: usize,
     from: usize,
     to: usize,
     concurrency: usize,
 ) -> anyhow::Result<SeedRate> {
-    let client = connect(endpoint).await?;
+    let client = api.connect().await?;
     let occurred_at = timestamp_ago(Duration::from_secs(3_600));
     let batches: Vec<std::ops::Range<usize>> = (from..to)
         .step_by(SEED_BATCH_SIZE)
@@ -232,7 +250,7 @@ impl Measured {
 /// call at a time. `tag` makes the idempotency keys and purchase references of this run
 /// unlike any other's.
 pub async fn run(
-    endpoint: &str,
+    api: &Api,
     mix: &Mix,
     clients: usize,
     duration: Duration,
@@ -240,7 +258,7 @@ pub async fn run(
 ) -> anyhow::Result<Measured> {
     let mut connected = Vec::with_capacity(clients);
     for _ in 0..clients {
-        connected.push(connect(endpoint).await?);
+        connected.push(api.connect().await?);
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let tasks: Vec<_> = connected
@@ -273,7 +291,7 @@ pub async fn run(
 }
 
 async fn client_loop(
-    mut client: LedgerClient<Channel>,
+    mut client: LedgerClient<Authed>,
     mix: &Mix,
     deadline: Instant,
     prefix: &str,

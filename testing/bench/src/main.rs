@@ -153,6 +153,7 @@ struct Bench {
     cli: Cli,
     database: Database,
     server: Server,
+    api: load::Api,
     pgbench: Pgbench,
     proc_stats: ProcStats,
     cells: usize,
@@ -181,7 +182,7 @@ impl Bench {
         let pid = self.server.pid();
         let cpu_before = self.proc_stats.cpu_time(pid);
         let tag = format!("c{}", self.cells);
-        let ours = load::run(&self.server.endpoint(), &mix, clients, duration, &tag).await?;
+        let ours = load::run(&self.api, &mix, clients, duration, &tag).await?;
         let server_cpu = cpu_before
             .zip(self.proc_stats.cpu_time(pid))
             .map(|(before, after)| after.saturating_sub(before));
@@ -265,13 +266,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     say(&format!("recreating database {}", database.name));
     database.recreate().await?;
     flash.migrate()?;
+    let token = flash.add_client()?;
     let server = flash.serve(&cli.out.join("server.log"))?;
     say(&format!(
         "flash serve (pid {}) on {}",
         server.pid(),
         server.endpoint()
     ));
-    load::create_program(&server.endpoint()).await?;
+    let api = load::Api {
+        endpoint: server.endpoint(),
+        token,
+    };
+    load::create_program(&api).await?;
 
     let mut report = Report {
         command,
@@ -296,16 +302,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut bench = Bench {
         database,
         server,
+        api,
         pgbench,
         proc_stats: ProcStats::new(),
         cells: 0,
         cli,
     };
     let cpu_start = bench.proc_stats.cpu_time(bench.server.pid());
-    let endpoint = bench.server.endpoint();
 
     say(&format!("enrolling {} members", bench.cli.members));
-    let rate = load::enrol(&endpoint, bench.cli.members, bench.cli.seed_concurrency * 4).await?;
+    let rate = load::enrol(
+        &bench.api,
+        bench.cli.members,
+        bench.cli.seed_concurrency * 4,
+    )
+    .await?;
     say(&format!("enrolled at {:.0}/s", rate.per_second()));
     report.seeding.push(Seeding {
         what: "EnrollMember".into(),
@@ -317,7 +328,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     for (index, size) in sizes.iter().copied().enumerate() {
         say(&format!("seeding awards up to {size} entries"));
         let rate = load::seed_awards(
-            &endpoint,
+            &bench.api,
             bench.cli.members,
             seeded,
             size,

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 pub const DATABASE: &str = "flash";
 
+/// The contact hash key of every `flash` process of a run.
+const CONTACT_HASH_KEY: &str = "chaos-contact-hash-key-of-at-least-32-bytes";
+
 /// Runs a blocking closure without stalling the runtime's other tasks.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -227,6 +230,9 @@ pub struct Infra {
     pub redis_prefix: String,
     /// The highest VmRSS seen of any server, in KiB.
     pub max_rss_kib: Arc<AtomicU64>,
+    /// The bearer token of the run's client (`chaos`: every program, every scope, a rate
+    /// the workload never reaches): every call of the run sends it.
+    pub token: String,
     _root: TempDir,
 }
 
@@ -277,7 +283,7 @@ impl Infra {
         let redis =
             blocking(|| PrivateRedis::start(Some(&root.0))).context("starting redis-server")?;
         let proxy = Proxy::start(([127, 0, 0, 1], redis.port).into()).await?;
-        let infra = Arc::new(Infra {
+        let mut infra = Infra {
             servers: (0..servers)
                 .map(|index| {
                     Mutex::new(Server {
@@ -295,9 +301,22 @@ impl Infra {
             flash,
             redis_prefix: format!("chaos{seed}:"),
             max_rss_kib: Arc::new(AtomicU64::new(0)),
+            token: String::new(),
             _root: root,
-        });
+        };
         infra.create_database().await?;
+        // `flash clients add` migrates the database first, before any server starts.
+        infra.token = blocking(|| {
+            flash_testing_support::process::add_client(
+                infra.flash_command(),
+                "chaos",
+                "*",
+                "*",
+                1_000_000,
+            )
+        })
+        .context("creating the run's API client")?;
+        let infra = Arc::new(infra);
         for index in 0..servers {
             infra.start_server(index)?;
         }
@@ -345,6 +364,8 @@ impl Infra {
             .env("FLASH_DATABASE_URL", self.database_url())
             .env("FLASH_REDIS_URL", self.redis_url())
             .env("FLASH_REDIS_PREFIX", &self.redis_prefix)
+            // The servers' key, which `flash clients add` hashes client secrets under too.
+            .env("FLASH_CONTACT_HASH_KEY", CONTACT_HASH_KEY)
             .env(
                 "FLASH_LOG",
                 std::env::var("FLASH_CHAOS_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
@@ -371,10 +392,6 @@ impl Infra {
             .env("FLASH_LISTEN", format!("127.0.0.1:{}", server.port))
             .env("FLASH_HTTP_LISTEN", "")
             .env("FLASH_DB_POOL_SIZE", "12")
-            .env(
-                "FLASH_CONTACT_HASH_KEY",
-                "chaos-contact-hash-key-of-at-least-32-bytes",
-            )
             // The workers run beside the API in every server: killed mid-job with it.
             .env("FLASH_WORKER_INTERVAL_SECONDS", "1")
             .env("FLASH_JOB_LEASE_SECONDS", "5")

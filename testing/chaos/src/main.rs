@@ -17,6 +17,7 @@ mod workload;
 
 use clap::Parser;
 use flash_loyalty::grpc::proto::{self, programs_client::ProgramsClient};
+use flash_testing_support::dispatch::Bearer;
 use infra::Infra;
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -172,13 +173,14 @@ pub const REENGAGEMENT_BONUS: i64 = 15;
 
 async fn create_program(
     endpoint: &str,
+    token: &str,
     daily_cap_points: i64,
     validity_days: i32,
 ) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(Duration::from_secs(1))
         .connect_lazy();
-    let mut programs = ProgramsClient::new(channel);
+    let mut programs = ProgramsClient::with_interceptor(channel, Bearer::new(token));
     let request = proto::CreateProgramRequest {
         program_id: PROGRAM.into(),
         name: "Chaos".into(),
@@ -259,11 +261,19 @@ async fn run_with(config: &RunConfig, infra: &Arc<Infra>, report: &mut Report) {
     let daily_cap_points = setup_rng.random_range(150..=600);
     let validity_days = setup_rng.random_range(1..=2);
     let endpoints = infra.endpoints();
-    if let Err(error) = create_program(&endpoints[0], daily_cap_points, validity_days).await {
+    if let Err(error) =
+        create_program(&endpoints[0], &infra.token, daily_cap_points, validity_days).await
+    {
         report.failures.push(format!("setup: {error:#}"));
         return;
     }
-    let ctx = Arc::new(Ctx::new(seed, &endpoints, &mut setup_rng, config.members));
+    let ctx = Arc::new(Ctx::new(
+        seed,
+        &endpoints,
+        &infra.token,
+        &mut setup_rng,
+        config.members,
+    ));
     *ctx.give_up_at.lock().unwrap() = Some(Instant::now() + Duration::from_secs(60));
     if let Err(error) = ctx.enroll_all(&mut setup_rng).await {
         report.failures.push(format!("setup: {error:#}"));

@@ -2,7 +2,7 @@
 //! retrying a call that got no definite answer with the same idempotency key, and the model
 //! of every key's fate the final checks compare the ledger with.
 use flash_loyalty::grpc::proto;
-use flash_testing_support::dispatch::{Clients, Rpc};
+use flash_testing_support::dispatch::{Authed, Bearer, Clients, Rpc};
 use flash_testing_support::timestamp;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -245,7 +245,13 @@ fn no_definite_answer(status: &Status) -> bool {
 }
 
 impl Ctx {
-    pub fn new(seed: u64, endpoints: &[String], rng: &mut ChaCha8Rng, members: usize) -> Ctx {
+    pub fn new(
+        seed: u64,
+        endpoints: &[String],
+        token: &str,
+        rng: &mut ChaCha8Rng,
+        members: usize,
+    ) -> Ctx {
         let clients = endpoints
             .iter()
             .map(|endpoint| {
@@ -254,7 +260,7 @@ impl Ctx {
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
                     .connect_lazy();
-                Clients::new(channel)
+                Clients::new(channel, Bearer::new(token))
             })
             .collect();
         // As many referee slots as members.
@@ -1312,7 +1318,7 @@ impl Ctx {
     pub fn events_client(
         &self,
         rng: &mut ChaCha8Rng,
-    ) -> flash_loyalty::grpc::proto::events_client::EventsClient<tonic::transport::Channel> {
+    ) -> flash_loyalty::grpc::proto::events_client::EventsClient<Authed> {
         use rand::Rng;
         self.clients[rng.random_range(0..self.clients.len())]
             .events

@@ -35,27 +35,41 @@ pub struct World {
     pub redis: PrivateRedis,
     pub flash: PathBuf,
     pub database_url: String,
+    /// The bearer token of the walkthrough's client (`demo`: every program, every scope),
+    /// sent with every call.
+    pub token: String,
 }
 
 impl World {
-    /// Starts a private Redis, then `flash serve` (which migrates the database) against it.
+    /// Starts a private Redis, then `flash serve` (which migrates the database) against it,
+    /// then creates the client the walkthrough calls as.
     pub fn start(database_url: String, log: &Path) -> anyhow::Result<World> {
         let flash = process::flash_binary("cargo build --workspace --bins")?;
         let redis = PrivateRedis::start(None).context("starting a private redis-server")?;
-        let mut serve = flash_command(&flash, &database_url, &redis, "serve");
-        serve.env("FLASH_CONTACT_HASH_KEY", CONTACT_HASH_KEY);
+        let mut serve = flash_command(&flash, &database_url, &redis);
+        serve.arg("serve");
         let server = FlashServer::start(serve, log)?;
+        let token = process::add_client(
+            flash_command(&flash, &database_url, &redis),
+            "demo",
+            "*",
+            "*",
+            1_000,
+        )?;
         Ok(World {
             server,
             redis,
             flash,
             database_url,
+            token,
         })
     }
 
     /// A `flash` command against the walkthrough's database and Redis.
     pub fn flash_command(&self, subcommand: &str) -> Command {
-        flash_command(&self.flash, &self.database_url, &self.redis, subcommand)
+        let mut command = flash_command(&self.flash, &self.database_url, &self.redis);
+        command.arg(subcommand);
+        command
     }
 
     /// Runs `flash <args>` to completion.
@@ -68,15 +82,12 @@ impl World {
     }
 }
 
-fn flash_command(
-    flash: &Path,
-    database_url: &str,
-    redis: &PrivateRedis,
-    subcommand: &str,
-) -> Command {
+/// `flash` against the walkthrough's database and Redis, with its server's contact hash key
+/// (`flash clients add` hashes client secrets under it too); no arguments yet.
+fn flash_command(flash: &Path, database_url: &str, redis: &PrivateRedis) -> Command {
     let mut command = Command::new(flash);
     command
-        .arg(subcommand)
+        .env("FLASH_CONTACT_HASH_KEY", CONTACT_HASH_KEY)
         .env("FLASH_DATABASE_URL", database_url)
         .env("FLASH_REDIS_URL", redis.url())
         .env("FLASH_REDIS_PREFIX", "flash-demo:")

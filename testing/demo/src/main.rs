@@ -19,6 +19,7 @@ use flash_loyalty::grpc::proto::{
     self, events_client::EventsClient, ledger_client::LedgerClient,
     programs_client::ProgramsClient, tiers_client::TiersClient, PurchaseSource,
 };
+use flash_testing_support::dispatch::{Authed, Bearer};
 use flash_testing_support::process::ScratchDatabase;
 use infra::World;
 use std::path::Path;
@@ -123,10 +124,10 @@ async fn run(database: &ScratchDatabase, log: &Path) -> anyhow::Result<()> {
 struct Demo {
     world: World,
     db: tokio_postgres::Client,
-    programs: ProgramsClient<Channel>,
-    ledger: LedgerClient<Channel>,
-    tiers: TiersClient<Channel>,
-    events: EventsClient<Channel>,
+    programs: ProgramsClient<Authed>,
+    ledger: LedgerClient<Authed>,
+    tiers: TiersClient<Authed>,
+    events: EventsClient<Authed>,
     member: String,
     step: u32,
 }
@@ -168,14 +169,16 @@ fn say(line: impl AsRef<str>) {
 }
 
 impl Demo {
+    /// The walkthrough calling over `channel` as the world's client.
     fn new(world: World, db: tokio_postgres::Client, channel: Channel) -> Demo {
+        let bearer = Bearer::new(&world.token);
         Demo {
+            programs: ProgramsClient::with_interceptor(channel.clone(), bearer.clone()),
+            ledger: LedgerClient::with_interceptor(channel.clone(), bearer.clone()),
+            tiers: TiersClient::with_interceptor(channel.clone(), bearer.clone()),
+            events: EventsClient::with_interceptor(channel, bearer),
             world,
             db,
-            programs: ProgramsClient::new(channel.clone()),
-            ledger: LedgerClient::new(channel.clone()),
-            tiers: TiersClient::new(channel.clone()),
-            events: EventsClient::new(channel),
             member: uuid::Uuid::new_v4().to_string(),
             step: 0,
         }
