@@ -53,5 +53,6 @@ Calling as client $name (every program, every scope); its token is in $token_fil
     -d '{"program_id": "demo"}' $listen flash.loyalty.v1.Programs/GetProgram
 
 For the README's examples: export FLASH_TOKEN="\$(cat $token_file)"
+The referral graph page: http://${FLASH_HTTP_LISTEN:-127.0.0.1:8080}/graph/demo#token=$token
 
 MESSAGE

@@ -15,8 +15,7 @@
 //!   the wait ends: a unit of work already spawned (`run_to_completion`) still commits or
 //!   rolls back. (tonic's own `Server::timeout` answers CANCELLED, outside every layer, so
 //!   neither the span nor the metrics would see the call; this one sits inside both.)
-use crate::grpc::ERROR_DOMAIN;
-use std::collections::HashMap;
+use crate::service::Error;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,12 +24,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tonic::codegen::http;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// How long a shed caller should wait before retrying.
-const SHED_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 /// The paths never shed: a probe must see an overloaded server as alive.
 const NEVER_SHED: &[&str] = &["/grpc.health.v1.Health/"];
@@ -111,20 +106,9 @@ fn is_too_large(status: &Status) -> bool {
 
 /// RESOURCE_EXHAUSTED, reason MESSAGE_TOO_LARGE, the limit in the message and metadata.
 pub fn too_large(max_bytes: usize) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
-        "MESSAGE_TOO_LARGE",
-        ERROR_DOMAIN,
-        HashMap::from([("limit_bytes".to_owned(), max_bytes.to_string())]),
-    );
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        format!(
-            "request: the message is larger than the limit of {max_bytes} bytes \
-             (FLASH_MAX_MESSAGE_BYTES), so nothing was done"
-        ),
-        details,
-    )
+    Status::from(Error::MessageTooLarge {
+        limit_bytes: max_bytes,
+    })
 }
 
 /// Ends the wait for a call's answer at its deadline: the caller's `grpc-timeout` or the
@@ -207,11 +191,9 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 
 /// DEADLINE_EXCEEDED, saying that work already started may still complete.
 pub fn deadline_exceeded(deadline: Duration) -> Status {
-    Status::deadline_exceeded(format!(
-        "no answer within the call's deadline of {} ms; a write that had started may still \
-         commit: retry with the same idempotency key to learn its outcome",
-        deadline.as_millis()
-    ))
+    Status::from(Error::DeadlineExceeded {
+        deadline_ms: deadline.as_millis(),
+    })
 }
 
 /// At most `max` calls served at once; the others refused at once (load shedding).
@@ -299,27 +281,14 @@ where
 
 /// UNAVAILABLE, reason OVERLOADED, with RetryInfo: the server is shedding load.
 pub fn overloaded(max: usize) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
-        "OVERLOADED",
-        ERROR_DOMAIN,
-        HashMap::from([("max_in_flight".to_owned(), max.to_string())]),
-    );
-    details.set_retry_info(Some(SHED_RETRY_AFTER));
-    Status::with_error_details(
-        Code::Unavailable,
-        format!(
-            "the server is shedding load: {max} calls are already in flight \
-             (FLASH_MAX_IN_FLIGHT); nothing was done, retry shortly"
-        ),
-        details,
-    )
+    Status::from(Error::Overloaded { max_in_flight: max })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::convert::Infallible;
+    use tonic_types::StatusExt;
     use tower::{Layer, Service};
 
     #[test]

@@ -41,6 +41,9 @@ pub const ERROR_DOMAIN: &str = "flash.loyalty.v1";
 /// How long a caller should wait before retrying a request refused as UNAVAILABLE.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How long a caller shed under load should wait before retrying.
+const SHED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The one mapping from service errors to gRPC statuses: a code, a message a person can
 /// act on, and details a program can: `google.rpc.ErrorInfo` with a reason (listed in the
 /// README) and metadata, `BadRequest` field violations for an invalid field, `RetryInfo`
@@ -61,6 +64,9 @@ impl From<Error> for Status {
             }
             Error::Unavailable(_) => {
                 details.set_retry_info(Some(RETRY_AFTER));
+            }
+            Error::Overloaded { .. } => {
+                details.set_retry_info(Some(SHED_RETRY_AFTER));
             }
             Error::InviteQuotaExceeded {
                 retry_after: Some(after),
@@ -118,6 +124,9 @@ fn code_and_reason(error: &Error) -> (Code, &'static str) {
         Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
         Error::ScopeMissing { .. } => (Code::PermissionDenied, "SCOPE_MISSING"),
         Error::RateLimited { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
+        Error::MessageTooLarge { .. } => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
+        Error::Overloaded { .. } => (Code::Unavailable, "OVERLOADED"),
+        Error::DeadlineExceeded { .. } => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
         Error::ClientExists { .. } => (Code::AlreadyExists, "CLIENT_EXISTS"),
         Error::ClientNotFound { .. } => (Code::NotFound, "CLIENT_NOT_FOUND"),
         Error::Unavailable(Unavailable::DailyCap) => (Code::Unavailable, "DAILY_CAP_UNAVAILABLE"),
@@ -189,6 +198,10 @@ fn error_metadata(error: &Error) -> HashMap<String, String> {
             ("remaining", remaining.to_string()),
         ],
         Error::InviteNotOpen { status, .. } => vec![("status", (*status).to_owned())],
+        Error::MessageTooLarge { limit_bytes } => vec![("limit_bytes", limit_bytes.to_string())],
+        Error::Overloaded { max_in_flight } => {
+            vec![("max_in_flight", max_in_flight.to_string())]
+        }
         Error::ScopeMissing { client, needs } => {
             vec![("client", client.clone()), ("scope", needs.clone())]
         }

@@ -106,6 +106,25 @@ pub enum Error {
     #[error("no live client named {name}")]
     ClientNotFound { name: String },
 
+    /// The request message is over FLASH_MAX_MESSAGE_BYTES; nothing was done.
+    #[error(
+        "request: the message is larger than the limit of {limit_bytes} bytes \
+         (FLASH_MAX_MESSAGE_BYTES), so nothing was done"
+    )]
+    MessageTooLarge { limit_bytes: usize },
+    /// FLASH_MAX_IN_FLIGHT calls are in flight: the call was shed before doing anything.
+    #[error(
+        "the server is shedding load: {max_in_flight} calls are already in flight \
+         (FLASH_MAX_IN_FLIGHT); nothing was done, retry shortly"
+    )]
+    Overloaded { max_in_flight: usize },
+    /// No answer within the call's deadline; a unit of work already started still ends.
+    #[error(
+        "no answer within the call's deadline of {deadline_ms} ms; a write that had started \
+         may still commit: retry with the same idempotency key to learn its outcome"
+    )]
+    DeadlineExceeded { deadline_ms: u128 },
+
     /// A figure to answer does not fit its int64 field (a total past i64).
     #[error(
         "{field}: the total {value} does not fit an int64 (at most {}); nothing is wrong with \
