@@ -97,6 +97,9 @@ impl FlashEnv {
                 "bench-contact-hash-key-of-at-least-32-bytes",
             )
             .env("FLASH_LOG", "warn")
+            // The bench measures throughput at up to 64 concurrent clients: load shedding
+            // (64 calls in flight by default) would measure the limit instead.
+            .env("FLASH_MAX_IN_FLIGHT", "100000")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null());
         if let Some(size) = self.pool_size {
