@@ -13,7 +13,9 @@ pub(super) fn request_for(
     let key = format!("k-{step}");
     let member_id = |member: usize| model.members[member].clone();
     let by_ref = |key: &str, by_id: bool| {
-        let reference = if by_id {
+        // An entry the second client wrote is named by its id: its key is not the first
+        // client's to name.
+        let reference = if by_id || key.starts_with(OTHER_CLIENT) {
             let (_, response) = &model.claimed[key];
             proto::entry_ref::Ref::EntryId(response.entry_id().to_owned())
         } else {
@@ -502,6 +504,9 @@ pub(super) async fn sweep(
     Ok(())
 }
 
+/// The prefix under which the model keeps the second client's keys.
+const OTHER_CLIENT: &str = "other~";
+
 pub(super) async fn run_case(
     app: &TestApp,
     redis: &fred::prelude::Client,
@@ -688,7 +693,7 @@ pub(super) async fn run_case(
                 // The model keeps the second client's keys under a prefix no key of the
                 // first client has; the wire carries the request as the first client sent
                 // it. Not kept in `sent`: a replay of it is the second client's to send.
-                let seen = wire.in_namespace("other~");
+                let seen = wire.in_namespace(OTHER_CLIENT);
                 which = model.involved(&seen);
                 let expected = model.apply(&seen);
                 let actual = send(&mut other_clients, &wire).await;
