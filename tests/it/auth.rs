@@ -215,32 +215,6 @@ const SCOPES: [&str; 7] = [
     "admin",
 ];
 
-/// The number of rows of every table of the test's database.
-async fn table_counts(app: &TestApp) -> Vec<(String, i64)> {
-    let db = app.db.get().await.unwrap();
-    let tables: Vec<String> = db
-        .query(
-            "SELECT table_name::text FROM information_schema.tables \
-             WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let mut counts = Vec::new();
-    for table in tables {
-        let count: i64 = db
-            .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
-            .await
-            .unwrap()
-            .get(0);
-        counts.push((table, count));
-    }
-    counts
-}
-
 /// A ledger with a member, an award and a spend to name by key.
 async fn seeded() -> (TestApp, String) {
     let mut app = spawn_app().await;
@@ -310,7 +284,7 @@ async fn every_rpc_refuses_each_kind_of_bad_caller_and_writes_nothing() {
         let name = format!("lacks-{}", rpc.to_lowercase());
         lacking.push(app.add_client(&name, &[PROGRAM], &others, None).await);
     }
-    let before = table_counts(&app).await;
+    let before = app.table_row_counts().await;
     for (call, lacking) in calls.iter().zip(&lacking) {
         let rpc = call.rpc();
         let mut refusals = callers.clone();
@@ -335,7 +309,11 @@ async fn every_rpc_refuses_each_kind_of_bad_caller_and_writes_nothing() {
         }
     }
     // The clients were added before the first call; nothing else was written.
-    assert_eq!(table_counts(&app).await, before, "refused calls wrote rows");
+    assert_eq!(
+        app.table_row_counts().await,
+        before,
+        "refused calls wrote rows"
+    );
 
     // The right client: a client holding exactly the scope is let through every RPC (it
     // may still be refused for what it asks, never for who it is).
