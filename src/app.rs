@@ -2,7 +2,8 @@
 use crate::cap::DailyCap;
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::grpc::{self, proto};
+use crate::grpc::limits::{Deadline, InFlight, MessageSize};
+use crate::grpc::{self, around, proto};
 use crate::service::{Clients, Events, Ledger, Programs};
 use crate::store;
 use anyhow::Context;
@@ -11,8 +12,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -210,14 +211,14 @@ impl Application {
         let served = server
             // Outermost first: the span covers the metering too, and both see the calls
             // the limits refuse.
-            .layer(grpc::observe::RpcSpanLayer)
-            .layer(grpc::metered::MeteredLayer)
-            .layer(grpc::limits::DeadlineLayer::new(limits.default_deadline))
-            .layer(grpc::limits::MessageSizeLayer::new(max))
+            .layer(around::layer(grpc::observe::RpcSpan))
+            .layer(around::layer(grpc::metered::Metered))
+            .layer(around::layer(Deadline::new(limits.default_deadline)))
+            .layer(around::layer(MessageSize::new(max)))
             // Authenticated before a permit is taken: a flood of refused calls never holds
             // the permits the clients' calls need.
-            .layer(grpc::auth::AuthLayer::new(self.clients))
-            .layer(grpc::limits::InFlightLayer::new(limits.max_in_flight))
+            .layer(around::layer(grpc::auth::Authenticate::new(self.clients)))
+            .layer(around::layer(InFlight::new(limits.max_in_flight)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -247,7 +248,12 @@ impl Application {
                 proto::ledger_server::LedgerServer::new(grpc::LedgerApi::new(self.ledger))
                     .max_decoding_message_size(max),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(
+                // No Nagle: a response's frames go out at once, not after the peer's
+                // delayed ACK.
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
             .context("gRPC server failed");
         watcher.abort();

@@ -13,7 +13,6 @@ target/python-stubs; nothing generated is committed. Exits 1 when an answer is n
 expected.
 """
 
-import collections
 import os
 import sys
 import uuid
@@ -21,6 +20,8 @@ import uuid
 import grpc
 from grpc_status import rpc_status
 from google.rpc import error_details_pb2
+
+from bearer import Bearer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -50,38 +51,6 @@ def generate_stubs():
 generate_stubs()
 from flash.loyalty.v1 import ledger_pb2, ledger_pb2_grpc  # noqa: E402
 from flash.loyalty.v1 import referrals_pb2, referrals_pb2_grpc  # noqa: E402
-
-
-class _CallDetails(
-        collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials",
-                                                "wait_for_ready", "compression")),
-        grpc.ClientCallDetails):
-    pass
-
-
-class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-             grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
-    """Adds `authorization: Bearer <token>` to the metadata of every call."""
-
-    def __init__(self, token):
-        self.header = ("authorization", f"Bearer {token}")
-
-    def _details(self, details):
-        return _CallDetails(details.method, details.timeout,
-                            list(details.metadata or []) + [self.header], details.credentials,
-                            details.wait_for_ready, details.compression)
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation, details, requests):
-        return continuation(self._details(details), requests)
-
-    def intercept_stream_stream(self, continuation, details, requests):
-        return continuation(self._details(details), requests)
 
 
 def details(error):

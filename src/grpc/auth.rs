@@ -5,12 +5,10 @@
 //! method needs and hands the [`Caller`] to the handler, which checks the program with
 //! [`admit`] (NOT_FOUND for a program outside the client's list, as for one that does not
 //! exist) and scopes idempotency keys by the client.
+use super::around::{Answer, Around, Inner};
 use crate::domain::Scope;
 use crate::service::{Caller, Clients, Credentials, Error};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tonic::{Request, Status};
 
 /// What a method needs of its caller.
@@ -69,64 +67,28 @@ pub fn access(path: &str) -> Access {
     Access::Scoped(scopes)
 }
 
-/// The tower layer authenticating every call.
+/// Authenticates every call.
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct Authenticate {
     clients: Clients,
 }
 
-impl AuthLayer {
+impl Authenticate {
     pub fn new(clients: Clients) -> Self {
         Self { clients }
     }
 }
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Authenticated<S>;
-
-    fn layer(&self, inner: S) -> Authenticated<S> {
-        Authenticated {
-            inner,
-            clients: self.clients.clone(),
-        }
-    }
-}
-
-/// A service wrapped by [`AuthLayer`].
-#[derive(Clone)]
-pub struct Authenticated<S> {
-    inner: S,
-    clients: Clients,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-impl<S, B> tower::Service<http::Request<B>> for Authenticated<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+impl<B: Send + 'static> Around<B, tonic::body::Body> for Authenticate {
+    fn around<S: Inner<B, tonic::body::Body>>(
+        &self,
+        mut request: http::Request<B>,
+        mut inner: S,
+    ) -> Answer<tonic::body::Body, S::Error> {
         let rule = access(request.uri().path());
         if rule == Access::Open {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         }
-        // The ready service answers this call; a fresh clone waits for the next one.
-        let fresh = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, fresh);
         let clients = self.clients.clone();
         let credentials = credentials(&request);
         Box::pin(async move {

@@ -1,81 +1,51 @@
-//! The gRPC server's limits as tower layers, wired in `app.rs` inside the span and the
+//! The gRPC server's limits as [`Around`] layers, wired in `app.rs` inside the span and the
 //! metering (so a refused call is traced and counted like any other):
 //!
-//! - [`MessageSizeLayer`]: a request message over FLASH_MAX_MESSAGE_BYTES (each service
+//! - [`MessageSize`]: a request message over FLASH_MAX_MESSAGE_BYTES (each service
 //!   refuses it with `max_decoding_message_size`, as tonic's OUT_OF_RANGE "Error, decoded
 //!   message length too large") is answered RESOURCE_EXHAUSTED, reason
 //!   `MESSAGE_TOO_LARGE`, with the limit in bytes. The handler never ran: nothing written.
-//! - [`InFlightLayer`]: at most FLASH_MAX_IN_FLIGHT calls at once. A call that finds no
+//! - [`InFlight`]: at most FLASH_MAX_IN_FLIGHT calls at once. A call that finds no
 //!   free permit is refused at once, UNAVAILABLE, reason `OVERLOADED` with
 //!   `google.rpc.RetryInfo`: load is shed before the database pool saturates. The permit
 //!   is held until the response head: the whole of a unary call, the handler of a stream
 //!   (Events.Subscribe) but not the stream it returns. Health checks are never shed.
-//! - [`DeadlineLayer`]: a call gets FLASH_DEFAULT_DEADLINE_MS, or the caller's
+//! - [`Deadline`]: a call gets FLASH_DEFAULT_DEADLINE_MS, or the caller's
 //!   `grpc-timeout` when shorter; past it the caller is answered DEADLINE_EXCEEDED. Only
 //!   the wait ends: a unit of work already spawned (`run_to_completion`) still commits or
 //!   rolls back. (tonic's own `Server::timeout` answers CANCELLED, outside every layer, so
 //!   neither the span nor the metrics would see the call; this one sits inside both.)
+use super::around::{Answer, Around, Inner};
 use crate::service::Error;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tonic::codegen::http;
 use tonic::{Code, Status};
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// The paths never shed: a probe must see an overloaded server as alive.
 const NEVER_SHED: &[&str] = &["/grpc.health.v1.Health/"];
 
 /// Answers tonic's "decoded message length too large" as RESOURCE_EXHAUSTED.
 #[derive(Debug, Clone, Copy)]
-pub struct MessageSizeLayer {
+pub struct MessageSize {
     max_bytes: usize,
 }
 
-impl MessageSizeLayer {
+impl MessageSize {
     /// `max_bytes`: the limit the services were given, said in the answer.
     pub fn new(max_bytes: usize) -> Self {
         Self { max_bytes }
     }
 }
 
-impl<S> tower::Layer<S> for MessageSizeLayer {
-    type Service = MessageSize<S>;
-
-    fn layer(&self, inner: S) -> MessageSize<S> {
-        MessageSize {
-            inner,
-            max_bytes: self.max_bytes,
-        }
-    }
-}
-
-/// A service wrapped by [`MessageSizeLayer`].
-#[derive(Debug, Clone)]
-pub struct MessageSize<S> {
-    inner: S,
-    max_bytes: usize,
-}
-
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for MessageSize<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        let future = self.inner.call(request);
+impl<B, R> Around<B, R> for MessageSize {
+    fn around<S: Inner<B, R>>(
+        &self,
+        request: http::Request<B>,
+        mut inner: S,
+    ) -> Answer<R, S::Error> {
+        let future = inner.call(request);
         let max_bytes = self.max_bytes;
         Box::pin(async move {
             let mut response = future.await?;
@@ -114,56 +84,29 @@ pub fn too_large(max_bytes: usize) -> Status {
 /// Ends the wait for a call's answer at its deadline: the caller's `grpc-timeout` or the
 /// default, whichever is shorter.
 #[derive(Debug, Clone, Copy)]
-pub struct DeadlineLayer {
+pub struct Deadline {
     default: Duration,
 }
 
-impl DeadlineLayer {
+impl Deadline {
     pub fn new(default: Duration) -> Self {
         Self { default }
     }
 }
 
-impl<S> tower::Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-
-    fn layer(&self, inner: S) -> Deadline<S> {
-        Deadline {
-            inner,
-            default: self.default,
-        }
-    }
-}
-
-/// A service wrapped by [`DeadlineLayer`].
-#[derive(Debug, Clone)]
-pub struct Deadline<S> {
-    inner: S,
-    default: Duration,
-}
-
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for Deadline<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
-    S::Future: Send + 'static,
-    ResponseBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+impl<B, R: Default + Send + 'static> Around<B, R> for Deadline {
+    fn around<S: Inner<B, R>>(
+        &self,
+        request: http::Request<B>,
+        mut inner: S,
+    ) -> Answer<R, S::Error> {
         let deadline =
             grpc_timeout(request.headers()).map_or(self.default, |asked| asked.min(self.default));
-        let future = self.inner.call(request);
+        let future = inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(deadline, future).await {
                 Ok(answered) => answered,
-                Err(_) => Ok(deadline_exceeded(deadline).into_http::<ResponseBody>()),
+                Err(_) => Ok(deadline_exceeded(deadline).into_http::<R>()),
             }
         })
     }
@@ -198,12 +141,12 @@ pub fn deadline_exceeded(deadline: Duration) -> Status {
 
 /// At most `max` calls served at once; the others refused at once (load shedding).
 #[derive(Debug, Clone)]
-pub struct InFlightLayer {
+pub struct InFlight {
     permits: Arc<Semaphore>,
     max: usize,
 }
 
-impl InFlightLayer {
+impl InFlight {
     pub fn new(max: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
@@ -217,49 +160,12 @@ impl InFlightLayer {
     }
 }
 
-impl<S> tower::Layer<S> for InFlightLayer {
-    type Service = InFlight<S>;
-
-    fn layer(&self, inner: S) -> InFlight<S> {
-        InFlight {
-            inner,
-            permits: self.permits.clone(),
-            max: self.max,
-        }
-    }
-}
-
-/// A service wrapped by [`InFlightLayer`].
-#[derive(Debug, Clone)]
-pub struct InFlight<S> {
-    inner: S,
-    permits: Arc<Semaphore>,
-    max: usize,
-}
-
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for InFlight<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    RequestBody: Send + 'static,
-    ResponseBody: Default + Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        // The clone that was polled ready serves this call; the fresh clone waits for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl<B: Send + 'static, R: Default + Send + 'static> Around<B, R> for InFlight {
+    fn around<S: Inner<B, R>>(
+        &self,
+        request: http::Request<B>,
+        mut inner: S,
+    ) -> Answer<R, S::Error> {
         let path = request.uri().path();
         if NEVER_SHED.iter().any(|prefix| path.starts_with(prefix)) {
             return Box::pin(inner.call(request));
@@ -272,7 +178,7 @@ where
             }),
             Err(_) => {
                 crate::telemetry::metrics::rpc_shed(&super::metered::method_label(path));
-                let response = overloaded(self.max).into_http::<ResponseBody>();
+                let response = overloaded(self.max).into_http::<R>();
                 Box::pin(std::future::ready(Ok(response)))
             }
         }
@@ -338,12 +244,12 @@ mod tests {
                 Ok::<_, Infallible>(http::Response::new(String::new()))
             }
         });
-        let layer = InFlightLayer::new(1);
-        let mut service = layer.layer(slow);
+        let in_flight = InFlight::new(1);
+        let mut service = crate::grpc::around::layer(in_flight.clone()).layer(slow);
         let request = |path: &str| http::Request::builder().uri(path).body(()).unwrap();
         let first = tokio::spawn(service.call(request("/flash.loyalty.v1.Ledger/Award")));
         tokio::task::yield_now().await;
-        assert_eq!(layer.available(), 0);
+        assert_eq!(in_flight.available(), 0);
         let shed = service
             .call(request("/flash.loyalty.v1.Ledger/Award"))
             .await
@@ -355,6 +261,6 @@ mod tests {
         release.send(true).unwrap();
         assert!(Status::from_header_map(health.await.unwrap().unwrap().headers()).is_none());
         first.await.unwrap().unwrap();
-        assert_eq!(layer.available(), 1);
+        assert_eq!(in_flight.available(), 1);
     }
 }

@@ -1,56 +1,26 @@
 //! A tower layer on the gRPC server that counts every call and times it, by method and
 //! status code, once for every service (`flash_rpc_*` in [`crate::telemetry::metrics`]).
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use super::around::{Answer, Around, Inner};
 use std::time::Instant;
 use tonic::codegen::http;
 use tonic::Code;
 
-/// Wraps the server's routes in [`Metered`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MeteredLayer;
-
-impl<S> tower::Layer<S> for MeteredLayer {
-    type Service = Metered<S>;
-
-    fn layer(&self, inner: S) -> Metered<S> {
-        Metered { inner }
-    }
-}
-
 /// Records each call when its response head is sent: the unary call's answer (its handler
 /// has finished by then), or the start of a stream.
-#[derive(Debug, Clone)]
-pub struct Metered<S> {
-    inner: S,
-}
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Metered;
 
-impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for Metered<S>
-where
-    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    RequestBody: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        // The clone that was polled ready serves this call; the fresh clone waits for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl<B, R> Around<B, R> for Metered {
+    fn around<S: Inner<B, R>>(
+        &self,
+        request: http::Request<B>,
+        mut inner: S,
+    ) -> Answer<R, S::Error> {
         let method = method_label(request.uri().path());
         let started = Instant::now();
+        let future = inner.call(request);
         Box::pin(async move {
-            let answered = inner.call(request).await;
+            let answered = future.await;
             let code = match &answered {
                 Ok(response) => response_code(response),
                 Err(_) => Code::Unknown,

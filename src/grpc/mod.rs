@@ -1,4 +1,5 @@
 //! The gRPC transport: converts proto ↔ domain, calls the service, maps errors. No SQL.
+pub mod around;
 pub mod auth;
 pub mod codec;
 mod events;

@@ -3,50 +3,22 @@
 //! caller's W3C `traceparent` continued when it sends one. Member ids appear only as ids;
 //! contacts, birthdays and secrets never reach a span. The database and Redis calls under it
 //! are its children (`postgres`, `redis` spans of the store and the cap).
+use super::around::{Answer, Around, Inner};
 use opentelemetry::propagation::Extractor;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// The tower layer putting each call in its span.
+/// Puts each call in its span.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RpcSpanLayer;
+pub struct RpcSpan;
 
-impl<S> tower::Layer<S> for RpcSpanLayer {
-    type Service = RpcSpan<S>;
-
-    fn layer(&self, inner: S) -> RpcSpan<S> {
-        RpcSpan { inner }
-    }
-}
-
-/// A service wrapped by [`RpcSpanLayer`].
-#[derive(Debug, Clone)]
-pub struct RpcSpan<S> {
-    inner: S,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-impl<S, B, R> tower::Service<http::Request<B>> for RpcSpan<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    R: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+impl<B, R: Send + 'static> Around<B, R> for RpcSpan {
+    fn around<S: Inner<B, R>>(
+        &self,
+        request: http::Request<B>,
+        mut inner: S,
+    ) -> Answer<R, S::Error> {
         let method = request.uri().path().trim_start_matches('/').to_owned();
         let span = tracing::info_span!(
             "rpc",
@@ -64,7 +36,7 @@ where
         });
         let _ = span.set_parent(parent);
         let started = Instant::now();
-        let future = self.inner.call(request);
+        let future = inner.call(request);
         let recorded = span.clone();
         Box::pin(
             async move {
