@@ -38,7 +38,7 @@ pub fn access(path: &str) -> Access {
     let scopes: &'static [Scope] = match method {
         "Ledger/Award" | "Ledger/AwardBatch" => &[Award],
         // Members are enrolled by the services that credit them.
-        "Ledger/EnrollMember" => &[Award, Referrals],
+        "Ledger/EnrollMember" | "Ledger/EnrollBatch" => &[Award, Referrals],
         "Ledger/Spend" | "Ledger/ReverseSpend" => &[Spend],
         "Ledger/ReverseAward" => &[Refund],
         "Ledger/Adjust" | "Tiers/SetTier" => &[Adjust],
@@ -145,6 +145,7 @@ macro_rules! for_program {
 
 for_program!(
     EnrollMemberRequest,
+    EnrollBatchRequest,
     GetMemberRequest,
     AwardRequest,
     AwardBatchRequest,

@@ -73,14 +73,7 @@ impl LedgerRpc for LedgerApi {
             .into_iter()
             .enumerate()
             .map(|(index, mut award)| {
-                if award.program_id.is_empty() {
-                    award.program_id = program.to_string();
-                } else if award.program_id != program.as_str() {
-                    return Err(Error::invalid(
-                        &format!("awards[{index}].program_id"),
-                        "must be empty or the batch's program_id",
-                    ));
-                }
+                in_batch(&program, "awards", index, &mut award.program_id)?;
                 award_command(&caller.name, award)
             })
             .collect();
@@ -92,17 +85,47 @@ impl LedgerRpc for LedgerApi {
                     Ok(outcome) => {
                         proto::award_batch_result::Outcome::Award(award_message(outcome))
                     }
-                    Err(error) => {
-                        let status = Status::from(error);
-                        proto::award_batch_result::Outcome::Error(proto::AwardBatchItemError {
-                            code: status.code() as i32,
-                            message: status.message().to_owned(),
-                        })
-                    }
+                    Err(error) => proto::award_batch_result::Outcome::Error(item_error(error)),
                 }),
             })
             .collect();
         Ok(Response::new(proto::AwardBatchResponse { results }))
+    }
+
+    async fn enroll_batch(
+        &self,
+        request: Request<proto::EnrollBatchRequest>,
+    ) -> Result<Response<proto::EnrollBatchResponse>, Status> {
+        let (caller, request) = super::auth::admit(request)?;
+        let program = ProgramId::parse(&request.program_id).map_err(Error::from)?;
+        let commands = request
+            .members
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut member)| {
+                in_batch(&program, "members", index, &mut member.program_id)?;
+                enroll_command(&caller.name, member)
+            })
+            .collect();
+        let results = self.ledger.enroll_batch(commands).await?;
+        let results = results
+            .into_iter()
+            .map(|result| {
+                let outcome = match result {
+                    Ok((member, already_enrolled)) => {
+                        proto::enroll_batch_result::Outcome::Member(proto::EnrollMemberResponse {
+                            member: Some(member_message(member)?),
+                            already_enrolled,
+                        })
+                    }
+                    Err(error) => proto::enroll_batch_result::Outcome::Error(item_error(error)),
+                };
+                Ok(proto::EnrollBatchResult {
+                    outcome: Some(outcome),
+                })
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(Response::new(proto::EnrollBatchResponse { results }))
     }
     async fn spend(
         &self,
@@ -284,6 +307,34 @@ fn award_command(client: &ClientName, request: proto::AwardRequest) -> Result<Aw
         currency: currency.code().to_owned(),
         occurred_at: required_time("occurred_at", request.occurred_at)?,
     })
+}
+
+/// An item of a batch is of the batch's program: its own `program_id` empty (it takes the
+/// batch's) or the same.
+fn in_batch(
+    program: &ProgramId,
+    items: &str,
+    index: usize,
+    item_program: &mut String,
+) -> Result<(), Error> {
+    if item_program.is_empty() {
+        *item_program = program.to_string();
+    } else if item_program != program.as_str() {
+        return Err(Error::invalid(
+            &format!("{items}[{index}].program_id"),
+            "must be empty or the batch's program_id",
+        ));
+    }
+    Ok(())
+}
+
+/// Why one item of a batch failed: the status it alone would have had.
+fn item_error(error: Error) -> proto::AwardBatchItemError {
+    let status = Status::from(error);
+    proto::AwardBatchItemError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
 }
 
 fn enroll_command(

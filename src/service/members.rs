@@ -3,6 +3,7 @@ use super::{run_to_completion, Error, Ledger, MAX_CLOCK_SKEW};
 use crate::domain::{Contact, ContactHash, MemberId, ProgramId};
 use crate::store::{self, members::PointsSummary};
 use chrono::{DateTime, NaiveDate, Utc};
+use std::collections::{BTreeMap, HashMap};
 
 /// A member to enroll, parsed at the edge.
 #[derive(Debug, Clone)]
@@ -35,15 +36,7 @@ impl Ledger {
         let ledger = self.clone();
         run_to_completion(async move {
             let now = ledger.clock.now();
-            let enrolled_at = command.enrolled_at.unwrap_or(now);
-            if enrolled_at > now + MAX_CLOCK_SKEW {
-                return Err(Error::invalid("enrolled_at", "must not be in the future"));
-            }
-            if let Some(birthday) = command.birthday {
-                if birthday > now.date_naive() {
-                    return Err(Error::invalid("birthday", "must not be in the future"));
-                }
-            }
+            let enrolled_at = enrolled_at(&command, now)?;
             let hashes = command
                 .contacts
                 .iter()
@@ -122,6 +115,127 @@ impl Ledger {
         .await
     }
 
+    /// Enrolls up to `award_batch_max` (FLASH_MAX_BATCH_ITEMS) members of one program, each
+    /// as [`Ledger::enroll`] would; results in request order. Those without contacts are
+    /// enrolled in one statement (a member named twice once: the later items answer
+    /// already enrolled, with the last birthday given); those with contacts each in their
+    /// own transaction, a taken contact failing that item alone.
+    pub async fn enroll_batch(
+        &self,
+        commands: Vec<Result<EnrollCommand, Error>>,
+    ) -> Result<Vec<Result<(MemberView, bool), Error>>, Error> {
+        let max = self.award_batch_max;
+        if commands.len() > max {
+            return Err(Error::invalid(
+                "members",
+                format!("at most {max} members per batch, got {}", commands.len()),
+            ));
+        }
+        let ledger = self.clone();
+        run_to_completion(async move {
+            let now = ledger.clock.now();
+            let program = commands
+                .iter()
+                .find_map(|command| command.as_ref().ok())
+                .map(|command| (command.program.clone(), command.enrolled_by.clone()));
+            let Some((program, enrolled_by)) = program else {
+                // Every item was refused at the edge.
+                return Ok(commands
+                    .into_iter()
+                    .map(|command| Err(command.err().unwrap_or_else(missing)))
+                    .collect());
+            };
+            let mut results: Vec<Option<Result<(MemberView, bool), Error>>> = Vec::new();
+            let mut plain: Vec<(usize, store::members::Enrolment)> = Vec::new();
+            for (index, command) in commands.into_iter().enumerate() {
+                results.push(None);
+                let checked = command.and_then(|command| {
+                    if command.program != program {
+                        return Err(Error::invalid(
+                            &format!("members[{index}].program_id"),
+                            "must be empty or the batch's program_id",
+                        ));
+                    }
+                    Ok((enrolled_at(&command, now)?, command))
+                });
+                match checked {
+                    Err(error) => results[index] = Some(Err(error)),
+                    Ok((_, command)) if !command.contacts.is_empty() => {
+                        results[index] = Some(ledger.enroll(command).await)
+                    }
+                    Ok((enrolled_at, command)) => plain.push((
+                        index,
+                        store::members::Enrolment {
+                            member: command.member,
+                            birthday: command.birthday,
+                            enrolled_at,
+                        },
+                    )),
+                }
+            }
+            // One row a member: the first item's instant, the last birthday given.
+            let mut rows: BTreeMap<MemberId, store::members::Enrolment> = BTreeMap::new();
+            for (_, item) in &plain {
+                rows.entry(item.member)
+                    .and_modify(|row| row.birthday = item.birthday.or(row.birthday))
+                    .or_insert_with(|| item.clone());
+            }
+            if !rows.is_empty() {
+                let rows: Vec<_> = rows.into_values().collect();
+                let client = ledger.db.get().await?;
+                match store::members::enroll_many(&client, &program, &rows, &enrolled_by).await? {
+                    None => {
+                        for (index, _) in &plain {
+                            results[*index] = Some(Err(program_not_found(&program)));
+                        }
+                    }
+                    Some((rules_version, stored)) => {
+                        let rules = ledger.rules.get(&**client, &program, rules_version).await?;
+                        let mut stored: HashMap<MemberId, (store::members::StoredMember, bool)> =
+                            stored
+                                .into_iter()
+                                .map(|(member, existed)| (member.member_id, (member, existed)))
+                                .collect();
+                        let mut points: HashMap<MemberId, PointsSummary> = HashMap::new();
+                        for (index, item) in &plain {
+                            let Some((member, existed)) = stored.get_mut(&item.member) else {
+                                return Err(missing());
+                            };
+                            // A member enrolled just now holds nothing yet.
+                            let summary = match (points.get(&item.member), *existed) {
+                                (Some(summary), _) => summary.clone(),
+                                (None, false) => PointsSummary::default(),
+                                (None, true) => {
+                                    let summary = store::members::points_summary_prepared(
+                                        &client,
+                                        &program,
+                                        item.member,
+                                        now,
+                                    )
+                                    .await?;
+                                    points.insert(item.member, summary.clone());
+                                    summary
+                                }
+                            };
+                            results[*index] = Some(Ok((
+                                view(&program, &rules, member.clone(), summary),
+                                *existed,
+                            )));
+                            // The member's later items find it enrolled.
+                            *existed = true;
+                            points.entry(item.member).or_default();
+                        }
+                    }
+                }
+            }
+            Ok(results
+                .into_iter()
+                .map(|result| result.unwrap_or_else(|| Err(missing())))
+                .collect())
+        })
+        .await
+    }
+
     /// The member's balance, earned points, tier and next expiry as of now.
     pub async fn member(&self, program: &ProgramId, member: MemberId) -> Result<MemberView, Error> {
         let client = self.db.get().await?;
@@ -154,6 +268,25 @@ fn view(
         tier_code: rules.rules.tier(stored.tier_rank).code.clone(),
         points,
     }
+}
+
+/// The instant a command enrolls at (now when it gives none), checked against the clock
+/// with its birthday.
+fn enrolled_at(command: &EnrollCommand, now: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
+    let enrolled_at = command.enrolled_at.unwrap_or(now);
+    if enrolled_at > now + MAX_CLOCK_SKEW {
+        return Err(Error::invalid("enrolled_at", "must not be in the future"));
+    }
+    if let Some(birthday) = command.birthday {
+        if birthday > now.date_naive() {
+            return Err(Error::invalid("birthday", "must not be in the future"));
+        }
+    }
+    Ok(enrolled_at)
+}
+
+fn missing() -> Error {
+    Error::Unexpected(anyhow::anyhow!("an enrolment went missing"))
 }
 
 pub(super) fn program_not_found(program: &ProgramId) -> Error {

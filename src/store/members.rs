@@ -132,6 +132,65 @@ pub async fn enroll(
     .transpose()
 }
 
+/// [`ENROLL`] for many members in one statement: `$2`, `$3`, `$4` are the members, their
+/// birthdays and enrolment instants, one member once, sorted by id (two batches upsert
+/// their common members in the same order: no deadlock). No row: no such program.
+pub const ENROLL_MANY: &str = concat!(
+    "WITH program AS ( \
+       SELECT rules_version FROM programs WHERE program_id = $1), \
+     enrolled AS ( \
+       INSERT INTO members (program_id, member_id, birthday, enrolled_at, enrolled_by) \
+       SELECT $1, i.member_id, i.birthday, i.enrolled_at, $5 \
+       FROM program, unnest($2::uuid[], $3::date[], $4::timestamptz[]) \
+            WITH ORDINALITY AS i(member_id, birthday, enrolled_at, n) \
+       ORDER BY i.n \
+       ON CONFLICT (program_id, member_id) \
+       DO UPDATE SET birthday = COALESCE(EXCLUDED.birthday, members.birthday) \
+       RETURNING ",
+    member_columns!(""),
+    ", (xmax <> 0) AS existed) \
+     SELECT program.rules_version, enrolled.* FROM program JOIN enrolled ON true"
+);
+
+/// One member of [`enroll_many`].
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    pub member: MemberId,
+    pub birthday: Option<NaiveDate>,
+    pub enrolled_at: DateTime<Utc>,
+}
+
+/// Enrolls the members (see [`ENROLL_MANY`]; at most one each, sorted by id): the rules
+/// version, and each member's row and whether it existed; None when the program does not
+/// exist.
+#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::enroll_many"))]
+pub async fn enroll_many(
+    client: &deadpool_postgres::Client,
+    program: &ProgramId,
+    members: &[Enrolment],
+    enrolled_by: &str,
+) -> Result<Option<(i64, Vec<(StoredMember, bool)>)>, tokio_postgres::Error> {
+    let ids: Vec<Uuid> = members.iter().map(|m| m.member.as_uuid()).collect();
+    let birthdays: Vec<Option<NaiveDate>> = members.iter().map(|m| m.birthday).collect();
+    let instants: Vec<DateTime<Utc>> = members.iter().map(|m| m.enrolled_at).collect();
+    let statement = client.prepare_cached(ENROLL_MANY).await?;
+    let rows = client
+        .query(
+            &statement,
+            &[&program.as_str(), &ids, &birthdays, &instants, &enrolled_by],
+        )
+        .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let rules_version: i64 = first.try_get("rules_version")?;
+    let members = rows
+        .iter()
+        .map(|row| Ok((from_row(row)?, row.try_get("existed")?)))
+        .collect::<Result<_, tokio_postgres::Error>>()?;
+    Ok(Some((rules_version, members)))
+}
+
 /// The program's rules version and the member's row (None: not enrolled); None when the
 /// program does not exist.
 pub const GET_WITH_PROGRAM: &str = concat!(

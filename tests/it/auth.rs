@@ -44,6 +44,14 @@ fn one_call_per_rpc(app: &TestApp, member: &str) -> Vec<Call> {
             ..Default::default()
         }
         .into(),
+        proto::EnrollBatchRequest {
+            program_id: PROGRAM.into(),
+            members: vec![proto::EnrollMemberRequest {
+                member_id: uuid::Uuid::new_v4().to_string(),
+                ..Default::default()
+            }],
+        }
+        .into(),
         proto::GetMemberRequest {
             program_id: PROGRAM.into(),
             member_id: member.into(),
@@ -195,7 +203,7 @@ fn one_call_per_rpc(app: &TestApp, member: &str) -> Vec<Call> {
 /// server, so a change to either is caught).
 fn scope_of(rpc: &str) -> &'static str {
     match rpc {
-        "Award" | "AwardBatch" | "EnrollMember" => "award",
+        "Award" | "AwardBatch" | "EnrollMember" | "EnrollBatch" => "award",
         "Spend" | "ReverseSpend" => "spend",
         "ReverseAward" => "refund",
         "Adjust" | "SetTier" => "adjust",
@@ -236,7 +244,7 @@ async fn every_rpc_refuses_each_kind_of_bad_caller_and_writes_nothing() {
     let calls = one_call_per_rpc(&app, &member);
     assert_eq!(
         calls.len(),
-        27,
+        28,
         "one call per unary RPC (Subscribe is tested below)"
     );
 
@@ -275,8 +283,8 @@ async fn every_rpc_refuses_each_kind_of_bad_caller_and_writes_nothing() {
         let rpc = call.rpc();
         let needed = scope_of(rpc);
         let others: Vec<&str> = SCOPES.iter().copied().filter(|s| *s != needed).collect();
-        // EnrollMember is open to referral services too.
-        let others: Vec<&str> = if rpc == "EnrollMember" {
+        // Enrolment is open to referral services too.
+        let others: Vec<&str> = if rpc.starts_with("Enroll") {
             others.into_iter().filter(|s| *s != "referrals").collect()
         } else {
             others

@@ -1117,9 +1117,41 @@ async fn an_over_long_string_in_any_field_of_any_request_is_refused_and_writes_n
             proto::AwardBatchRequest {
                 awards: vec![request],
                 ..batch(purchase())
-            },
+            }
+            .into(),
         ));
     }
+    // Each field of an enrolment, inside an EnrollBatch: that item refused.
+    let enrolments: Vec<(&str, proto::EnrollMemberRequest)> = table
+        .iter()
+        .filter_map(
+            |(path, _, call)| match (path.strip_prefix("EnrollMemberRequest."), call) {
+                (Some(field), Call::EnrollMember(request)) => Some((field, request.clone())),
+                _ => None,
+            },
+        )
+        .collect();
+    for (field, request) in enrolments {
+        let path: &'static str =
+            Box::leak(format!("EnrollBatchRequest.members.{field}").into_boxed_str());
+        batch_items.push((
+            path,
+            proto::EnrollBatchRequest {
+                program_id: program(),
+                members: vec![request],
+            }
+            .into(),
+        ));
+    }
+    table.push((
+        "EnrollBatchRequest.program_id",
+        "program_id",
+        proto::EnrollBatchRequest {
+            program_id: long("p"),
+            members: vec![enroll()],
+        }
+        .into(),
+    ));
 
     let mut covered = BTreeSet::new();
     let mut clients = app.clients();
@@ -1140,19 +1172,22 @@ async fn an_over_long_string_in_any_field_of_any_request_is_refused_and_writes_n
     }
     for (path, call) in batch_items {
         covered.insert(path.to_owned());
-        let Reply::AwardBatch(answer) = clients.send(call.into(), None).await.unwrap() else {
-            unreachable!()
-        };
-        match &answer.results[0].outcome {
-            Some(proto::award_batch_result::Outcome::Error(error)) => {
-                assert_eq!(
-                    error.code,
-                    Code::InvalidArgument as i32,
-                    "{path}: {error:?}"
-                );
-            }
+        let error = match clients.send(call, None).await.unwrap() {
+            Reply::AwardBatch(answer) => match &answer.results[0].outcome {
+                Some(proto::award_batch_result::Outcome::Error(error)) => error.clone(),
+                other => panic!("{path}: {other:?}"),
+            },
+            Reply::EnrollBatch(answer) => match &answer.results[0].outcome {
+                Some(proto::enroll_batch_result::Outcome::Error(error)) => error.clone(),
+                other => panic!("{path}: {other:?}"),
+            },
             other => panic!("{path}: {other:?}"),
-        }
+        };
+        assert_eq!(
+            error.code,
+            Code::InvalidArgument as i32,
+            "{path}: {error:?}"
+        );
     }
     // The stream: its cursor and its types.
     for (path, request) in [

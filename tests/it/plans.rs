@@ -19,6 +19,11 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
             members::ENROLL,
             "'big', MEMBER, NULL::date, NOW, 'c'",
         ),
+        (
+            "enroll a batch",
+            members::ENROLL_MANY,
+            "'big', ARRAY[MEMBER, OTHER], ARRAY[NULL, NULL]::date[], ARRAY[NOW, NOW], 'c'",
+        ),
         ("get a member", members::GET_WITH_PROGRAM, "'big', MEMBER"),
         (
             "a member's points",

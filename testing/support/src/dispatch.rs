@@ -139,6 +139,7 @@ rpcs! {
     GetMember(GetMemberRequest => GetMemberResponse) via ledger.get_member;
     Award(AwardRequest => AwardResponse) via ledger.award;
     AwardBatch(AwardBatchRequest => AwardBatchResponse) via ledger.award_batch;
+    EnrollBatch(EnrollBatchRequest => EnrollBatchResponse) via ledger.enroll_batch;
     Spend(SpendRequest => SpendResponse) via ledger.spend;
     ReverseAward(ReverseAwardRequest => ReverseAwardResponse) via ledger.reverse_award;
     ReverseSpend(ReverseSpendRequest => ReverseSpendResponse) via ledger.reverse_spend;

@@ -3,7 +3,8 @@
 //! enrolled members, sharing idempotency keys across RPCs and payloads — through the real
 //! server. Every answer must be OK or a well-formed status with a message that is never
 //! UNKNOWN, INTERNAL, UNAVAILABLE or CANCELLED (a handler that panicked), and so must every
-//! item error of an AwardBatch; at the end the books tie out and the audit is clean.
+//! item error of an AwardBatch or EnrollBatch; at the end the books tie out and the audit
+//! is clean.
 //!
 //! `FLASH_FUZZ_REQUESTS` (default 10 000) sets the number of requests and `FLASH_FUZZ_SEED`
 //! the seed (fixed by default); `--nocapture` shows the seed and the status-code table.
@@ -212,7 +213,32 @@ async fn send(call: &Call, mut clients: Clients) -> Result<Answer, Status> {
         Reply::EnrollMember(r) => replayed(r.already_enrolled),
         Reply::GetMember(_) => replayed(false),
         Reply::Award(r) => replayed(r.replayed),
-        Reply::AwardBatch(response) => batch_answer(call, response)?,
+        Reply::AwardBatch(response) => batch_answer(
+            call,
+            response
+                .results
+                .into_iter()
+                .map(|result| match result.outcome {
+                    Some(proto::award_batch_result::Outcome::Award(award)) => {
+                        Some(Ok(award.replayed))
+                    }
+                    Some(proto::award_batch_result::Outcome::Error(e)) => Some(Err(e)),
+                    None => None,
+                }),
+        )?,
+        Reply::EnrollBatch(response) => batch_answer(
+            call,
+            response
+                .results
+                .into_iter()
+                .map(|result| match result.outcome {
+                    Some(proto::enroll_batch_result::Outcome::Member(member)) => {
+                        Some(Ok(member.already_enrolled))
+                    }
+                    Some(proto::enroll_batch_result::Outcome::Error(e)) => Some(Err(e)),
+                    None => None,
+                }),
+        )?,
         Reply::Spend(r) => replayed(r.replayed),
         Reply::ReverseAward(r) => replayed(r.replayed),
         Reply::ReverseSpend(r) => replayed(r.replayed),
@@ -236,28 +262,30 @@ async fn send(call: &Call, mut clients: Clients) -> Result<Answer, Status> {
     Ok(answer)
 }
 
-/// A batch answers one result per award, each an award or an error.
-fn batch_answer(call: &Call, response: proto::AwardBatchResponse) -> Result<Answer, Status> {
-    let Call::AwardBatch(request) = call else {
-        unreachable!("a batch reply answers a batch call")
+/// A batch answers one result per item, each an outcome (replayed or not) or an error.
+fn batch_answer(
+    call: &Call,
+    results: impl ExactSizeIterator<Item = Option<Result<bool, proto::AwardBatchItemError>>>,
+) -> Result<Answer, Status> {
+    let count = match call {
+        Call::AwardBatch(request) => request.awards.len(),
+        Call::EnrollBatch(request) => request.members.len(),
+        _ => unreachable!("a batch reply answers a batch call"),
     };
-    let count = request.awards.len();
-    if response.results.len() != count {
+    if results.len() != count {
         return Err(Status::internal(format!(
-            "fuzz: {} results for {count} awards",
-            response.results.len()
+            "fuzz: {} results for {count} items",
+            results.len()
         )));
     }
     let mut answer = Answer::default();
-    for result in response.results {
-        match result.outcome {
-            Some(proto::award_batch_result::Outcome::Award(award)) => {
+    for result in results {
+        match result {
+            Some(Ok(replayed)) => {
                 answer.items_ok += 1;
-                answer.items_replayed += usize::from(award.replayed);
+                answer.items_replayed += usize::from(replayed);
             }
-            Some(proto::award_batch_result::Outcome::Error(e)) => {
-                answer.item_errors.push((e.code, e.message))
-            }
+            Some(Err(e)) => answer.item_errors.push((e.code, e.message)),
             None => return Err(Status::internal("fuzz: a batch result without outcome")),
         }
     }

@@ -31,6 +31,7 @@ pub(super) fn call_strategy(seeded: &Arc<Seeded>) -> BoxedStrategy<Call> {
         (6, get_member(seeded).prop_map(Call::GetMember).boxed()),
         (14, award(seeded).prop_map(Call::Award).boxed()),
         (5, award_batch(seeded).prop_map(Call::AwardBatch).boxed()),
+        (3, enroll_batch(seeded).prop_map(Call::EnrollBatch).boxed()),
         (10, spend(seeded).prop_map(Call::Spend).boxed()),
         (
             8,
@@ -920,6 +921,37 @@ pub(super) fn award_batch(seeded: &Arc<Seeded>) -> impl Strategy<Value = proto::
         |(program, w_program, awards, m)| proto::AwardBatchRequest {
             program_id: pick(m, 0, program, w_program),
             awards,
+        },
+    )
+}
+
+pub(super) fn enroll_batch(
+    seeded: &Arc<Seeded>,
+) -> impl Strategy<Value = proto::EnrollBatchRequest> {
+    let item = (
+        enroll_member(seeded),
+        prop_oneof![3 => Just(true), 1 => Just(false)],
+    )
+        .prop_map(|(mut member, clear)| {
+            if clear && member.program_id == PROGRAM {
+                member.program_id.clear();
+            }
+            member
+        });
+    let fresh = fresh_member().prop_map(|member_id| proto::EnrollMemberRequest {
+        member_id,
+        ..Default::default()
+    });
+    let members = prop_oneof![
+        200 => vec(item, 0..8),
+        // the limit and one past it: rare
+        1 => vec(fresh.clone(), 500),
+        1 => vec(fresh, 501),
+    ];
+    (valid_program_id(), wild_program_id(), members, mask()).prop_map(
+        |(program, w_program, members, m)| proto::EnrollBatchRequest {
+            program_id: pick(m, 0, program, w_program),
+            members,
         },
     )
 }

@@ -96,7 +96,7 @@ impl Tally {
         let seconds = elapsed.as_secs_f64();
         println!(
             "fuzz: {requests} requests in {seconds:.1} s ({:.0}/s), status codes:\n{table}\n\
-             fuzz: AwardBatch items: {:?}",
+             fuzz: batch items (AwardBatch, EnrollBatch): {:?}",
             requests as f64 / seconds.max(f64::EPSILON),
             self.batch_items
         );
