@@ -160,6 +160,9 @@ pub struct Enrolment {
     pub enrolled_at: DateTime<Utc>,
 }
 
+/// A member's row after an upsert, and whether it existed before.
+pub type Upserted = (StoredMember, bool);
+
 /// Enrolls the members (see [`ENROLL_MANY`]; at most one each, sorted by id): the rules
 /// version, and each member's row and whether it existed; None when the program does not
 /// exist.
@@ -169,7 +172,7 @@ pub async fn enroll_many(
     program: &ProgramId,
     members: &[Enrolment],
     enrolled_by: &str,
-) -> Result<Option<(i64, Vec<(StoredMember, bool)>)>, tokio_postgres::Error> {
+) -> Result<Option<(i64, Vec<Upserted>)>, tokio_postgres::Error> {
     let ids: Vec<Uuid> = members.iter().map(|m| m.member.as_uuid()).collect();
     let birthdays: Vec<Option<NaiveDate>> = members.iter().map(|m| m.birthday).collect();
     let instants: Vec<DateTime<Utc>> = members.iter().map(|m| m.enrolled_at).collect();
