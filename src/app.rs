@@ -82,7 +82,7 @@ impl Application {
             health_interval: settings.health_interval(),
             ledger: Ledger::new(pool.clone(), cap, clock.clone())
                 .with_contact_key(contact_key)
-                .with_award_batch_max(settings.max_batch_items),
+                .with_batch_max(settings.max_batch_items),
             programs: Programs::new(pool.clone(), clock.clone()),
             clients: settings.clients(pool.clone(), clock)?,
             clients_refresh: settings.clients_refresh(),

@@ -219,12 +219,12 @@ pub struct Settings {
         global = true
     )]
     pub max_message_bytes: u64,
-    /// Most awards in one AwardBatch call; a larger batch is refused whole
+    /// Most items in one AwardBatch or EnrollBatch call; a larger batch is refused whole
     /// (INVALID_ARGUMENT), nothing written.
     #[arg(
         long,
         env = "FLASH_MAX_BATCH_ITEMS",
-        default_value_t = crate::service::AWARD_BATCH_MAX,
+        default_value_t = crate::service::BATCH_MAX,
         value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000),
         global = true
     )]

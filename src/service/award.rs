@@ -17,8 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 
-/// The most awards one `AwardBatch` call may carry unless FLASH_MAX_BATCH_ITEMS says otherwise.
-pub const AWARD_BATCH_MAX: usize = 500;
+/// The most items one `AwardBatch` or `EnrollBatch` call may carry unless
+/// FLASH_MAX_BATCH_ITEMS says otherwise.
+pub const BATCH_MAX: usize = 500;
 /// The most awards written in one transaction. Larger groups hold more members' locks
 /// for longer; smaller ones pay more round trips per award.
 const AWARD_GROUP_MAX: usize = 100;
@@ -120,15 +121,15 @@ impl Ledger {
             .unwrap_or_else(|| Err(Error::Unexpected(anyhow::anyhow!("an award went missing"))))
     }
 
-    /// Runs up to `award_batch_max` ([`AWARD_BATCH_MAX`] by default) awards of one program; each succeeds or fails on its
-    /// own, and the results keep the request order. The awards go through the same path
+    /// Runs up to `batch_max` ([`BATCH_MAX`] by default) awards of one program; each
+    /// succeeds or fails on its own, and the results keep the request order. The awards go through the same path
     /// as a single one, [`AWARD_GROUP_MAX`] to a transaction: a back-fill of a million
     /// orders is thousands of transactions, not a million.
     pub async fn award_batch(
         &self,
         commands: Vec<Result<AwardCommand, Error>>,
     ) -> Result<Vec<Result<AwardOutcome, Error>>, Error> {
-        let max = self.award_batch_max;
+        let max = self.batch_max;
         if commands.len() > max {
             return Err(Error::invalid(
                 "awards",

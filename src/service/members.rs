@@ -115,7 +115,7 @@ impl Ledger {
         .await
     }
 
-    /// Enrolls up to `award_batch_max` (FLASH_MAX_BATCH_ITEMS) members of one program, each
+    /// Enrolls up to `batch_max` (FLASH_MAX_BATCH_ITEMS) members of one program, each
     /// as [`Ledger::enroll`] would; results in request order. Those without contacts are
     /// enrolled in one statement (a member named twice once: the later items answer
     /// already enrolled, with the last birthday given); those with contacts each in their
@@ -124,7 +124,7 @@ impl Ledger {
         &self,
         commands: Vec<Result<EnrollCommand, Error>>,
     ) -> Result<Vec<Result<(MemberView, bool), Error>>, Error> {
-        let max = self.award_batch_max;
+        let max = self.batch_max;
         if commands.len() > max {
             return Err(Error::invalid(
                 "members",

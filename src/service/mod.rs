@@ -22,7 +22,7 @@ mod tiers;
 
 pub use adjust::{AdjustCommand, AdjustOutcome};
 pub use audit::AuditReport;
-pub use award::{AwardCommand, AwardOutcome, AWARD_BATCH_MAX};
+pub use award::{AwardCommand, AwardOutcome, BATCH_MAX};
 pub use bonus::{BonusCause, BonusCredit, BonusOutcome, ReferralSide};
 pub use clients::{Caller, ClientView, Clients, Credentials, Limiter, NewClientCommand};
 pub use error::{Error, ReferralRefusal, Unavailable};
@@ -76,8 +76,8 @@ pub struct Ledger {
     contact_key: Option<ContactKey>,
     /// The latest referral graph snapshot of each program read so far.
     graph: graph::GraphCache,
-    /// The most awards one `AwardBatch` call may carry (FLASH_MAX_BATCH_ITEMS).
-    award_batch_max: usize,
+    /// The most items one `AwardBatch` or `EnrollBatch` call may carry (FLASH_MAX_BATCH_ITEMS).
+    batch_max: usize,
 }
 
 impl Ledger {
@@ -89,7 +89,7 @@ impl Ledger {
             rules: RulesCache::default(),
             contact_key: None,
             graph: graph::GraphCache::default(),
-            award_batch_max: AWARD_BATCH_MAX,
+            batch_max: BATCH_MAX,
         }
     }
 
@@ -104,9 +104,10 @@ impl Ledger {
         self
     }
 
-    /// The most awards one `AwardBatch` call may carry ([`AWARD_BATCH_MAX`] by default).
-    pub fn with_award_batch_max(mut self, max: usize) -> Self {
-        self.award_batch_max = max;
+    /// The most items one `AwardBatch` or `EnrollBatch` call may carry ([`BATCH_MAX`] by
+    /// default).
+    pub fn with_batch_max(mut self, max: usize) -> Self {
+        self.batch_max = max;
         self
     }
 }
