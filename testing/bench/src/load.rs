@@ -1,5 +1,5 @@
-//! The gRPC side: the benchmark program, seeding through `EnrollMember` and `AwardBatch`,
-//! and the timed workloads, each client on its own connection.
+//! The gRPC side: the benchmark program, seeding through `EnrollMember`, `EnrollBatch` and
+//! `AwardBatch`, and the timed workloads, each client on its own connection.
 use flash_loyalty::grpc::proto::{self, ledger_client::LedgerClient};
 use flash_testing_support::dispatch::{Authed, Bearer};
 use futures::StreamExt;
@@ -98,25 +98,17 @@ impl SeedRate {
     }
 }
 
-/// Enrols members `1..=members`, `concurrency` calls at a time.
-pub async fn enrol(api: &Api, members: usize, concurrency: usize) -> anyhow::Result<SeedRate> {
-    let client = api.connect().await?;
+/// What one seeding call answered: how many items it carried, and each item's error code
+/// (None: done), or the whole call's.
+type SeedAnswer = (usize, Result<Vec<Option<tonic::Code>>, tonic::Code>);
+
+/// Runs the seeding calls, `concurrency` at a time, and counts what their items answered.
+async fn seed<F>(calls: Vec<F>, concurrency: usize) -> SeedRate
+where
+    F: std::future::Future<Output = SeedAnswer>,
+{
     let started = Instant::now();
-    let results: Vec<Result<(), tonic::Code>> = futures::stream::iter(1..=members)
-        .map(|index| {
-            let mut client = client.clone();
-            async move {
-                client
-                    .enroll_member(proto::EnrollMemberRequest {
-                        program_id: PROGRAM.into(),
-                        member_id: member_id(index),
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(|status| status.code())
-            }
-        })
+    let answers: Vec<SeedAnswer> = futures::stream::iter(calls)
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -124,14 +116,110 @@ pub async fn enrol(api: &Api, members: usize, concurrency: usize) -> anyhow::Res
         elapsed: started.elapsed(),
         ..Default::default()
     };
-    for result in results {
-        rate.items += 1;
-        match result {
-            Ok(()) => rate.ok += 1,
-            Err(code) => rate.error(code),
+    for (size, answer) in answers {
+        rate.items += size as u64;
+        match answer {
+            Ok(items) => {
+                for item in items {
+                    match item {
+                        None => rate.ok += 1,
+                        Some(code) => rate.error(code),
+                    }
+                }
+            }
+            Err(code) => {
+                for _ in 0..size {
+                    rate.error(code);
+                }
+            }
         }
     }
-    Ok(rate)
+    rate
+}
+
+/// `range` cut in seeding batches.
+fn batches(range: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
+    let end = range.end;
+    range
+        .step_by(SEED_BATCH_SIZE)
+        .map(|start| start..(start + SEED_BATCH_SIZE).min(end))
+        .collect()
+}
+
+/// Enrols members `members` (1-based), one `EnrollMember` call each, `concurrency` calls at
+/// a time.
+pub async fn enrol(
+    api: &Api,
+    members: std::ops::Range<usize>,
+    concurrency: usize,
+) -> anyhow::Result<SeedRate> {
+    let client = api.connect().await?;
+    let calls = members
+        .map(|index| {
+            let mut client = client.clone();
+            async move {
+                let answer = client
+                    .enroll_member(proto::EnrollMemberRequest {
+                        program_id: PROGRAM.into(),
+                        member_id: member_id(index),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| vec![None])
+                    .map_err(|status| status.code());
+                (1, answer)
+            }
+        })
+        .collect();
+    Ok(seed(calls, concurrency).await)
+}
+
+/// Enrols members `members` (1-based) through `EnrollBatch`, 500 a call, `concurrency`
+/// calls at a time.
+pub async fn enrol_batches(
+    api: &Api,
+    members: std::ops::Range<usize>,
+    concurrency: usize,
+) -> anyhow::Result<SeedRate> {
+    let client = api.connect().await?;
+    let calls = batches(members)
+        .into_iter()
+        .map(|range| {
+            let mut client = client.clone();
+            let members = range
+                .clone()
+                .map(|index| proto::EnrollMemberRequest {
+                    member_id: member_id(index),
+                    ..Default::default()
+                })
+                .collect();
+            async move {
+                let answer = client
+                    .enroll_batch(proto::EnrollBatchRequest {
+                        program_id: PROGRAM.into(),
+                        members,
+                    })
+                    .await
+                    .map(|response| {
+                        response
+                            .into_inner()
+                            .results
+                            .into_iter()
+                            .map(|result| match result.outcome {
+                                Some(proto::enroll_batch_result::Outcome::Member(_)) => None,
+                                Some(proto::enroll_batch_result::Outcome::Error(error)) => {
+                                    Some(tonic::Code::from_i32(error.code))
+                                }
+                                None => Some(tonic::Code::Unknown),
+                            })
+                            .collect()
+                    })
+                    .map_err(|status| status.code());
+                (range.len(), answer)
+            }
+        })
+        .collect();
+    Ok(seed(calls, concurrency).await)
 }
 
 /// Seeded awards `from..to` (0-based, global): award `k` goes to member `k % members + 1`,
@@ -145,69 +233,50 @@ pub async fn seed_awards(
 ) -> anyhow::Result<SeedRate> {
     let client = api.connect().await?;
     let occurred_at = timestamp_ago(Duration::from_secs(3_600));
-    let batches: Vec<std::ops::Range<usize>> = (from..to)
-        .step_by(SEED_BATCH_SIZE)
-        .map(|start| start..(start + SEED_BATCH_SIZE).min(to))
-        .collect();
-    let started = Instant::now();
-    let answers: Vec<(usize, Result<proto::AwardBatchResponse, tonic::Code>)> =
-        futures::stream::iter(batches)
-            .map(|range| {
-                let mut client = client.clone();
-                let awards = range
-                    .clone()
-                    .map(|k| proto::AwardRequest {
+    let calls = batches(from..to)
+        .into_iter()
+        .map(|range| {
+            let mut client = client.clone();
+            let awards = range
+                .clone()
+                .map(|k| proto::AwardRequest {
+                    program_id: PROGRAM.into(),
+                    member_id: member_id(k % members + 1),
+                    idempotency_key: format!("seed-{k}"),
+                    source: proto::PurchaseSource::Marketplace as i32,
+                    external_ref: format!("seed-{k}"),
+                    amount_minor: SEED_AMOUNT_MINOR,
+                    currency: CURRENCY.into(),
+                    occurred_at: Some(occurred_at),
+                })
+                .collect();
+            async move {
+                let answer = client
+                    .award_batch(proto::AwardBatchRequest {
                         program_id: PROGRAM.into(),
-                        member_id: member_id(k % members + 1),
-                        idempotency_key: format!("seed-{k}"),
-                        source: proto::PurchaseSource::Marketplace as i32,
-                        external_ref: format!("seed-{k}"),
-                        amount_minor: SEED_AMOUNT_MINOR,
-                        currency: CURRENCY.into(),
-                        occurred_at: Some(occurred_at),
+                        awards,
                     })
-                    .collect();
-                async move {
-                    let answer = client
-                        .award_batch(proto::AwardBatchRequest {
-                            program_id: PROGRAM.into(),
-                            awards,
-                        })
-                        .await
-                        .map(|response| response.into_inner())
-                        .map_err(|status| status.code());
-                    (range.len(), answer)
-                }
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-    let mut rate = SeedRate {
-        elapsed: started.elapsed(),
-        ..Default::default()
-    };
-    for (size, answer) in answers {
-        rate.items += size as u64;
-        match answer {
-            Ok(response) => {
-                for result in response.results {
-                    match result.outcome {
-                        Some(proto::award_batch_result::Outcome::Award(_)) => rate.ok += 1,
-                        Some(proto::award_batch_result::Outcome::Error(error)) => {
-                            rate.error(tonic::Code::from_i32(error.code))
-                        }
-                        None => rate.error(tonic::Code::Unknown),
-                    }
-                }
+                    .await
+                    .map(|response| {
+                        response
+                            .into_inner()
+                            .results
+                            .into_iter()
+                            .map(|result| match result.outcome {
+                                Some(proto::award_batch_result::Outcome::Award(_)) => None,
+                                Some(proto::award_batch_result::Outcome::Error(error)) => {
+                                    Some(tonic::Code::from_i32(error.code))
+                                }
+                                None => Some(tonic::Code::Unknown),
+                            })
+                            .collect()
+                    })
+                    .map_err(|status| status.code());
+                (range.len(), answer)
             }
-            Err(code) => {
-                for _ in 0..size {
-                    rate.error(code);
-                }
-            }
-        }
-    }
-    Ok(rate)
+        })
+        .collect();
+    Ok(seed(calls, concurrency).await)
 }
 
 fn timestamp_ago(ago: Duration) -> prost_types::Timestamp {

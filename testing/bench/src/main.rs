@@ -1,8 +1,8 @@
 //! `flash-bench`: a benchmark of the ledger's hot paths, never a pass/fail test.
 //!
 //! It recreates its own database, migrates it with `flash migrate`, starts a release
-//! `flash serve`, seeds a program through gRPC (`EnrollMember`, `AwardBatch`) and reports
-//! the seeding rates; then, for each workload (award, spend, mixed 80/20, hot members) and
+//! `flash serve`, seeds a program through gRPC (`EnrollMember`, `EnrollBatch`,
+//! `AwardBatch`) and reports the seeding rates; then, for each workload (award, spend, mixed 80/20, hot members) and
 //! client count, drives the server for a fixed time and runs pgbench on the SQL the service
 //! issues (`store::hot_path`) at the same client count, against the same database. Absolute
 //! figures on a shared machine are noise; the ratio ours / pgbench is the figure.
@@ -58,8 +58,8 @@ struct Cli {
     /// Clients of the hot-member workload.
     #[arg(long, default_value_t = 16)]
     hot_clients: usize,
-    /// Concurrent `AwardBatch` calls while seeding (500 awards each); enrolments run four
-    /// times as many.
+    /// Concurrent `AwardBatch` and `EnrollBatch` calls while seeding (500 items each);
+    /// single `EnrollMember` calls run four times as many.
     #[arg(long, default_value_t = 4)]
     seed_concurrency: usize,
     /// Runs ANALYZE after seeding: the "fresh statistics" variant. Without it the planner
@@ -310,16 +310,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let cpu_start = bench.proc_stats.cpu_time(bench.server.pid());
 
-    say(&format!("enrolling {} members", bench.cli.members));
-    let rate = load::enrol(
-        &bench.api,
-        bench.cli.members,
-        bench.cli.seed_concurrency * 4,
-    )
-    .await?;
+    // A tenth of the members one call each (EnrollMember's own rate), the rest as a
+    // back-fill would enrol them (EnrollBatch).
+    let single = (bench.cli.members / 10)
+        .clamp(1, 10_000)
+        .min(bench.cli.members);
+    say(&format!("enrolling {single} members one by one"));
+    let rate = load::enrol(&bench.api, 1..single + 1, bench.cli.seed_concurrency * 4).await?;
     say(&format!("enrolled at {:.0}/s", rate.per_second()));
     report.seeding.push(Seeding {
         what: "EnrollMember".into(),
+        rate,
+    });
+    say(&format!(
+        "enrolling {} members in batches",
+        bench.cli.members - single
+    ));
+    let rate = load::enrol_batches(
+        &bench.api,
+        single + 1..bench.cli.members + 1,
+        bench.cli.seed_concurrency,
+    )
+    .await?;
+    say(&format!("enrolled at {:.0} items/s", rate.per_second()));
+    report.seeding.push(Seeding {
+        what: "EnrollBatch items".into(),
         rate,
     });
 
