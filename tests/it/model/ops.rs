@@ -104,6 +104,13 @@ pub(super) enum Op {
     },
     /// RebuildSnapshot, then GetGraph: the converted referrals the model holds, no other.
     Graph,
+    /// EnrollBatch of `fresh` new members and an existing one, the first new one named
+    /// twice when `twice`: the new members hold nothing, the existing one what it holds.
+    EnrollBatch {
+        existing: usize,
+        fresh: usize,
+        twice: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +165,8 @@ pub(super) fn op_strategy(members: usize) -> impl Strategy<Value = Op> {
         2 => (0..members, any::<bool>())
             .prop_map(|(member, refund_first)| Op::RefundAndCancel { member, refund_first }),
         1 => (0..members).prop_map(|member| Op::Bounce { member }),
+        1 => (0..members, 1..=3usize, any::<bool>())
+            .prop_map(|(existing, fresh, twice)| Op::EnrollBatch { existing, fresh, twice }),
         2 => (0..members).prop_map(|referrer| Op::Refer { referrer }),
         3 => (0..8usize, prop_oneof![Just(1_500i64), Just(REFERRAL_MIN_AMOUNT_MINOR), Just(6_000i64)])
             .prop_map(|(referral, amount_minor)| Op::RefereePurchase { referral, amount_minor }),

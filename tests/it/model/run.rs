@@ -179,8 +179,89 @@ pub(super) fn request_for(
         | Op::ChangeZone(_)
         | Op::RefundAndCancel { .. }
         | Op::Bounce { .. }
+        | Op::EnrollBatch { .. }
         | Op::Graph => return None,
     })
+}
+
+/// `Op::EnrollBatch`: each item answered as the model says, the new members added to it.
+async fn enroll_batch(
+    app: &TestApp,
+    program: &str,
+    model: &mut Model,
+    existing: usize,
+    fresh: usize,
+    twice: bool,
+    after: &str,
+) -> Result<(), TestCaseError> {
+    let new: Vec<String> = (0..fresh)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    // (member id, its model index when it exists, already enrolled when answered)
+    let mut items: Vec<(String, Option<usize>, bool)> =
+        new.iter().map(|id| (id.clone(), None, false)).collect();
+    items.push((model.members[existing].clone(), Some(existing), true));
+    if twice {
+        items.push((new[0].clone(), None, true));
+    }
+    let request = proto::EnrollBatchRequest {
+        program_id: program.into(),
+        members: items
+            .iter()
+            .map(|(member_id, _, _)| proto::EnrollMemberRequest {
+                member_id: member_id.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    };
+    let results = app
+        .ledger
+        .clone()
+        .enroll_batch(request)
+        .await
+        .map_err(|status| TestCaseError::fail(format!("{after}: EnrollBatch: {status}")))?
+        .into_inner()
+        .results;
+    prop_assert_eq!(results.len(), items.len(), "results of {}", after);
+    for ((member_id, index, already), result) in items.iter().zip(results) {
+        let Some(proto::enroll_batch_result::Outcome::Member(enrolled)) = result.outcome else {
+            return Err(TestCaseError::fail(format!(
+                "{after}: {member_id}: {:?}",
+                result.outcome
+            )));
+        };
+        let member = enrolled.member.unwrap_or_default();
+        prop_assert_eq!(
+            enrolled.already_enrolled,
+            *already,
+            "{} of {}",
+            member_id,
+            after
+        );
+        prop_assert_eq!(&member.member_id, member_id, "{}", after);
+        let (balance, earned) = match index {
+            Some(index) => (model.balance(*index), model.lifetime_earned[*index]),
+            None => (0, 0),
+        };
+        prop_assert_eq!(
+            member.balance_points,
+            balance,
+            "{} balance after {}",
+            member_id,
+            after
+        );
+        prop_assert_eq!(
+            member.lifetime_earned_points,
+            earned,
+            "{} lifetime earned after {}",
+            member_id,
+            after
+        );
+    }
+    for member_id in new {
+        model.add_member(member_id);
+    }
+    Ok(())
 }
 
 /// The four requests of `Op::RefundAndCancel`: an award of $50, a spend of the whole
@@ -663,6 +744,14 @@ pub(super) async fn run_case(
                     exchange(&mut clients, &mut model, &mut sent, request, &after).await?;
                 }
                 which = Some(*member);
+            }
+            Op::EnrollBatch {
+                existing,
+                fresh,
+                twice,
+            } => {
+                enroll_batch(app, &program, &mut model, *existing, *fresh, *twice, &after).await?;
+                which = Some(*existing);
             }
             Op::LoseCapCounters => {
                 let mut keys: Vec<String> = vec![];
