@@ -515,8 +515,11 @@ impl Ctx {
             "02-29" => "1992-02-29".to_owned(),
             month_day => format!("1990-{month_day}"),
         };
-        for (index, member) in self.members[..self.regular].iter().cloned().enumerate() {
-            let request = proto::EnrollMemberRequest {
+        let requests: Vec<proto::EnrollMemberRequest> = self.members[..self.regular]
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(index, member)| proto::EnrollMemberRequest {
                 program_id: PROGRAM.into(),
                 member_id: member,
                 birthday: if index % 3 == 0 {
@@ -526,11 +529,47 @@ impl Ctx {
                 },
                 enrolled_at: (index % 2 == 0)
                     .then(|| flash_testing_support::timestamp(now - chrono::Duration::days(200))),
-                contacts: vec![format!("member{index}@chaos.example")],
-            };
-            let answer = self.call(rng, "enroll", &request).await;
+                // Every other member without contacts: EnrollBatch enrolls those in one
+                // statement, the others each in its own transaction.
+                contacts: if index % 4 < 2 {
+                    vec![format!("member{index}@chaos.example")]
+                } else {
+                    vec![]
+                },
+            })
+            .collect();
+        // The first half one by one, the rest in batches.
+        let (single, batched) = requests.split_at(requests.len() / 2);
+        for request in single {
+            let answer = self.call(rng, "enroll", request).await;
             if !matches!(answer, Answer::Ok(_)) {
                 anyhow::bail!("enrolling a member failed");
+            }
+        }
+        for members in batched.chunks(25) {
+            let request = proto::EnrollBatchRequest {
+                program_id: PROGRAM.into(),
+                members: members.to_vec(),
+            };
+            let Answer::Ok(response) = self.call(rng, "enroll_batch", &request).await else {
+                anyhow::bail!("enrolling a batch of members failed");
+            };
+            let enrolled = response
+                .results
+                .iter()
+                .filter(|result| {
+                    matches!(
+                        result.outcome,
+                        Some(proto::enroll_batch_result::Outcome::Member(_))
+                    )
+                })
+                .count();
+            if enrolled != members.len() {
+                anyhow::bail!(
+                    "a batch enrolled {enrolled} of {} members: {:?}",
+                    members.len(),
+                    response.results
+                );
             }
         }
         Ok(())
