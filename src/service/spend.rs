@@ -115,14 +115,15 @@ impl Ledger {
     }
 }
 
-/// Locks the member's batches and plans a FIFO draw of `points`. FAILED_PRECONDITION,
-/// naming the available balance, when the unexpired batches hold fewer.
+/// Locks the batches a FIFO draw of `points` takes from and plans the draw.
+/// FAILED_PRECONDITION, naming the available balance, when the unexpired batches hold
+/// fewer (then every one of them was read).
 pub(super) async fn plan_fifo_draw(
     unit: &Unit<'_>,
     points: i64,
 ) -> Result<(Vec<Draw>, Vec<BatchBalance>), Error> {
     let now = unit.now;
-    let batches = store::batches::held_for_update(&unit.tx, unit.tx.member()).await?;
+    let batches = store::batches::fifo_for_update(&unit.tx, unit.tx.member(), points, now).await?;
     let available = spendable_points(&batches, now);
     if available < points {
         return Err(Error::InsufficientPoints {

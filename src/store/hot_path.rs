@@ -68,6 +68,8 @@ pub enum Param {
     CapDay,
     /// Award: when the credited batch expires (`Now` + the rules' validity).
     ExpiresAt,
+    /// Spend: the points spent.
+    SpentPoints,
     /// Spend: the spent points negated, the entry's signed effect on the balance.
     SpentPointsNegated,
     /// Spend: what the points paid for.
@@ -232,11 +234,16 @@ const OPEN_SPEND: Statement = Statement {
     ],
 };
 
-/// `batches::held_for_update`: the rows the spend's FIFO draw is planned from.
+/// `batches::fifo_for_update`: the rows the spend's FIFO draw is planned from.
 const HELD_BATCHES: Statement = Statement {
     name: "held_batches",
-    sql: super::batches::HELD_FOR_UPDATE,
-    params: &[Param::ProgramId, Param::MemberId],
+    sql: super::batches::FIFO_FOR_UPDATE,
+    params: &[
+        Param::ProgramId,
+        Param::MemberId,
+        Param::SpentPoints,
+        Param::Now,
+    ],
 };
 
 /// `mutation::write` of a spend with one draw: the entry, the batch and its allocation.

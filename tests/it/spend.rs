@@ -313,3 +313,58 @@ async fn bad_spends_get_a_precise_status_and_write_nothing() {
     assert_eq!(app.row_counts().await, (1, 1));
     let _ = PROGRAM;
 }
+
+/// A spend locks only the batches its FIFO draw takes from: while another transaction
+/// holds the member's newer batches, a spend the oldest batch covers goes through (it
+/// would wait on those rows if it locked every batch the member holds), and one that
+/// needs them waits until they are free. The draw's cost does not grow with the history.
+#[tokio::test]
+async fn a_spend_locks_only_the_batches_it_draws_from() {
+    let (mut app, member) = app_with_member().await;
+    let mut batches = vec![];
+    for month in 3..=6 {
+        app.clock
+            .set(Utc.with_ymd_and_hms(2026, month, 1, 12, 0, 0).unwrap());
+        let award = app.earn(&member, 100).await;
+        batches.push(app.allocation_batch_of(&award.entry_id).await);
+    }
+    let mut holder = app.db.get().await.unwrap();
+    let newer: Vec<uuid::Uuid> = batches[1..].iter().map(|id| id.parse().unwrap()).collect();
+    let tx = holder.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM point_batches WHERE program_id = $1 AND batch_id = ANY($2) FOR UPDATE",
+        &[&PROGRAM, &newer],
+    )
+    .await
+    .unwrap();
+
+    let covered = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        app.ledger.spend(app.spend_request(&member, 60)),
+    )
+    .await
+    .expect("a spend the oldest batch covers never waits for the newer ones")
+    .unwrap()
+    .into_inner();
+    assert_eq!(covered.allocations.len(), 1);
+    assert_eq!(covered.allocations[0].batch_id, batches[0]);
+
+    // 40 left in March: 50 needs April's batch, held by the other transaction.
+    let mut ledger = app.ledger.clone();
+    let request = app.spend_request(&member, 50);
+    let waiting = tokio::spawn(async move { ledger.spend(request).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a spend needing a held batch waits for it"
+    );
+    tx.rollback().await.unwrap();
+    let needed = waiting.await.unwrap().unwrap().into_inner();
+    let drawn: Vec<_> = needed
+        .allocations
+        .iter()
+        .map(|a| (a.batch_id.clone(), a.points))
+        .collect();
+    assert_eq!(drawn, [(batches[0].clone(), 40), (batches[1].clone(), 10)]);
+    app.assert_ties_out().await;
+}

@@ -75,6 +75,7 @@ fn param_sql(param: Param, operation: Operation) -> String {
         Param::AmountMinor => ":amount_minor".into(),
         Param::Currency => ":currency".into(),
         Param::RequestedPoints | Param::AwardedPoints => ":award_points".into(),
+        Param::SpentPoints => ":spend_points".into(),
         Param::SpentPointsNegated | Param::DrawPoints => ":spent_negated".into(),
         Param::Reason => ":reason".into(),
         Param::FromRow { statement, column } => format!(":{statement}_{column}"),
