@@ -212,7 +212,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(methods, 28);
+        assert_eq!(methods, 29);
         assert_eq!(access("/grpc.health.v1.Health/Check"), Access::Open);
         assert_eq!(access("/grpc.health.v1.Health/Watch"), Access::Open);
         assert_eq!(

@@ -1,7 +1,7 @@
 //! The gRPC side: the benchmark program, seeding through `EnrollMember`, `EnrollBatch` and
 //! `AwardBatch`, and the timed workloads, each client on its own connection.
 use flash_loyalty::grpc::proto::{self, ledger_client::LedgerClient};
-use flash_testing_support::dispatch::{Authed, Bearer};
+use flash_testing_support::dispatch::{Authed, BatchItem, Bearer};
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -137,6 +137,15 @@ where
     rate
 }
 
+/// An item's error code; None when it was done.
+fn item_code(item: Option<Result<bool, proto::AwardBatchItemError>>) -> Option<tonic::Code> {
+    match item {
+        Some(Ok(_)) => None,
+        Some(Err(error)) => Some(tonic::Code::from_i32(error.code)),
+        None => Some(tonic::Code::Unknown),
+    }
+}
+
 /// `range` cut in seeding batches.
 fn batches(range: std::ops::Range<usize>) -> Vec<std::ops::Range<usize>> {
     let end = range.end;
@@ -205,13 +214,7 @@ pub async fn enrol_batches(
                             .into_inner()
                             .results
                             .into_iter()
-                            .map(|result| match result.outcome {
-                                Some(proto::enroll_batch_result::Outcome::Member(_)) => None,
-                                Some(proto::enroll_batch_result::Outcome::Error(error)) => {
-                                    Some(tonic::Code::from_i32(error.code))
-                                }
-                                None => Some(tonic::Code::Unknown),
-                            })
+                            .map(|result| item_code(result.item()))
                             .collect()
                     })
                     .map_err(|status| status.code());
@@ -262,13 +265,7 @@ pub async fn seed_awards(
                             .into_inner()
                             .results
                             .into_iter()
-                            .map(|result| match result.outcome {
-                                Some(proto::award_batch_result::Outcome::Award(_)) => None,
-                                Some(proto::award_batch_result::Outcome::Error(error)) => {
-                                    Some(tonic::Code::from_i32(error.code))
-                                }
-                                None => Some(tonic::Code::Unknown),
-                            })
+                            .map(|result| item_code(result.item()))
                             .collect()
                     })
                     .map_err(|status| status.code());

@@ -181,3 +181,28 @@ fn with_deadline<T>(message: T, deadline: Option<Duration>) -> tonic::Request<T>
     }
     request
 }
+
+/// One item's answer in a batch's response (`AwardBatch`, `EnrollBatch`): done, and whether
+/// it was there already (a replayed award, a member already enrolled), or its error; None
+/// for a result without an outcome (a malformed answer).
+pub trait BatchItem {
+    fn item(self) -> Option<Result<bool, proto::AwardBatchItemError>>;
+}
+
+impl BatchItem for proto::AwardBatchResult {
+    fn item(self) -> Option<Result<bool, proto::AwardBatchItemError>> {
+        Some(match self.outcome? {
+            proto::award_batch_result::Outcome::Award(award) => Ok(award.replayed),
+            proto::award_batch_result::Outcome::Error(error) => Err(error),
+        })
+    }
+}
+
+impl BatchItem for proto::EnrollBatchResult {
+    fn item(self) -> Option<Result<bool, proto::AwardBatchItemError>> {
+        Some(match self.outcome? {
+            proto::enroll_batch_result::Outcome::Member(member) => Ok(member.already_enrolled),
+            proto::enroll_batch_result::Outcome::Error(error) => Err(error),
+        })
+    }
+}

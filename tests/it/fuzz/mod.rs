@@ -11,7 +11,7 @@
 use crate::helpers::{spawn_app, start_of_test, timestamp, usd_rules, TestApp, PROGRAM};
 use flash_loyalty::domain::{MAX_AMOUNT_MINOR, MAX_RULE_POINTS};
 use flash_loyalty::grpc::proto::{self, entry_ref::Ref};
-use flash_testing_support::dispatch::{Call, Clients, Reply};
+use flash_testing_support::dispatch::{BatchItem, Call, Clients, Reply};
 use futures::stream::{self, StreamExt};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -213,32 +213,12 @@ async fn send(call: &Call, mut clients: Clients) -> Result<Answer, Status> {
         Reply::EnrollMember(r) => replayed(r.already_enrolled),
         Reply::GetMember(_) => replayed(false),
         Reply::Award(r) => replayed(r.replayed),
-        Reply::AwardBatch(response) => batch_answer(
-            call,
-            response
-                .results
-                .into_iter()
-                .map(|result| match result.outcome {
-                    Some(proto::award_batch_result::Outcome::Award(award)) => {
-                        Some(Ok(award.replayed))
-                    }
-                    Some(proto::award_batch_result::Outcome::Error(e)) => Some(Err(e)),
-                    None => None,
-                }),
-        )?,
-        Reply::EnrollBatch(response) => batch_answer(
-            call,
-            response
-                .results
-                .into_iter()
-                .map(|result| match result.outcome {
-                    Some(proto::enroll_batch_result::Outcome::Member(member)) => {
-                        Some(Ok(member.already_enrolled))
-                    }
-                    Some(proto::enroll_batch_result::Outcome::Error(e)) => Some(Err(e)),
-                    None => None,
-                }),
-        )?,
+        Reply::AwardBatch(response) => {
+            batch_answer(call, response.results.into_iter().map(BatchItem::item))?
+        }
+        Reply::EnrollBatch(response) => {
+            batch_answer(call, response.results.into_iter().map(BatchItem::item))?
+        }
         Reply::Spend(r) => replayed(r.replayed),
         Reply::ReverseAward(r) => replayed(r.replayed),
         Reply::ReverseSpend(r) => replayed(r.replayed),
