@@ -295,56 +295,6 @@ async fn an_over_long_string_in_any_field_of_any_request_is_refused_and_writes_n
             .into(),
         ),
         (
-            "CreateProgramRequest.rules.currency",
-            "rules.currency",
-            proto::CreateProgramRequest {
-                rules: Some(proto::ProgramRules {
-                    currency: long("U"),
-                    ..tiered_rules()
-                }),
-                ..create()
-            }
-            .into(),
-        ),
-        (
-            "CreateProgramRequest.rules.timezone",
-            "rules.timezone",
-            proto::CreateProgramRequest {
-                rules: Some(proto::ProgramRules {
-                    timezone: long("Europe/"),
-                    ..tiered_rules()
-                }),
-                ..create()
-            }
-            .into(),
-        ),
-        (
-            "CreateProgramRequest.rules.tiers.code",
-            "rules.tiers[1].code",
-            {
-                let mut rules = tiered_rules();
-                rules.tiers[1].code = long("g");
-                proto::CreateProgramRequest {
-                    rules: Some(rules),
-                    ..create()
-                }
-                .into()
-            },
-        ),
-        (
-            "CreateProgramRequest.rules.tiers.name",
-            "rules.tiers[1].name",
-            {
-                let mut rules = tiered_rules();
-                rules.tiers[1].name = long("G");
-                proto::CreateProgramRequest {
-                    rules: Some(rules),
-                    ..create()
-                }
-                .into()
-            },
-        ),
-        (
             "GetProgramRequest.program_id",
             "program_id",
             proto::GetProgramRequest {
@@ -369,56 +319,6 @@ async fn an_over_long_string_in_any_field_of_any_request_is_refused_and_writes_n
                 ..update()
             }
             .into(),
-        ),
-        (
-            "UpdateProgramRequest.rules.currency",
-            "rules.currency",
-            proto::UpdateProgramRequest {
-                rules: Some(proto::ProgramRules {
-                    currency: long("U"),
-                    ..tiered_rules()
-                }),
-                ..update()
-            }
-            .into(),
-        ),
-        (
-            "UpdateProgramRequest.rules.timezone",
-            "rules.timezone",
-            proto::UpdateProgramRequest {
-                rules: Some(proto::ProgramRules {
-                    timezone: long("Europe/"),
-                    ..tiered_rules()
-                }),
-                ..update()
-            }
-            .into(),
-        ),
-        (
-            "UpdateProgramRequest.rules.tiers.code",
-            "rules.tiers[1].code",
-            {
-                let mut rules = tiered_rules();
-                rules.tiers[1].code = long("g");
-                proto::UpdateProgramRequest {
-                    rules: Some(rules),
-                    ..update()
-                }
-                .into()
-            },
-        ),
-        (
-            "UpdateProgramRequest.rules.tiers.name",
-            "rules.tiers[1].name",
-            {
-                let mut rules = tiered_rules();
-                rules.tiers[1].name = long("G");
-                proto::UpdateProgramRequest {
-                    rules: Some(rules),
-                    ..update()
-                }
-                .into()
-            },
         ),
         (
             "EnrollMemberRequest.program_id",
@@ -1062,6 +962,59 @@ async fn an_over_long_string_in_any_field_of_any_request_is_refused_and_writes_n
             .into(),
         ),
     ];
+    // The rules' string fields, in a new program's rules and in an update's alike.
+    let long_rules: Vec<(&str, &str, proto::ProgramRules)> = vec![
+        (
+            "currency",
+            "rules.currency",
+            proto::ProgramRules {
+                currency: long("U"),
+                ..tiered_rules()
+            },
+        ),
+        (
+            "timezone",
+            "rules.timezone",
+            proto::ProgramRules {
+                timezone: long("Europe/"),
+                ..tiered_rules()
+            },
+        ),
+        ("tiers.code", "rules.tiers[1].code", {
+            let mut rules = tiered_rules();
+            rules.tiers[1].code = long("g");
+            rules
+        }),
+        ("tiers.name", "rules.tiers[1].name", {
+            let mut rules = tiered_rules();
+            rules.tiers[1].name = long("G");
+            rules
+        }),
+    ];
+    for (field, named, rules) in long_rules {
+        let path: &'static str =
+            Box::leak(format!("CreateProgramRequest.rules.{field}").into_boxed_str());
+        table.push((
+            path,
+            named,
+            proto::CreateProgramRequest {
+                rules: Some(rules.clone()),
+                ..create()
+            }
+            .into(),
+        ));
+        let path: &'static str =
+            Box::leak(format!("UpdateProgramRequest.rules.{field}").into_boxed_str());
+        table.push((
+            path,
+            named,
+            proto::UpdateProgramRequest {
+                rules: Some(rules),
+                ..update()
+            }
+            .into(),
+        ));
+    }
     // Award, and each of its fields inside a batch: that item refused INVALID_ARGUMENT.
     let award_fields: Vec<(&str, &str, proto::AwardRequest)> = vec![
         (
