@@ -137,13 +137,16 @@ where
     rate
 }
 
-/// An item's error code; None when it was done.
-fn item_code(item: Option<Result<bool, proto::AwardBatchItemError>>) -> Option<tonic::Code> {
-    match item {
-        Some(Ok(_)) => None,
-        Some(Err(error)) => Some(tonic::Code::from_i32(error.code)),
-        None => Some(tonic::Code::Unknown),
-    }
+/// Each item's error code; None for an item that was done.
+fn item_codes(results: Vec<impl BatchItem>) -> Vec<Option<tonic::Code>> {
+    results
+        .into_iter()
+        .map(|result| match result.item() {
+            Some(Ok(_)) => None,
+            Some(Err(error)) => Some(tonic::Code::from_i32(error.code)),
+            None => Some(tonic::Code::Unknown),
+        })
+        .collect()
 }
 
 /// `range` cut in seeding batches.
@@ -209,14 +212,7 @@ pub async fn enrol_batches(
                         members,
                     })
                     .await
-                    .map(|response| {
-                        response
-                            .into_inner()
-                            .results
-                            .into_iter()
-                            .map(|result| item_code(result.item()))
-                            .collect()
-                    })
+                    .map(|response| item_codes(response.into_inner().results))
                     .map_err(|status| status.code());
                 (range.len(), answer)
             }
@@ -260,14 +256,7 @@ pub async fn seed_awards(
                         awards,
                     })
                     .await
-                    .map(|response| {
-                        response
-                            .into_inner()
-                            .results
-                            .into_iter()
-                            .map(|result| item_code(result.item()))
-                            .collect()
-                    })
+                    .map(|response| item_codes(response.into_inner().results))
                     .map_err(|status| status.code());
                 (range.len(), answer)
             }
