@@ -48,9 +48,7 @@ impl Ledger {
                 store::members::enroll(
                     &client,
                     &command.program,
-                    command.member,
-                    command.birthday,
-                    enrolled_at,
+                    enrolment(&command, enrolled_at),
                     &command.enrolled_by,
                 )
                 .await?
@@ -62,9 +60,7 @@ impl Ledger {
                 let enrolled = store::members::enroll(
                     &tx,
                     &command.program,
-                    command.member,
-                    command.birthday,
-                    enrolled_at,
+                    enrolment(&command, enrolled_at),
                     &command.enrolled_by,
                 )
                 .await?
@@ -163,14 +159,9 @@ impl Ledger {
                     Ok((_, command)) if !command.contacts.is_empty() => {
                         results[index] = Some(ledger.enroll(command).await)
                     }
-                    Ok((enrolled_at, command)) => plain.push((
-                        index,
-                        store::members::Enrolment {
-                            member: command.member,
-                            birthday: command.birthday,
-                            enrolled_at,
-                        },
-                    )),
+                    Ok((enrolled_at, command)) => {
+                        plain.push((index, enrolment(&command, enrolled_at)))
+                    }
                 }
             }
             // One row a member: the first item's instant, the last birthday given.
@@ -283,6 +274,14 @@ fn enrolled_at(command: &EnrollCommand, now: DateTime<Utc>) -> Result<DateTime<U
         }
     }
     Ok(enrolled_at)
+}
+
+fn enrolment(command: &EnrollCommand, enrolled_at: DateTime<Utc>) -> store::members::Enrolment {
+    store::members::Enrolment {
+        member: command.member,
+        birthday: command.birthday,
+        enrolled_at,
+    }
 }
 
 fn missing() -> Error {

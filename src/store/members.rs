@@ -81,60 +81,12 @@ pub struct PointsSummary {
     pub next_expiry_points: i128,
 }
 
-/// Enrolls in one statement: the member row is inserted, or an existing one's birthday
-/// updated when one is given, only if the program exists; answers the program's rules
-/// version, the row and whether it already existed. No row: no such program.
-pub const ENROLL: &str = concat!(
-    "WITH program AS ( \
-       SELECT rules_version FROM programs WHERE program_id = $1), \
-     enrolled AS ( \
-       INSERT INTO members (program_id, member_id, birthday, enrolled_at, enrolled_by) \
-       SELECT $1, $2, $3, $4, $5 FROM program \
-       ON CONFLICT (program_id, member_id) \
-       DO UPDATE SET birthday = COALESCE(EXCLUDED.birthday, members.birthday) \
-       RETURNING ",
-    member_columns!(""),
-    ", (xmax <> 0) AS existed) \
-     SELECT program.rules_version, enrolled.* FROM program JOIN enrolled ON true"
-);
-
-/// Enrolls the member (see [`ENROLL`]): the rules version, the row and whether it
-/// existed; None when the program does not exist.
-#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::enroll"))]
-pub async fn enroll(
-    client: &impl deadpool_postgres::GenericClient,
-    program: &ProgramId,
-    member: MemberId,
-    birthday: Option<NaiveDate>,
-    enrolled_at: DateTime<Utc>,
-    enrolled_by: &str,
-) -> Result<Option<(i64, StoredMember, bool)>, tokio_postgres::Error> {
-    let statement = client.prepare_cached(ENROLL).await?;
-    let row = client
-        .query_opt(
-            &statement,
-            &[
-                &program.as_str(),
-                &member.as_uuid(),
-                &birthday,
-                &enrolled_at,
-                &enrolled_by,
-            ],
-        )
-        .await?;
-    row.map(|row| {
-        Ok((
-            row.try_get("rules_version")?,
-            from_row(&row)?,
-            row.try_get("existed")?,
-        ))
-    })
-    .transpose()
-}
-
-/// [`ENROLL`] for many members in one statement: `$2`, `$3`, `$4` are the members, their
-/// birthdays and enrolment instants, one member once, sorted by id (two batches upsert
-/// their common members in the same order: no deadlock). No row: no such program.
+/// Enrolls members in one statement: each member row is inserted, or an existing one's
+/// birthday updated when one is given, only if the program exists; answers the program's
+/// rules version, the rows and whether each already existed. No row: no such program.
+/// `$2`, `$3`, `$4` are the members, their birthdays and enrolment instants, one member
+/// once, sorted by id (two batches upsert their common members in the same order: no
+/// deadlock).
 pub const ENROLL_MANY: &str = concat!(
     "WITH program AS ( \
        SELECT rules_version FROM programs WHERE program_id = $1), \
@@ -152,6 +104,21 @@ pub const ENROLL_MANY: &str = concat!(
      SELECT program.rules_version, enrolled.* FROM program JOIN enrolled ON true"
 );
 
+/// Enrolls one member (see [`ENROLL_MANY`]): the rules version, the row and whether it
+/// existed; None when the program does not exist.
+pub async fn enroll(
+    client: &impl deadpool_postgres::GenericClient,
+    program: &ProgramId,
+    member: Enrolment,
+    enrolled_by: &str,
+) -> Result<Option<(i64, StoredMember, bool)>, tokio_postgres::Error> {
+    let enrolled = enroll_many(client, program, &[member], enrolled_by).await?;
+    Ok(enrolled.and_then(|(rules_version, mut members)| {
+        let (member, existed) = members.pop()?;
+        Some((rules_version, member, existed))
+    }))
+}
+
 /// One member of [`enroll_many`].
 #[derive(Debug, Clone)]
 pub struct Enrolment {
@@ -168,7 +135,7 @@ pub type Upserted = (StoredMember, bool);
 /// exist.
 #[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "members::enroll_many"))]
 pub async fn enroll_many(
-    client: &deadpool_postgres::Client,
+    client: &impl deadpool_postgres::GenericClient,
     program: &ProgramId,
     members: &[Enrolment],
     enrolled_by: &str,

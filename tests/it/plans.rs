@@ -16,8 +16,8 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
         ("lock", LOCK_MEMBER, "42"),
         (
             "enroll",
-            members::ENROLL,
-            "'big', MEMBER, NULL::date, NOW, 'c'",
+            members::ENROLL_MANY,
+            "'big', ARRAY[MEMBER], ARRAY[NULL]::date[], ARRAY[NOW], 'c'",
         ),
         (
             "enroll a batch",
