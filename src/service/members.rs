@@ -182,39 +182,39 @@ impl Ledger {
                     }
                     Some((rules_version, stored)) => {
                         let rules = ledger.rules.get(&**client, &program, rules_version).await?;
-                        let mut stored: HashMap<MemberId, (store::members::StoredMember, bool)> =
-                            stored
-                                .into_iter()
-                                .map(|(member, existed)| (member.member_id, (member, existed)))
-                                .collect();
+                        let stored: HashMap<MemberId, store::members::Upserted> = stored
+                            .into_iter()
+                            .map(|(member, existed)| (member.member_id, (member, existed)))
+                            .collect();
+                        // Each member's points, read once: its first item's.
                         let mut points: HashMap<MemberId, PointsSummary> = HashMap::new();
                         for (index, item) in &plain {
-                            let Some((member, existed)) = stored.get_mut(&item.member) else {
+                            let Some((member, existed)) = stored.get(&item.member) else {
                                 return Err(missing());
                             };
-                            // A member enrolled just now holds nothing yet.
-                            let summary = match (points.get(&item.member), *existed) {
-                                (Some(summary), _) => summary.clone(),
-                                (None, false) => PointsSummary::default(),
-                                (None, true) => {
-                                    let summary = store::members::points_summary_prepared(
+                            let first = !points.contains_key(&item.member);
+                            if first {
+                                // A member enrolled just now holds nothing yet.
+                                let summary = if *existed {
+                                    store::members::points_summary_prepared(
                                         &client,
                                         &program,
                                         item.member,
                                         now,
                                     )
-                                    .await?;
-                                    points.insert(item.member, summary.clone());
-                                    summary
-                                }
-                            };
+                                    .await?
+                                } else {
+                                    PointsSummary::default()
+                                };
+                                points.insert(item.member, summary);
+                            }
+                            let summary = points.get(&item.member).cloned().unwrap_or_default();
+                            // The member's later items find it enrolled.
+                            let already = *existed || !first;
                             results[*index] = Some(Ok((
                                 view(&program, &rules, member.clone(), summary),
-                                *existed,
+                                already,
                             )));
-                            // The member's later items find it enrolled.
-                            *existed = true;
-                            points.entry(item.member).or_default();
                         }
                     }
                 }
