@@ -453,7 +453,14 @@ async fn write_credit_reversal(
     let reversible = credit.points - already;
     let points = points_to_reverse(reversal.points, reversible, "award")?;
     let own_batch = store::batches::credited_by(tx, credit.entry_id).await?;
-    let batches = store::batches::held_for_update(tx, credit.member_id).await?;
+    // The batches a FIFO draw of the points would take, and the credit's own batch, drawn
+    // first whatever its age: every batch the reversal can take from.
+    let mut batches = store::batches::fifo_for_update(tx, credit.member_id, points, now).await?;
+    if let Some(own) = &own_batch {
+        if !batches.iter().any(|batch| batch.batch_id == own.batch_id) {
+            batches.push(own.clone());
+        }
+    }
     let draws = draw_for_reversal(
         &batches,
         own_batch.as_ref().map(|batch| batch.batch_id),

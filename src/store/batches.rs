@@ -18,29 +18,11 @@ pub struct StoredAllocation {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The member's batches that still hold points (expired or not), locked, oldest first:
-/// what a reversal draws from.
-pub const HELD_FOR_UPDATE: &str = "SELECT batch_id, remaining, earned_at, expires_at \
-     FROM point_batches WHERE program_id = $1 AND member_id = $2 AND remaining > 0 \
-     ORDER BY earned_at, batch_id FOR UPDATE";
-
-/// The member's batches that still hold points (expired or not), locked, oldest first.
-#[tracing::instrument(name = "postgres", level = "debug", skip_all, fields(otel.kind = "client", db.system = "postgresql", db.operation = "batches::held_for_update"))]
-pub async fn held_for_update(
-    tx: &MemberTx<'_>,
-    member: MemberId,
-) -> Result<Vec<BatchBalance>, tokio_postgres::Error> {
-    let statement = tx.prepared(HELD_FOR_UPDATE).await?;
-    let rows = tx
-        .query(&statement, &[&tx.program().as_str(), &member.as_uuid()])
-        .await?;
-    rows.iter().map(batch_balance).collect()
-}
-
 /// The member's oldest batches spendable at `$4` that a FIFO draw of `$3` points takes
 /// from, locked, oldest first: each batch whose older spendable batches hold less than
-/// `$3`. A draw locks the batches it needs, not every batch the member's history left
-/// holding points. When the member holds fewer than `$3`, every spendable batch.
+/// `$3`. A draw (a spend, a debit, an award's reversal) locks the batches it needs, not
+/// every batch the member's history left holding points. When the member holds fewer than
+/// `$3`, every spendable batch.
 pub const FIFO_FOR_UPDATE: &str = "SELECT batch_id, remaining, earned_at, expires_at \
      FROM point_batches WHERE program_id = $1 AND member_id = $2 AND remaining > 0 \
        AND batch_id = ANY (ARRAY( \

@@ -89,12 +89,7 @@ fn hot_statements() -> Vec<(&'static str, &'static str, &'static str)> {
              ARRAY[MEMBER], ARRAY['tier.upgraded'], ARRAY['{}'::jsonb]",
         ),
         (
-            "batches a reversal draws from",
-            batches::HELD_FOR_UPDATE,
-            "'big', MEMBER",
-        ),
-        (
-            "batches a spend draws from",
+            "batches a draw takes from",
             batches::FIFO_FOR_UPDATE,
             "'big', MEMBER, 25::bigint, NOW",
         ),

@@ -73,6 +73,32 @@ async fn a_full_award_reversal_takes_every_point_back_from_its_batch() {
     app.assert_ties_out().await;
 }
 
+/// A partial refund of a newer award takes from its own batch, though an older batch
+/// alone would cover a FIFO draw of as many points.
+#[tokio::test]
+async fn a_partial_reversal_of_a_newer_award_takes_from_its_own_batch() {
+    let (mut app, member) = app_with_member().await;
+    app.earn(&member, 40).await;
+    let award = app.earn(&member, 100).await;
+    let reversal = app
+        .ledger
+        .reverse_award(reverse_award("r1", &award.entry_id, Some(30)))
+        .await
+        .unwrap()
+        .into_inner();
+    let own_batch = app.allocation_batch_of(&award.entry_id).await;
+    assert_eq!(
+        reversal
+            .allocations
+            .iter()
+            .map(|a| (a.batch_id.clone(), a.points))
+            .collect::<Vec<_>>(),
+        [(own_batch, 30)]
+    );
+    assert_eq!(reversal.balance_points, 110);
+    app.assert_ties_out().await;
+}
+
 #[tokio::test]
 async fn partial_reversals_add_up_and_over_reversal_is_refused() {
     let (mut app, member) = app_with_member().await;
